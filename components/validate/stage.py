@@ -1,0 +1,177 @@
+"""The validation gate: data contract, model checks and metric gate, in one verdict.
+
+Plain Python with typed inputs; the KFP component in :mod:`pipelines.deploy` only unpacks its
+inputs and calls :func:`run`. Tests call :func:`run` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.datasource import read_frame
+from components.validate import metrics
+from components.validate.contract import check_contract
+from components.validate.model_check import (
+    artifact_checks,
+    behaviour_checks,
+    probe,
+    read_mlmodel,
+    read_signature,
+)
+from components.verdict import Check, ModelState, Verdict
+from modelship.errors import DataError
+from modelship.events import NO_EVENTS, EventSink
+from policies.schema import Validate
+from registry.client import ModelRef, Registry
+from registry.deployments import DeploymentRun
+from registry.digest import verify
+
+STAGE = "validate"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model's metric values on the validation data, or why there are none."""
+
+    values: dict[str, float]
+    checks: list[Check]
+
+
+def _features(
+    frame: pd.DataFrame, columns: list[tuple[str, str | None]], target: str
+) -> pd.DataFrame:
+    if columns:
+        return frame[[name for name, _ in columns]]
+    return frame.drop(columns=[target])
+
+
+def _evaluate(
+    label: str,
+    model_dir: Path,
+    features: pd.DataFrame,
+    y_true: np.ndarray,  # type: ignore[type-arg]
+    policy: Validate,
+    workdir: Path,
+    env: dict[str, str],
+) -> Evaluation:
+    mlmodel = read_mlmodel(model_dir)
+    checks = artifact_checks(model_dir, mlmodel, policy.model)
+    if not all(c.passed for c in checks):
+        return Evaluation({}, checks)
+    result = probe(model_dir, features, workdir / label, policy.model.load_timeout_s, env)
+    checks += behaviour_checks(result, len(features), read_signature(mlmodel))
+    if result.predictions is None or not all(c.passed for c in checks):
+        return Evaluation({}, checks)
+    values = {
+        str(g.name): metrics.compute(g.name, y_true, result.predictions, policy.positive_label)
+        for g in policy.metrics
+    }
+    return Evaluation(values, checks)
+
+
+def run(
+    ref: ModelRef,
+    model_dir: Path,
+    digest: str,
+    policy: Validate,
+    *,
+    registry: Registry,
+    deployment: DeploymentRun | None,
+    workdir: Path,
+    env: dict[str, str],
+    events: EventSink = NO_EVENTS,
+) -> Verdict:
+    """Validate ``ref`` (its digest-checked copy in ``model_dir``) against ``policy``."""
+    t0 = time.perf_counter()
+    verify(model_dir, digest, what=str(ref))  # never load what was not checked
+    context = {"run_id": ref.run_id or "", "model": ref.name, "version": ref.version}
+    validation = read_frame(policy.validation_data.uri, policy.validation_data.format, context)
+    reference = read_frame(policy.reference_data.uri, policy.reference_data.format, context)
+    target = policy.validation_data.target
+    if target not in validation.columns:
+        raise DataError(
+            f"validation data has no target column {target!r} (columns: {list(validation.columns)[:8]}...)",
+            hint="set validate.validation_data.target in the policy",
+        )
+    signature = read_signature(read_mlmodel(model_dir))
+
+    events.emit(STAGE, "step", step="data contract (Great Expectations)")
+    contract = check_contract(validation, signature.columns, target, reference, policy.contract)
+    checks = list(contract.checks)
+    reports = workdir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "data_contract.json").write_text(json.dumps(contract.ge_json, indent=2, default=str))
+    (reports / "data_contract.html").write_text(contract.ge_html)
+
+    missing = [name for name, _ in signature.columns if name not in validation.columns]
+    figures: dict[str, float] = {"rows": float(len(validation))}
+    if missing:
+        checks.append(
+            Check(
+                name="model.predicts",
+                kind="model",
+                passed=False,
+                measured=f"{len(missing)} missing",
+                reason=f"not run: the validation data lacks the model's input columns {missing[:5]}",
+            )
+        )
+    else:
+        features = _features(validation, signature.columns, target)
+        y_true = validation[target].to_numpy()
+        events.emit(STAGE, "step", step=f"model checks: {ref}")
+        candidate = _evaluate("candidate", model_dir, features, y_true, policy, workdir, env)
+        checks += candidate.checks
+        figures.update(candidate.values)
+        champion_values = None
+        champ = registry.champion(ref.name)
+        if candidate.values and champ is not None and champ.version != ref.version:
+            events.emit(STAGE, "step", step=f"champion on the same data: {champ}")
+            champ_dir, _ = registry.checked_download(champ, workdir / "champion-model")
+            evaluation = _evaluate("champion", champ_dir, features, y_true, policy, workdir, env)
+            if evaluation.values:
+                champion_values = evaluation.values
+                figures.update({f"champion.{k}": v for k, v in evaluation.values.items()})
+            else:
+                failed = "; ".join(c.reason for c in evaluation.checks if not c.passed)
+                checks.append(
+                    Check(
+                        name="champion.evaluates",
+                        kind="metric",
+                        passed=False,
+                        measured=str(champ),
+                        reason=f"the champion {champ} could not be evaluated, so no comparison: {failed}",
+                    )
+                )
+        if candidate.values:
+            events.emit(STAGE, "step", step="metric gate")
+            checks += metrics.gate(policy.metrics, candidate.values, champion_values)
+            if not policy.metrics:
+                checks.append(
+                    Check(
+                        name="metric.gates",
+                        kind="metric",
+                        passed=True,
+                        skipped=True,
+                        reason="the policy sets no metric gates",
+                    )
+                )
+    verdict = Verdict.from_checks(
+        STAGE, checks, figures=figures, duration_s=time.perf_counter() - t0
+    )
+    verdict.save(reports / "validate.json")
+    registry.set_state(
+        ref,
+        ModelState.VALIDATED if verdict.passed else ModelState.REJECTED,
+        verdict.reason if not verdict.passed else "validation passed",
+    )
+    if deployment is not None:
+        deployment.log_verdict(verdict)
+        deployment.log_file(reports / "data_contract.json", "validate")
+        deployment.log_file(reports / "data_contract.html", "validate")
+    return verdict

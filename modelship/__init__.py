@@ -1,0 +1,3 @@
+"""modelship: carries MLflow model versions through gates to production traffic."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,101 @@
+"""The deploy pipeline: registry -> validate -> (later stages) -> conclude.
+
+No ``from __future__ import annotations`` here: KFP reads the annotations as real types.
+
+Components are thin: each unpacks KFP inputs and calls a step in :mod:`pipelines.steps`.
+Compiled to ``pipelines/deploy.yaml`` (``modelship compile``) for the Kubeflow Pipelines UI; run
+on one machine by :mod:`pipelines.local`.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Model, Output
+
+#: image with modelship installed (built by the package stage's image builder / CI)
+IMAGE = "localhost/modelship:0.1.0"
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def resolve_model(
+    model_name: str, version: str, alias: str, policy_file: str, model: Output[Model]
+) -> NamedTuple(
+    "ResolveOutputs", [("version", str), ("digest", str), ("run_id", str), ("policy", str)]
+):  # type: ignore[valid-type]
+    """Resolve the model version, check its digest, load the policy, open the deployment run."""
+    from pipelines.steps import resolve_step
+
+    return resolve_step(model_name, version, alias, policy_file, model.path)  # type: ignore[no-any-return]
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def validate_model(
+    model: Input[Model],
+    model_name: str,
+    version: str,
+    digest: str,
+    run_id: str,
+    policy: str,
+    verdict: Output[Artifact],
+) -> bool:
+    """Validation gate: data contract (Great Expectations), model checks, metric gate."""
+    from pipelines.steps import validate_step
+
+    return validate_step(model.path, model_name, version, digest, run_id, policy, verdict.path)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def conclude_deployment(
+    model_name: str,
+    version: str,
+    digest: str,
+    run_id: str,
+    validate_verdict: Input[Artifact],
+    summary: Output[Artifact],
+) -> str:
+    """Record the deployment's outcome from the stages' verdicts and close its MLflow run."""
+    from pipelines.steps import conclude_step
+
+    return conclude_step(model_name, version, digest, run_id, [validate_verdict.path], summary.path)
+
+
+@dsl.pipeline(name="modelship-deploy")
+def deploy_pipeline(
+    model_name: str, version: str = "", alias: str = "", policy_file: str = ""
+) -> Artifact:
+    """Take a registered MLflow model version through modelship's gates.
+
+    Args:
+        model_name: Registered model name in the MLflow Model Registry.
+        version: Version number to deploy; leave empty to use the alias, or the latest version.
+        alias: Alias to deploy (for example challenger) when no version is given.
+        policy_file: Path of a policy override YAML; empty uses policies/default.yaml and the model's own policies/<model_name>.yaml.
+
+    Returns:
+        Output: The deployment summary (JSON): outcome, digest, MLflow run id and every verdict.
+    """
+    resolved = resolve_model(
+        model_name=model_name, version=version, alias=alias, policy_file=policy_file
+    )
+    resolved.set_display_name("resolve")
+    gate = validate_model(
+        model=resolved.outputs["model"],
+        model_name=model_name,
+        version=resolved.outputs["version"],
+        digest=resolved.outputs["digest"],
+        run_id=resolved.outputs["run_id"],
+        policy=resolved.outputs["policy"],
+    )
+    gate.set_display_name("validate")
+    done = conclude_deployment(
+        model_name=model_name,
+        version=resolved.outputs["version"],
+        digest=resolved.outputs["digest"],
+        run_id=resolved.outputs["run_id"],
+        validate_verdict=gate.outputs["verdict"],
+    )
+    done.set_display_name("conclude")
+    return done.outputs["summary"]
+
+
+PIPELINES = {"deploy": deploy_pipeline}

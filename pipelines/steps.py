@@ -1,0 +1,108 @@
+"""What each KFP component runs: unpack KFP's plain values, build the stage's inputs, call it.
+
+Each step is the entry point of its own process, so this is where settings are read (once).
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from pathlib import Path
+from typing import Any
+
+from components import conclude, resolve
+from components.runtime import run_step
+from components.validate import stage as validate_stage
+from components.verdict import Verdict
+from modelship.errors import ModelshipError
+from modelship.events import EventSink
+from modelship.settings import Settings
+from policies.schema import Policy
+from registry.client import Registry
+from registry.deployments import DeploymentRun
+
+ResolveOutputs = namedtuple("ResolveOutputs", ["version", "digest", "run_id", "policy"])
+
+
+def _setup() -> tuple[Settings, Registry]:
+    settings = Settings.from_env()
+    settings.prepare()
+    return settings, Registry()
+
+
+def resolve_step(
+    model_name: str, version: str, alias: str, policy_file: str, model_path: str
+) -> Any:
+    settings, registry = _setup()
+
+    def body(events: EventSink) -> Any:
+        r = resolve.run(
+            model_name,
+            version or None,
+            alias or None,
+            Path(policy_file) if policy_file else None,
+            settings=settings,
+            registry=registry,
+            dest=Path(model_path),
+            events=events,
+        )
+        return ResolveOutputs(r.ref.version, r.digest, r.run_id, r.policy_json)
+
+    return run_step("resolve", body)
+
+
+def validate_step(
+    model_path: str,
+    model_name: str,
+    version: str,
+    digest: str,
+    run_id: str,
+    policy: str,
+    verdict_path: str,
+) -> bool:
+    settings, registry = _setup()
+    deployment = DeploymentRun(registry.client, run_id)
+
+    def body(events: EventSink) -> Verdict:
+        ref = registry.resolve(model_name, version=version)
+        workdir = Path(verdict_path).parent / "validate-work"
+        return validate_stage.run(
+            ref,
+            Path(model_path),
+            digest,
+            Policy.model_validate_json(policy).validate_stage,
+            registry=registry,
+            deployment=deployment,
+            workdir=workdir,
+            env=settings.child_env(),
+            events=events,
+        )
+
+    try:
+        verdict = run_step("validate", body)
+    except ModelshipError as e:
+        deployment.fail(str(e))
+        raise
+    verdict.save(verdict_path)
+    return verdict.passed
+
+
+def conclude_step(
+    model_name: str,
+    version: str,
+    digest: str,
+    run_id: str,
+    verdict_paths: list[str],
+    summary_path: str,
+) -> str:
+    import json
+
+    _, registry = _setup()
+
+    def body(events: EventSink) -> dict[str, Any]:
+        ref = registry.resolve(model_name, version=version)
+        verdicts = [Verdict.load(p) for p in verdict_paths]
+        return conclude.run(ref, digest, DeploymentRun(registry.client, run_id), verdicts)
+
+    summary = run_step("conclude", body)
+    Path(summary_path).write_text(json.dumps(summary, indent=2))
+    return str(summary["outcome"])

@@ -1,0 +1,147 @@
+"""Load a policy: ``default.yaml``, then the model's override, then an explicit file.
+
+Each layer is deep-merged over the one before (mappings merge, lists and scalars replace), and
+the result is validated against :mod:`policies.schema`. Errors name the file, line and key path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from modelship.errors import PolicyError
+from policies.schema import Policy
+
+POLICY_DIR = Path(__file__).resolve().parent
+DEFAULT_POLICY = POLICY_DIR / "default.yaml"
+
+
+@dataclass(frozen=True)
+class _Layer:
+    path: Path
+    data: dict[str, Any]
+    root: yaml.Node | None
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    policy: Policy
+    sources: tuple[Path, ...]
+
+    @property
+    def digest(self) -> str:
+        return policy_hash(self.policy)
+
+
+def policy_hash(policy: Policy) -> str:
+    canonical = json.dumps(policy.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _read_layer(path: Path) -> _Layer:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise PolicyError(
+            f"cannot read policy file {path}: {e.strerror}", hint="check the path"
+        ) from e
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        place = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise PolicyError(
+            "policy is not valid YAML", errors=[(place, str(getattr(e, "problem", e)))]
+        ) from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(
+            "policy must be a YAML mapping", errors=[(f"{path}:1:1", f"got {type(data).__name__}")]
+        )
+    return _Layer(path, data, root)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _find_node(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[yaml.Node | None, int]:
+    """The deepest node along ``loc`` and how many steps of it were found."""
+    node, depth = root, 0
+    for step in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == str(step)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
+            nxt = node.value[step] if step < len(node.value) else None
+        else:
+            nxt = None
+        if nxt is None:
+            break
+        node, depth = nxt, depth + 1
+    return node, depth
+
+
+def _place(layers: list[_Layer], loc: tuple[int | str, ...]) -> str:
+    """Where in the YAML an error points: the layer that sets the deepest part of ``loc``."""
+    best: tuple[int, _Layer, yaml.Node] | None = None
+    for layer in reversed(layers):  # later layers win, as in the merge
+        node, depth = _find_node(layer.root, loc)
+        if node is not None and depth > 0 and (best is None or depth > best[0]):
+            best = (depth, layer, node)
+    key = ".".join(str(p) for p in loc) or "(top)"
+    if best is None:
+        return f"{layers[-1].path} {key}"
+    _, layer, node = best
+    return f"{layer.path}:{node.start_mark.line + 1}:{node.start_mark.column + 1} {key}"
+
+
+def load_policy(
+    model: str | None = None,
+    path: Path | None = None,
+    *,
+    policy_dir: Path = POLICY_DIR,
+) -> LoadedPolicy:
+    """The effective policy for ``model``: default, then ``<model>.yaml``, then ``path``."""
+    layers = [_read_layer(policy_dir / "default.yaml")]
+    if model:
+        own = policy_dir / f"{model}.yaml"
+        if own.is_file():
+            layers.append(_read_layer(own))
+    if path is not None:
+        layers.append(_read_layer(Path(path)))
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = _merge(merged, layer.data)
+    try:
+        policy = Policy.model_validate(merged)
+    except ValidationError as e:
+        errors = [(_place(layers, tuple(err["loc"])), _message(err)) for err in e.errors()]
+        raise PolicyError(
+            f"invalid policy ({len(errors)} error{'s' if len(errors) > 1 else ''})",
+            errors=errors,
+            hint="fix the keys above; `modelship policy check FILE` checks a file on its own",
+        ) from e
+    return LoadedPolicy(policy, tuple(layer.path for layer in layers))
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key (not part of the policy schema)"
+    msg = str(err["msg"])
+    if "input" in err and err["type"] not in ("missing",):
+        msg += f" (got {err['input']!r})"
+    return msg

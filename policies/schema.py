@@ -1,0 +1,287 @@
+"""The policy: what each gate demands of a model, validated when it is loaded.
+
+Every stage of the architecture has its section now, so later stages fill in behaviour, not
+shape. Unknown keys are errors (``extra="forbid"``) and numbers are range-checked, so a bad policy
+fails before any work starts. Data URIs may use ``{run_id}``, ``{model}`` and ``{version}``,
+filled from the model version being deployed.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[float, Field(gt=0.0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- validate ----------------------------------------------------------------------------------
+
+
+class DataSource(Strict):
+    uri: str = Field(description="local path or MLflow artifact URI (runs:/, models:/)")
+    format: Literal["auto", "csv", "parquet"] = "auto"
+
+
+class ValidationData(DataSource):
+    target: str = Field(description="column holding the true label or value")
+
+
+class RangeRule(Strict):
+    """Value ranges learned from the reference data, per numeric column."""
+
+    enabled: bool = True
+    quantiles: tuple[Fraction, Fraction] = (0.001, 0.999)
+    #: widen the learned [low, high] by this share of its width on each side
+    widen: Annotated[float, Field(ge=0.0, le=10.0)] = 0.1
+    #: share of rows that must fall inside the range
+    mostly: Fraction = 0.99
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeRule:
+        if self.quantiles[0] >= self.quantiles[1]:
+            raise ValueError("quantiles must be [low, high] with low < high")
+        return self
+
+
+class ColumnRule(Strict):
+    """An explicit expectation for one column; overrides what is learned."""
+
+    min: float | None = None
+    max: float | None = None
+    allow_null: bool | None = None
+    mostly: Fraction = 1.0
+
+
+class DataContract(Strict):
+    allow_nulls: bool = False
+    ranges: RangeRule = RangeRule()
+    columns: dict[str, ColumnRule] = {}
+
+
+class Direction(StrEnum):
+    HIGHER = "higher_is_better"
+    LOWER = "lower_is_better"
+
+
+class MetricName(StrEnum):
+    ACCURACY = "accuracy"
+    BALANCED_ACCURACY = "balanced_accuracy"
+    PRECISION = "precision"
+    RECALL = "recall"
+    F1 = "f1"
+    ROC_AUC = "roc_auc"
+    LOG_LOSS = "log_loss"
+    RMSE = "rmse"
+    MAE = "mae"
+    R2 = "r2"
+
+
+class MetricGate(Strict):
+    """One metric: an absolute threshold and/or a limit on regression against the champion."""
+
+    name: MetricName
+    #: absolute bar: metric >= threshold (higher is better) or <= threshold (lower is better)
+    threshold: float | None = None
+    #: largest allowed worsening against the champion, in the metric's units
+    max_regression: Annotated[float, Field(ge=0.0)] | None = None
+    #: largest allowed worsening against the champion, as a share of the champion's value
+    max_relative_regression: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    #: defaults to the metric's natural direction
+    direction: Direction | None = None
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> MetricGate:
+        if (
+            self.threshold is None
+            and self.max_regression is None
+            and self.max_relative_regression is None
+        ):
+            raise ValueError(
+                "give at least one of threshold, max_regression, max_relative_regression"
+            )
+        return self
+
+
+class ModelLoading(Strict):
+    #: skops types a model may declare as trusted; anything else is refused before loading
+    trusted_types: list[str] = ["sklearn.tree._tree.Tree"]
+    #: pickle and cloudpickle run code when loaded: refused unless allowed here
+    allow_pickle: bool = False
+    load_timeout_s: Positive = 300.0
+
+
+class Validate(Strict):
+    validation_data: ValidationData = ValidationData(
+        uri="runs:/{run_id}/modelship/validation.parquet", target="target"
+    )
+    reference_data: DataSource = DataSource(uri="runs:/{run_id}/modelship/reference.parquet")
+    contract: DataContract = DataContract()
+    model: ModelLoading = ModelLoading()
+    metrics: list[MetricGate] = []
+    #: classification: the label used as positive class for precision/recall/f1/roc_auc
+    positive_label: str | int | None = None
+
+
+# -- optimize ----------------------------------------------------------------------------------
+
+
+class Variant(StrEnum):
+    FP32 = "fp32"
+    INT8_DYNAMIC = "int8_dynamic"
+    INT8_STATIC = "int8_static"
+    FP16 = "fp16"
+    TENSORRT = "tensorrt"
+    CUDA = "cuda"
+
+
+class Equivalence(Strict):
+    max_label_disagreement: Fraction = 0.0
+    max_probability_diff: Annotated[float, Field(ge=0.0)] = 1e-4
+    max_abs_error: Annotated[float, Field(ge=0.0)] = 1e-4
+    max_rel_error: Annotated[float, Field(ge=0.0)] = 1e-4
+
+
+class Optimize(Strict):
+    enabled: bool = True
+    on_conversion_failure: Literal["native", "reject"] = "native"
+    variants: list[Variant] = [Variant.FP32, Variant.INT8_DYNAMIC, Variant.INT8_STATIC]
+    equivalence: Equivalence = Equivalence()
+    #: largest allowed drop of each validation metric on a variant
+    metric_budget: Annotated[float, Field(ge=0.0)] = 0.005
+    objective: Literal["latency", "throughput"] = "latency"
+    batch_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = [1, 64, 1024]
+    intra_op_threads: Annotated[int, Field(ge=0, le=256)] = 1
+
+
+# -- package -----------------------------------------------------------------------------------
+
+
+class Batching(Strict):
+    enabled: bool = True
+    max_batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
+    max_latency_ms: Annotated[float, Field(gt=0.0, le=60000)] = 10.0
+
+
+class Package(Strict):
+    batching: Batching = Batching()
+    max_rows_per_request: Annotated[int, Field(ge=1)] = 1024
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    image: Literal["auto", "always", "never"] = "auto"
+
+
+# -- load test ---------------------------------------------------------------------------------
+
+
+class LoadStep(Strict):
+    rate: Positive
+    duration_s: Positive
+
+
+class Slo(Strict):
+    p99_ms: Positive = 100.0
+    max_error_rate: Fraction = 0.001
+    #: achieved rate must reach this share of the target arrival rate
+    min_rate_ratio: Fraction = 0.95
+
+
+class LoadTest(Strict):
+    enabled: bool = True
+    mode: Literal["constant", "stepped", "find_max"] = "constant"
+    rate: Positive = 200.0
+    duration_s: Positive = 20.0
+    warmup_s: Annotated[float, Field(ge=0.0)] = 3.0
+    steps: list[LoadStep] = []
+    slo: Slo = Slo()
+    #: largest allowed p99 worsening against the champion under the same load, as a share
+    max_p99_regression: Annotated[float, Field(ge=0.0)] | None = 0.2
+    timeout_ready_s: Positive = 120.0
+
+
+# -- rollout -----------------------------------------------------------------------------------
+
+
+class CanaryStep(Strict):
+    weight: Annotated[int, Field(ge=0, le=100)]
+    #: seconds to wait at this weight; None pauses until promoted by hand
+    pause_s: Annotated[float, Field(ge=0.0)] | None = 60.0
+    analysis: bool = True
+
+
+class Analysis(Strict):
+    max_error_rate_increase: Fraction = 0.01
+    max_p99_ratio: Positive = 1.5
+    prediction_drift_share: Fraction = 0.5
+    min_requests: Annotated[int, Field(ge=0)] = 100
+
+
+class Rollout(Strict):
+    strategy: Literal["canary", "blue_green"] = "canary"
+    target: Literal["local", "seldon", "kserve"] = "local"
+    steps: list[CanaryStep] = [
+        CanaryStep(weight=10, pause_s=60.0),
+        CanaryStep(weight=50, pause_s=60.0),
+        CanaryStep(weight=100, pause_s=0.0),
+    ]
+    mirror_share: Fraction = 0.0
+    sticky: bool = False
+    analysis: Analysis = Analysis()
+    failure_limit: Annotated[int, Field(ge=0)] = 0
+    consecutive_error_limit: Annotated[int, Field(ge=1)] = 3
+    drain_s: Annotated[float, Field(ge=0.0)] = 10.0
+
+    @model_validator(mode="after")
+    def _weights_rise(self) -> Rollout:
+        weights = [s.weight for s in self.steps]
+        if weights != sorted(weights):
+            raise ValueError(f"canary step weights must not decrease, got {weights}")
+        return self
+
+
+# -- monitor -----------------------------------------------------------------------------------
+
+
+class Window(Strict):
+    rows: Annotated[int, Field(ge=1)] | None = 5000
+    minutes: Positive | None = None
+
+
+class DriftThresholds(Strict):
+    drift_share: Fraction = 0.3
+    p_value: Fraction = 0.05
+    psi: Positive = 0.2
+
+
+class Monitor(Strict):
+    enabled: bool = True
+    window: Window = Window()
+    min_rows: Annotated[int, Field(ge=1)] = 500
+    thresholds: DriftThresholds = DriftThresholds()
+    consecutive_windows: Annotated[int, Field(ge=1)] = 2
+    action: Literal["rollback", "alert", "none"] = "rollback"
+    cooldown_s: Annotated[float, Field(ge=0.0)] = 600.0
+    notify_url: str | None = None
+
+
+# -- the whole policy --------------------------------------------------------------------------
+
+
+class Policy(Strict):
+    validate_: Validate = Field(default=Validate(), alias="validate")
+    optimize: Optimize = Optimize()
+    package: Package = Package()
+    loadtest: LoadTest = LoadTest()
+    rollout: Rollout = Rollout()
+    monitor: Monitor = Monitor()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def validate_stage(self) -> Validate:
+        return self.validate_
