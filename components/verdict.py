@@ -100,4 +100,5 @@ class Verdict(BaseModel):
         return cls.model_validate_json(Path(path).read_text())
 
     def summary(self) -> dict[str, Any]:
-        return json.loads(self.model_dump_json())
+        summary: dict[str, Any] = json.loads(self.model_dump_json())
+        return summary

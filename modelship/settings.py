@@ -7,6 +7,7 @@ points the same code at a tracking server instead.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ class Settings:
         import mlflow
 
         self.home.mkdir(parents=True, exist_ok=True)
+        # MLflow's per-file download bars and INFO lines drown modelship's own progress view
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.registry_uri)
 

@@ -21,11 +21,11 @@ def resolve_model(
     model_name: str, version: str, alias: str, policy_file: str, model: Output[Model]
 ) -> NamedTuple(
     "ResolveOutputs", [("version", str), ("digest", str), ("run_id", str), ("policy", str)]
-):  # type: ignore[valid-type]
+):
     """Resolve the model version, check its digest, load the policy, open the deployment run."""
     from pipelines.steps import resolve_step
 
-    return resolve_step(model_name, version, alias, policy_file, model.path)  # type: ignore[no-any-return]
+    return resolve_step(model_name, version, alias, policy_file, model.path)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

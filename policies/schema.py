@@ -39,9 +39,9 @@ class RangeRule(Strict):
     enabled: bool = True
     quantiles: tuple[Fraction, Fraction] = (0.001, 0.999)
     #: widen the learned [low, high] by this share of its width on each side
-    widen: Annotated[float, Field(ge=0.0, le=10.0)] = 0.1
+    widen: Annotated[float, Field(ge=0.0, le=10.0)] = 0.25
     #: share of rows that must fall inside the range
-    mostly: Fraction = 0.99
+    mostly: Fraction = 0.98
 
     @model_validator(mode="after")
     def _ordered(self) -> RangeRule:
@@ -111,7 +111,13 @@ class MetricGate(Strict):
 
 class ModelLoading(Strict):
     #: skops types a model may declare as trusted; anything else is refused before loading
-    trusted_types: list[str] = ["sklearn.tree._tree.Tree"]
+    trusted_types: list[str] = [
+        "sklearn.tree._tree.Tree",
+        "lightgbm.basic.Booster",
+        "lightgbm.sklearn.LGBMClassifier",
+        "lightgbm.sklearn.LGBMRegressor",
+        "collections.OrderedDict",
+    ]
     #: pickle and cloudpickle run code when loaded: refused unless allowed here
     allow_pickle: bool = False
     load_timeout_s: Positive = 300.0

@@ -135,20 +135,23 @@ class Registry:
             found = self.client.search_model_versions(f"name = '{name}'")
         except MlflowException as e:
             raise RegistryError(f"could not list versions of {name!r}: {e}") from e
-        return sorted(
-            (
-                ModelRef(
-                    v.name,
-                    str(v.version),
-                    v.run_id,
-                    v.source,
-                    tuple(getattr(v, "aliases", []) or []),
-                    dict(v.tags or {}),
-                )
-                for v in found
-            ),
-            key=lambda r: int(r.version),
-        )
+        # search results carry no aliases: read them from the registered model
+        by_version: dict[str, list[str]] = {}
+        if found:
+            for alias, number in (self.client.get_registered_model(name).aliases or {}).items():
+                by_version.setdefault(str(number), []).append(alias)
+        refs = [
+            ModelRef(
+                v.name,
+                str(v.version),
+                v.run_id,
+                v.source,
+                tuple(sorted(by_version.get(str(v.version), []))),
+                dict(v.tags or {}),
+            )
+            for v in found
+        ]
+        return sorted(refs, key=lambda r: int(r.version))
 
     # -- artifacts and identity --------------------------------------------------------------
 
@@ -178,6 +181,12 @@ class Registry:
             self.client.set_model_version_tag(ref.name, ref.version, TAG_DIGEST, digest)
             return path, digest
         return path, verify(path, recorded, what=str(ref))
+
+    def record_digest(self, ref: ModelRef) -> str:
+        """Take and record the digest now, at registration, so any later change is caught."""
+        with tempfile.TemporaryDirectory(prefix="modelship-digest-") as tmp:
+            _, digest = self.checked_download(ref, Path(tmp) / "model")
+        return digest
 
     # -- writing -----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -43,13 +44,13 @@ class Predictions:
     """What a model said about the validation rows."""
 
     #: labels (classification) or values (regression), one per row
-    values: NDArray[np.generic]
+    values: NDArray[Any]
     #: class probabilities, one column per class in ``classes`` order; None when unavailable
     scores: NDArray[np.float64] | None = None
     classes: tuple[object, ...] = ()
 
 
-def labels_from(pred: Predictions, y_true: NDArray[np.generic]) -> NDArray[np.generic]:
+def labels_from(pred: Predictions, y_true: NDArray[Any]) -> NDArray[Any]:
     """Class labels. A model that outputs one probability per row (a LightGBM binary booster)
     is thresholded at 0.5 against the sorted true labels."""
     values = pred.values
@@ -64,12 +65,12 @@ def labels_from(pred: Predictions, y_true: NDArray[np.generic]) -> NDArray[np.ge
             and np.all((values >= 0) & (values <= 1))
             and not np.all(np.isin(values, labels))
         ):
-            return np.where(values >= 0.5, labels[1], labels[0])
+            return np.asarray(np.where(values >= 0.5, labels[1], labels[0]))
     return values
 
 
 def positive_scores(
-    pred: Predictions, y_true: NDArray[np.generic], positive: object
+    pred: Predictions, y_true: NDArray[Any], positive: object
 ) -> NDArray[np.float64] | None:
     if pred.scores is not None and pred.scores.ndim == 2:
         classes = list(pred.classes) if pred.classes else sorted(np.unique(y_true).tolist())
@@ -82,7 +83,7 @@ def positive_scores(
 
 
 def compute(
-    name: MetricName, y_true: NDArray[np.generic], pred: Predictions, positive: object | None
+    name: MetricName, y_true: NDArray[Any], pred: Predictions, positive: object | None
 ) -> float:
     """The value of one metric; NaN when the predictions cannot give it (e.g. no scores)."""
     from sklearn import metrics as m
@@ -197,7 +198,9 @@ def gate(
                 name=f"metric.{name}.vs_champion",
                 kind="metric",
                 passed=ok,
-                measured=round(-worse if direction is Direction.HIGHER else worse, 6),
+                measured=round(
+                    value - champ, 6
+                ),  # the change; the threshold says which way is worse
                 threshold=f"worsening <= {allowed:.4g}",
                 reason=(
                     f"{name} {change}: within the allowed worsening of {allowed:.4g}"

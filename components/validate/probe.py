@@ -53,7 +53,7 @@ def _predict(model_dir: str, features: Path, out: Path) -> dict[str, Any]:
     arrays: dict[str, Any] = {"values": values, "classes": np.asarray(classes)}
     if scores is not None:
         arrays["scores"] = scores
-    np.savez(out / "predictions.npz", **arrays)  # type: ignore[arg-type]
+    np.savez(out / "predictions.npz", **arrays)
     return report
 
 

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from components.datasource import read_frame
@@ -54,20 +53,35 @@ def _features(
 def _evaluate(
     label: str,
     model_dir: Path,
-    features: pd.DataFrame,
-    y_true: np.ndarray,  # type: ignore[type-arg]
+    validation: pd.DataFrame,
+    target: str,
     policy: Validate,
     workdir: Path,
     env: dict[str, str],
 ) -> Evaluation:
+    """Load and score one model on the validation rows, with the columns its signature names."""
     mlmodel = read_mlmodel(model_dir)
+    signature = read_signature(mlmodel)
     checks = artifact_checks(model_dir, mlmodel, policy.model)
+    missing = [name for name, _ in signature.columns if name not in validation.columns]
+    if missing:
+        checks.append(
+            Check(
+                name="model.predicts",
+                kind="model",
+                passed=False,
+                measured=f"{len(missing)} missing",
+                reason=f"not run: the validation data lacks the model's input columns {missing[:5]}",
+            )
+        )
     if not all(c.passed for c in checks):
         return Evaluation({}, checks)
+    features = _features(validation, signature.columns, target)
     result = probe(model_dir, features, workdir / label, policy.model.load_timeout_s, env)
-    checks += behaviour_checks(result, len(features), read_signature(mlmodel))
+    checks += behaviour_checks(result, len(features), signature)
     if result.predictions is None or not all(c.passed for c in checks):
         return Evaluation({}, checks)
+    y_true = validation[target].to_numpy()
     values = {
         str(g.name): metrics.compute(g.name, y_true, result.predictions, policy.positive_label)
         for g in policy.metrics
@@ -99,7 +113,7 @@ def run(
             f"validation data has no target column {target!r} (columns: {list(validation.columns)[:8]}...)",
             hint="set validate.validation_data.target in the policy",
         )
-    signature = read_signature(read_mlmodel(model_dir))
+    signature = read_signature(read_mlmodel(model_dir))  # an MLmodel file, or a clear error
 
     events.emit(STAGE, "step", step="data contract (Great Expectations)")
     contract = check_contract(validation, signature.columns, target, reference, policy.contract)
@@ -109,58 +123,44 @@ def run(
     (reports / "data_contract.json").write_text(json.dumps(contract.ge_json, indent=2, default=str))
     (reports / "data_contract.html").write_text(contract.ge_html)
 
-    missing = [name for name, _ in signature.columns if name not in validation.columns]
     figures: dict[str, float] = {"rows": float(len(validation))}
-    if missing:
-        checks.append(
-            Check(
-                name="model.predicts",
-                kind="model",
-                passed=False,
-                measured=f"{len(missing)} missing",
-                reason=f"not run: the validation data lacks the model's input columns {missing[:5]}",
+    events.emit(STAGE, "step", step=f"model checks: {ref}")
+    candidate = _evaluate("candidate", model_dir, validation, target, policy, workdir, env)
+    checks += candidate.checks
+    figures.update(candidate.values)
+    champion_values = None
+    champ = registry.champion(ref.name)
+    if candidate.values and champ is not None and champ.version != ref.version:
+        events.emit(STAGE, "step", step=f"champion on the same data: {champ}")
+        champ_dir, _ = registry.checked_download(champ, workdir / "champion-model")
+        evaluation = _evaluate("champion", champ_dir, validation, target, policy, workdir, env)
+        if evaluation.values:
+            champion_values = evaluation.values
+            figures.update({f"champion.{k}": v for k, v in evaluation.values.items()})
+        else:
+            failed = "; ".join(c.reason for c in evaluation.checks if not c.passed)
+            checks.append(
+                Check(
+                    name="champion.evaluates",
+                    kind="metric",
+                    passed=False,
+                    measured=str(champ),
+                    reason=f"the champion {champ} could not be evaluated, so no comparison: {failed}",
+                )
             )
-        )
-    else:
-        features = _features(validation, signature.columns, target)
-        y_true = validation[target].to_numpy()
-        events.emit(STAGE, "step", step=f"model checks: {ref}")
-        candidate = _evaluate("candidate", model_dir, features, y_true, policy, workdir, env)
-        checks += candidate.checks
-        figures.update(candidate.values)
-        champion_values = None
-        champ = registry.champion(ref.name)
-        if candidate.values and champ is not None and champ.version != ref.version:
-            events.emit(STAGE, "step", step=f"champion on the same data: {champ}")
-            champ_dir, _ = registry.checked_download(champ, workdir / "champion-model")
-            evaluation = _evaluate("champion", champ_dir, features, y_true, policy, workdir, env)
-            if evaluation.values:
-                champion_values = evaluation.values
-                figures.update({f"champion.{k}": v for k, v in evaluation.values.items()})
-            else:
-                failed = "; ".join(c.reason for c in evaluation.checks if not c.passed)
-                checks.append(
-                    Check(
-                        name="champion.evaluates",
-                        kind="metric",
-                        passed=False,
-                        measured=str(champ),
-                        reason=f"the champion {champ} could not be evaluated, so no comparison: {failed}",
-                    )
+    if candidate.values or (candidate.checks and all(c.passed for c in candidate.checks)):
+        events.emit(STAGE, "step", step="metric gate")
+        checks += metrics.gate(policy.metrics, candidate.values, champion_values)
+        if not policy.metrics:
+            checks.append(
+                Check(
+                    name="metric.gates",
+                    kind="metric",
+                    passed=True,
+                    skipped=True,
+                    reason="the policy sets no metric gates",
                 )
-        if candidate.values:
-            events.emit(STAGE, "step", step="metric gate")
-            checks += metrics.gate(policy.metrics, candidate.values, champion_values)
-            if not policy.metrics:
-                checks.append(
-                    Check(
-                        name="metric.gates",
-                        kind="metric",
-                        passed=True,
-                        skipped=True,
-                        reason="the policy sets no metric gates",
-                    )
-                )
+            )
     verdict = Verdict.from_checks(
         STAGE, checks, figures=figures, duration_s=time.perf_counter() - t0
     )

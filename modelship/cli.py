@@ -1,0 +1,175 @@
+"""The ``modelship`` command line.
+
+Exit codes: 0 every gate passed; 3 rejected at a gate; 2 usage or input error; 1 unexpected.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from modelship.errors import ModelshipError, PolicyError
+from modelship.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_INPUT, EXIT_REJECTED = 0, 1, 2, 3
+
+
+def _errors_to_exit_codes(func: F) -> F:
+    """The boundary where modelship's errors become messages and exit codes."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ModelshipError as e:
+            click.echo(click.style("error: ", fg="red", bold=True) + str(e), err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception:
+            click.echo(click.style("unexpected error (a bug in modelship):", fg="red"), err=True)
+            click.echo(traceback.format_exc(), err=True)
+            sys.exit(EXIT_UNEXPECTED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="modelship")
+def main() -> None:
+    """Carry MLflow model versions through gates to production traffic.
+
+    The registry is MLflow's: by default an embedded SQLite store under MODELSHIP_HOME
+    (./.modelship); set MLFLOW_TRACKING_URI to use a tracking server instead.
+    """
+
+
+@main.command()
+@click.argument("model")
+@click.option("--version", "version", help="Version number to deploy (default: the latest).")
+@click.option("--alias", help="Alias to deploy, e.g. challenger.")
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Policy override YAML, merged over policies/default.yaml and policies/MODEL.yaml.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every check, not only failures.")
+@_errors_to_exit_codes
+def deploy(
+    model: str,
+    version: str | None,
+    alias: str | None,
+    policy_file: Path | None,
+    as_json: bool,
+    verbose: bool,
+) -> None:
+    """Run MODEL's version through every gate, showing each stage as it runs.
+
+    Exit code 0 when every gate passed, 3 when a gate rejected the model, 2 for bad input.
+    """
+    from modelship.deploy import deploy as run
+    from modelship.deploy import deploy_with_view
+
+    if version and alias:
+        raise click.UsageError("give --version or --alias, not both")
+    settings = Settings.from_env()
+    settings.prepare()
+    if as_json:
+        summary = run(settings, model, version=version, alias=alias, policy_file=policy_file)
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        summary = deploy_with_view(
+            settings, model, version=version, alias=alias, policy_file=policy_file, verbose=verbose
+        )
+    sys.exit(EXIT_OK if summary["outcome"] == "passed" else EXIT_REJECTED)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@_errors_to_exit_codes
+def status(model: str, as_json: bool) -> None:
+    """Show MODEL's versions: aliases, modelship state and reason, digest."""
+    from modelship.status import model_status, render_status
+
+    settings = Settings.from_env()
+    settings.prepare()
+    report = model_status(model)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        from modelship.live import make_console
+
+        make_console().print(render_status(report))
+
+
+@main.group()
+def policy() -> None:
+    """Work with policy files."""
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--model", help="Also merge policies/MODEL.yaml under FILE, as deploy would.")
+@_errors_to_exit_codes
+def policy_check(file: Path, model: str | None) -> None:
+    """Validate FILE (merged over policies/default.yaml); print each error with its place."""
+    from policies.loader import load_policy
+
+    try:
+        loaded = load_policy(model, file)
+    except PolicyError as e:
+        click.echo(f"{file}: {e.message}", err=True)
+        for place, message in e.errors:
+            click.echo(f"  {place}: {message}", err=True)
+        sys.exit(EXIT_INPUT)
+    click.echo(f"{file}: ok (policy hash {loaded.digest})")
+
+
+@main.command("compile")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder for the YAML files (default: the pipelines/ folder).",
+)
+@_errors_to_exit_codes
+def compile_(out: Path | None) -> None:
+    """Compile every pipeline to KFP IR YAML, for upload to the Kubeflow Pipelines UI."""
+    from pipelines.compile import compile_all
+
+    for path in compile_all(out):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON on stdout.")
+@_errors_to_exit_codes
+def demo(as_json: bool) -> None:
+    """Train and register demo models on scikit-learn's bundled data, then deploy each in turn.
+
+    v1 is good, v2 better, v3 degraded: v3 is rejected at the validation gate.
+    """
+    from modelship.demo import run_demo
+
+    settings = Settings.from_env()
+    settings.prepare()
+    summaries = run_demo(settings)
+    if as_json:
+        click.echo(json.dumps(summaries, indent=2))
+
+
+if __name__ == "__main__":
+    main()
