@@ -80,19 +80,24 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _find_node(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[yaml.Node | None, int]:
-    """The deepest node along ``loc`` and how many steps of it were found."""
-    node, depth = root, 0
+    """The node that names the deepest part of ``loc`` found, and how many steps were found.
+
+    For a mapping entry that is the key (whose line is where a person looks), not its value.
+    """
+    node, mark, depth = root, root, 0
     for step in loc:
+        found: tuple[yaml.Node, yaml.Node] | None = None
         if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if k.value == str(step)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
-            nxt = node.value[step] if step < len(node.value) else None
-        else:
-            nxt = None
-        if nxt is None:
+            found = next(((k, v) for k, v in node.value if k.value == str(step)), None)
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value)
+        ):
+            found = (node.value[step], node.value[step])
+        if found is None:
             break
-        node, depth = nxt, depth + 1
-    return node, depth
+        mark, node = found
+        depth += 1
+    return mark, depth
 
 
 def _place(layers: list[_Layer], loc: tuple[int | str, ...]) -> str:

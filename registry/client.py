@@ -89,8 +89,8 @@ class Registry:
             else:
                 versions = self.client.search_model_versions(f"name = '{name}'")
                 if not versions:
-                    raise MlflowException(
-                        f"no versions of {name}", error_code="RESOURCE_DOES_NOT_EXIST"
+                    raise RegistryError(
+                        self._missing_message(name, version, alias), hint=self._hint(name)
                     )
                 mv = max(versions, key=lambda v: int(v.version))
         except MlflowException as e:
@@ -109,7 +109,9 @@ class Registry:
         )
 
     def _missing_message(self, name: str, version: str | None, alias: str | None) -> str:
-        what = f"alias {alias!r}" if alias else f"version {version}" if version else "any version"
+        if not alias and not version:
+            return f"model {name!r} has no registered versions"
+        what = f"alias {alias!r}" if alias else f"version {version}"
         return f"model {name!r} has no {what} in the registry"
 
     def _hint(self, name: str) -> str:

@@ -145,7 +145,7 @@ _SHORT = {
 }
 
 
-def _check_from(evr: Any, specs: dict[str, ColumnSpec]) -> Check:
+def _check_from(evr: Any, specs: dict[str, ColumnSpec], present: set[str]) -> Check:
     config = evr.expectation_config
     kind = config.type
     column = config.kwargs.get("column")
@@ -162,7 +162,7 @@ def _check_from(evr: Any, specs: dict[str, ColumnSpec]) -> Check:
             measured="missing",
             reason=f"column {column!r} is missing from the validation data",
         )
-    if error and "does not exist" in error:
+    if column not in present:  # GE's own message for this differs between expectations
         return Check(
             name=label,
             kind="data",
@@ -171,18 +171,19 @@ def _check_from(evr: Any, specs: dict[str, ColumnSpec]) -> Check:
             reason=f"column {column!r} is missing, so this could not be checked",
         )
     if kind == "expect_column_values_to_be_in_type_list":
-        observed = (
-            result.get("observed_value")
-            or f"{result.get('unexpected_count')} values of other types"
-        )
+        observed = result.get("observed_value")
+        if observed:
+            what = f"has type {observed}"
+        else:  # object columns are checked row by row
+            what = f"has {result.get('unexpected_count')} values that are not numbers of that type"
         return Check(
             name=label,
             kind="data",
             passed=False,
-            measured=str(observed),
+            measured=str(observed or result.get("unexpected_count")),
             threshold=" | ".join(config.kwargs["type_list"]),
-            reason=f"column {column!r} has type {observed}, the model's signature "
-            f"needs {specs[column].mlflow_type}",
+            reason=f"column {column!r} {what}; the model's signature needs "
+            f"{specs[column].mlflow_type}",
         )
     if kind == "expect_column_values_to_not_be_null":
         count = result.get("unexpected_count")
@@ -212,8 +213,13 @@ def _check_from(evr: Any, specs: dict[str, ColumnSpec]) -> Check:
             threshold=f"<= {1 - spec.mostly:.4g} outside [{spec.low:.4g}, {spec.high:.4g}]"
             if spec.low is not None and spec.high is not None
             else f"mostly {spec.mostly}",
-            reason=f"{share:.1%} of {column!r} lies outside the range learned from the "
-            f"{spec.range_source} data (examples: {result.get('partial_unexpected_list', [])[:3]})",
+            reason=f"{share:.1%} of {column!r} lies outside the range "
+            + (
+                "set in the policy"
+                if spec.range_source == "policy"
+                else "learned from the reference data"
+            )
+            + f" (examples: {result.get('partial_unexpected_list', [])[:3]})",
         )
     return Check(name=label, kind="data", passed=False, reason=error or f"{kind} failed")
 
@@ -232,7 +238,8 @@ def check_contract(
     specs = learn_specs(columns, reference, contract)
     result = _run_ge(validation, specs, target)
     by_name = {s.name: s for s in specs}
-    checks = [_check_from(evr, by_name) for evr in result.results]
+    present = set(map(str, validation.columns))
+    checks = [_check_from(evr, by_name, present) for evr in result.results]
     # failures first, then in column order, so the person reading sees the cause at the top
     checks.sort(key=lambda c: (c.passed, c.name))
     html = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))

@@ -191,7 +191,8 @@ def gate(
         if g.max_relative_regression is not None:
             limits.append(g.max_relative_regression * abs(champ))
         allowed = min(limits)
-        ok = worse <= allowed + 1e-12
+        # at the limit is within it: compare with a tolerance relative to the values' size
+        ok = worse <= allowed or math.isclose(worse, allowed, rel_tol=1e-9, abs_tol=1e-12)
         change = f"{value:.4f} vs champion {champ:.4f}"
         checks.append(
             Check(

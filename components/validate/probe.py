@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 
-def _predict(model_dir: str, features: Path, out: Path) -> dict[str, Any]:
+def _predict(model_dir: str, features: Path, out: Path, report: dict[str, Any]) -> None:
+    """Fill ``report`` as it goes, so a failure still says in which phase it happened."""
     import mlflow.pyfunc
     import pandas as pd
 
-    report: dict[str, Any] = {"phase": "load"}
+    report["phase"] = "load"
     t0 = time.perf_counter()
     model = mlflow.pyfunc.load_model(model_dir)
     report["load_s"] = round(time.perf_counter() - t0, 4)
@@ -54,7 +55,6 @@ def _predict(model_dir: str, features: Path, out: Path) -> dict[str, Any]:
     if scores is not None:
         arrays["scores"] = scores
     np.savez(out / "predictions.npz", **arrays)
-    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,15 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="folder for probe.json and predictions.npz")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"phase": "start"}
     try:
-        report = _predict(args.model_dir, args.features, args.out)
+        _predict(args.model_dir, args.features, args.out, report)
         code = 0
     except BaseException as e:
-        report = {
-            "phase": "error",
-            "error": f"{type(e).__name__}: {e}",
-            "traceback": traceback.format_exc(limit=8),
-        }
+        report["error"] = f"{type(e).__name__}: {e}"
+        report["traceback"] = traceback.format_exc(limit=8)
         code = 1
     (args.out / "probe.json").write_text(json.dumps(report, indent=2, default=str))
     return code

@@ -1,0 +1,118 @@
+"""Helpers for tests against real processes: a private MLflow store, registered models, the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from modelship.datasets import log_datasets
+from modelship.settings import Settings
+from registry.client import Registry
+from registry.deployments import ensure_experiment
+
+MODELSHIP = str(Path(sys.executable).parent / "modelship")
+
+
+def settings_for(home: Path, tracking_uri: str | None = None) -> Settings:
+    env = {"MODELSHIP_HOME": str(home)}
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    settings = Settings.from_env(env)
+    settings.prepare()
+    return settings
+
+
+def breast_cancer() -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.DataFrame]:
+    from modelship.demo import split
+
+    x_train, y_frame, reference, validation = split()
+    return x_train, y_frame["target"], reference, validation
+
+
+def register(
+    settings: Settings,
+    name: str,
+    model: Any,
+    x_train: pd.DataFrame,
+    reference: pd.DataFrame,
+    validation: pd.DataFrame,
+    *,
+    flavor: str = "sklearn",
+    record_digest: bool = True,
+    **log_kwargs: Any,
+) -> str:
+    """Log ``model`` with its evaluation data, register it under ``name``; its version."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    registry = Registry()
+    experiment = ensure_experiment(registry.client, settings, "tests")
+    with (
+        mlflow.start_run(experiment_id=experiment),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        signature = infer_signature(x_train, model.predict(x_train.head(5)))
+        logger = getattr(mlflow, flavor).log_model
+        info = logger(
+            model, name="model", signature=signature, registered_model_name=name, **log_kwargs
+        )
+        log_datasets(validation, reference)
+    version = str(info.registered_model_version)
+    if record_digest:
+        registry.record_digest(registry.resolve(name, version=version))
+    return version
+
+
+def artifact_dir(name: str, version: str) -> Path:
+    """Where the version's files live in the local artifact store (to corrupt them on purpose)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    source = client.get_model_version(name, version).source
+    model_id = source.removeprefix("models:/")
+    location = client.get_logged_model(model_id).artifact_location
+    return Path(location.removeprefix("file://"))
+
+
+def cli(
+    home: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    full_env["MODELSHIP_HOME"] = str(home)
+    full_env.update(env or {})
+    return subprocess.run(
+        [MODELSHIP, *args], capture_output=True, text=True, env=full_env, timeout=timeout
+    )
+
+
+def deploy_json(
+    home: Path, *args: str, env: Mapping[str, str] | None = None
+) -> tuple[int, dict[str, Any] | None, str]:
+    """Run ``modelship deploy --json``: exit code, the summary (None on error), stderr."""
+    proc = cli(home, "deploy", *args, "--json", env=env)
+    summary = json.loads(proc.stdout) if proc.stdout.strip() else None
+    return proc.returncode, summary, proc.stderr
+
+
+def version_tags(name: str) -> dict[str, dict[str, str]]:
+    return {v.version: dict(v.tags) for v in Registry().versions(name)}
+
+
+def aliases(name: str) -> dict[str, str]:
+    import mlflow
+
+    return {k: str(v) for k, v in mlflow.MlflowClient().get_registered_model(name).aliases.items()}
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)
