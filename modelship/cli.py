@@ -33,6 +33,8 @@ def _errors_to_exit_codes(func: F) -> F:
         except ModelshipError as e:
             click.echo(click.style("error: ", fg="red", bold=True) + str(e), err=True)
             sys.exit(e.exit_code)
+        except click.ClickException:
+            raise  # usage errors: click prints them and exits 2
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

@@ -1,0 +1,30 @@
+"""The main job: `modelship demo` on a fresh embedded store, as the README runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support import cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_deploys_three_versions_and_rejects_the_degraded_one(tmp_path: Path) -> None:
+    proc = cli(tmp_path, "demo", "--json", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = json.loads(proc.stdout)
+    assert [s["outcome"] for s in summaries] == ["passed", "passed", "rejected"]
+    assert summaries[2]["rejected_at"] == "validate"
+    assert "vs_champion" in summaries[2]["reason"]
+    assert "rejected at validate" in proc.stderr  # the human view went to stderr
+    status = json.loads(cli(tmp_path, "status", "breast-cancer", "--json").stdout)
+    by_version = {v["version"]: v for v in status["versions"]}
+    assert by_version["2"]["aliases"] == ["champion"] and by_version["1"]["aliases"] == ["previous"]
+    assert by_version["3"]["state"] == "rejected"
+    # a second run starts over instead of piling up versions
+    again = cli(tmp_path, "demo", "--json", timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [s["version"] for s in json.loads(again.stdout)] == ["1", "2", "3"]
