@@ -162,6 +162,8 @@ class Registry:
         import mlflow.artifacts
 
         dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # download beside the destination, then move into place: no half-written model dir
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(staging))

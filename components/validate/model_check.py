@@ -124,42 +124,72 @@ class ProbeResult:
     checks: list[Check] = field(default_factory=list)
 
 
-def probe(
-    model_dir: Path, features: pd.DataFrame, workdir: Path, timeout_s: float, env: dict[str, str]
-) -> ProbeResult:
-    """Load and predict in a fresh interpreter; a hang is killed at ``timeout_s``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    data = workdir / "features.parquet"
-    features.to_parquet(data)
-    cmd = [
-        sys.executable,
-        "-m",
-        "components.validate.probe",
-        str(model_dir),
-        str(data),
-        str(workdir),
-    ]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired:
-        return ProbeResult(
-            False, {"phase": "timeout", "error": f"no answer within {timeout_s:.0f} s"}
-        )
-    report_path = workdir / "probe.json"
-    if not report_path.is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return ProbeResult(
-            False, {"phase": "crash", "error": f"exit code {proc.returncode}: " + " | ".join(tail)}
-        )
-    report = json.loads(report_path.read_text())
-    report["wall_s"] = round(time.perf_counter() - t0, 3)
-    if report.get("phase") != "done":
-        return ProbeResult(False, report)
-    with np.load(workdir / "predictions.npz", allow_pickle=False) as arrays:
-        scores = arrays.get("scores")
-        pred = Predictions(arrays["values"], scores, tuple(arrays["classes"].tolist()))
-    return ProbeResult(True, report, pred)
+class Probe:
+    """Load and predict in a fresh interpreter, started now and awaited later.
+
+    Several probes (candidate, champion) run while the data contract is checked; a probe that
+    hangs is killed at its deadline.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        features: pd.DataFrame,
+        workdir: Path,
+        timeout_s: float,
+        env: dict[str, str],
+    ) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        data = workdir / "features.parquet"
+        features.to_parquet(data)
+        self.workdir = workdir
+        self.timeout_s = timeout_s
+        self.output = workdir / "probe.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "components.validate.probe",
+            str(model_dir),
+            str(data),
+            str(workdir),
+        ]
+        self.started = time.perf_counter()
+        with self.output.open("w") as out:  # a file, not a pipe: a chatty model cannot block
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def result(self) -> ProbeResult:
+        remaining = self.timeout_s - (time.perf_counter() - self.started)
+        try:
+            self.proc.wait(timeout=max(remaining, 0.0))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return ProbeResult(
+                False, {"phase": "timeout", "error": f"no answer within {self.timeout_s:.0f} s"}
+            )
+        report_path = self.workdir / "probe.json"
+        if not report_path.is_file():
+            tail = self.output.read_text(errors="replace").strip().splitlines()[-5:]
+            return ProbeResult(
+                False,
+                {
+                    "phase": "crash",
+                    "error": f"exit code {self.proc.returncode}: " + " | ".join(tail),
+                },
+            )
+        report = json.loads(report_path.read_text())
+        report["wall_s"] = round(time.perf_counter() - self.started, 3)
+        if report.get("phase") != "done":
+            return ProbeResult(False, report)
+        with np.load(self.workdir / "predictions.npz", allow_pickle=False) as arrays:
+            scores = arrays.get("scores")
+            pred = Predictions(arrays["values"], scores, tuple(arrays["classes"].tolist()))
+        return ProbeResult(True, report, pred)
+
+    def cancel(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 _OUTPUT_KINDS = {

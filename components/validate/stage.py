@@ -17,9 +17,9 @@ from components.datasource import read_frame
 from components.validate import metrics
 from components.validate.contract import check_contract
 from components.validate.model_check import (
+    Probe,
     artifact_checks,
     behaviour_checks,
-    probe,
     read_mlmodel,
     read_signature,
 )
@@ -50,43 +50,64 @@ def _features(
     return frame.drop(columns=[target])
 
 
-def _evaluate(
-    label: str,
-    model_dir: Path,
-    validation: pd.DataFrame,
-    target: str,
-    policy: Validate,
-    workdir: Path,
-    env: dict[str, str],
-) -> Evaluation:
-    """Load and score one model on the validation rows, with the columns its signature names."""
-    mlmodel = read_mlmodel(model_dir)
-    signature = read_signature(mlmodel)
-    checks = artifact_checks(model_dir, mlmodel, policy.model)
-    missing = [name for name, _ in signature.columns if name not in validation.columns]
-    if missing:
-        checks.append(
-            Check(
-                name="model.predicts",
-                kind="model",
-                passed=False,
-                measured=f"{len(missing)} missing",
-                reason=f"not run: the validation data lacks the model's input columns {missing[:5]}",
+class _Scoring:
+    """One model scored on the validation rows: its probe starts at once, read when needed.
+
+    Candidate and champion load in their own processes while the data contract is checked.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        model_dir: Path,
+        validation: pd.DataFrame,
+        target: str,
+        policy: Validate,
+        workdir: Path,
+        env: dict[str, str],
+    ) -> None:
+        mlmodel = read_mlmodel(model_dir)
+        self.signature = read_signature(mlmodel)
+        self.validation, self.target, self.policy = validation, target, policy
+        self.checks = artifact_checks(model_dir, mlmodel, policy.model)
+        missing = [n for n, _ in self.signature.columns if n not in validation.columns]
+        if missing:
+            self.checks.append(
+                Check(
+                    name="model.predicts",
+                    kind="model",
+                    passed=False,
+                    measured=f"{len(missing)} missing",
+                    reason="not run: the validation data lacks the model's input columns "
+                    f"{missing[:5]}",
+                )
             )
-        )
-    if not all(c.passed for c in checks):
-        return Evaluation({}, checks)
-    features = _features(validation, signature.columns, target)
-    result = probe(model_dir, features, workdir / label, policy.model.load_timeout_s, env)
-    checks += behaviour_checks(result, len(features), signature)
-    if result.predictions is None or not all(c.passed for c in checks):
-        return Evaluation({}, checks)
-    y_true = validation[target].to_numpy()
-    values = {
-        str(g.name): metrics.compute(g.name, y_true, result.predictions, policy.positive_label)
-        for g in policy.metrics
-    }
-    return Evaluation(values, checks)
+        self.probe: Probe | None = None
+        if all(c.passed for c in self.checks):  # nothing is loaded that failed these checks
+            features = _features(validation, self.signature.columns, target)
+            self.probe = Probe(
+                model_dir, features, workdir / label, policy.model.load_timeout_s, env
+            )
+
+    def finish(self) -> Evaluation:
+        if self.probe is None:
+            return Evaluation({}, self.checks)
+        result = self.probe.result()
+        checks = self.checks + behaviour_checks(result, len(self.validation), self.signature)
+        if result.predictions is None or not all(c.passed for c in checks):
+            return Evaluation({}, checks)
+        y_true = self.validation[self.target].to_numpy()
+        values = {
+            str(g.name): metrics.compute(
+                g.name, y_true, result.predictions, self.policy.positive_label
+            )
+            for g in self.policy.metrics
+        }
+        return Evaluation(values, checks)
+
+    def cancel(self) -> None:
+        if self.probe is not None:
+            self.probe.cancel()
 
 
 def run(
@@ -115,42 +136,51 @@ def run(
         )
     signature = read_signature(read_mlmodel(model_dir))  # an MLmodel file, or a clear error
 
-    events.emit(STAGE, "step", step="data contract (Great Expectations)")
-    contract = check_contract(validation, signature.columns, target, reference, policy.contract)
-    checks = list(contract.checks)
-    reports = workdir / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    (reports / "data_contract.json").write_text(json.dumps(contract.ge_json, indent=2, default=str))
-    (reports / "data_contract.html").write_text(contract.ge_html)
-
-    figures: dict[str, float] = {"rows": float(len(validation))}
-    events.emit(STAGE, "step", step=f"model checks: {ref}")
-    candidate = _evaluate("candidate", model_dir, validation, target, policy, workdir, env)
-    checks += candidate.checks
-    figures.update(candidate.values)
-    champion_values = None
+    candidate = _Scoring("candidate", model_dir, validation, target, policy, workdir, env)
     champ = registry.champion(ref.name)
-    if candidate.values and champ is not None and champ.version != ref.version:
-        events.emit(STAGE, "step", step=f"champion on the same data: {champ}")
+    champion: _Scoring | None = None
+    if champ is not None and champ.version != ref.version:
         champ_dir, _ = registry.checked_download(champ, workdir / "champion-model")
-        evaluation = _evaluate("champion", champ_dir, validation, target, policy, workdir, env)
-        if evaluation.values:
-            champion_values = evaluation.values
-            figures.update({f"champion.{k}": v for k, v in evaluation.values.items()})
-        else:
-            failed = "; ".join(c.reason for c in evaluation.checks if not c.passed)
-            checks.append(
-                Check(
-                    name="champion.evaluates",
-                    kind="metric",
-                    passed=False,
-                    measured=str(champ),
-                    reason=f"the champion {champ} could not be evaluated, so no comparison: {failed}",
+        champion = _Scoring("champion", champ_dir, validation, target, policy, workdir, env)
+    try:
+        events.emit(STAGE, "step", step="data contract (Great Expectations)")
+        contract = check_contract(validation, signature.columns, target, reference, policy.contract)
+        checks = list(contract.checks)
+        reports = workdir / "reports"
+        reports.mkdir(parents=True, exist_ok=True)
+        (reports / "data_contract.json").write_text(
+            json.dumps(contract.ge_json, indent=2, default=str)
+        )
+        (reports / "data_contract.html").write_text(contract.ge_html)
+        events.emit(STAGE, "step", step=f"model checks: {ref}")
+        scored = candidate.finish()
+        checks += scored.checks
+        figures: dict[str, float] = {"rows": float(len(validation)), **scored.values}
+        champion_values = None
+        if scored.values and champion is not None:
+            events.emit(STAGE, "step", step=f"champion on the same data: {champ}")
+            evaluation = champion.finish()
+            if evaluation.values:
+                champion_values = evaluation.values
+                figures.update({f"champion.{k}": v for k, v in evaluation.values.items()})
+            else:
+                failed = "; ".join(c.reason for c in evaluation.checks if not c.passed)
+                checks.append(
+                    Check(
+                        name="champion.evaluates",
+                        kind="metric",
+                        passed=False,
+                        measured=str(champ),
+                        reason=f"the champion {champ} could not be evaluated, so no comparison: {failed}",
+                    )
                 )
-            )
-    if candidate.values or (candidate.checks and all(c.passed for c in candidate.checks)):
+    finally:
+        candidate.cancel()
+        if champion is not None:
+            champion.cancel()
+    if scored.values or (scored.checks and all(c.passed for c in scored.checks)):
         events.emit(STAGE, "step", step="metric gate")
-        checks += metrics.gate(policy.metrics, candidate.values, champion_values)
+        checks += metrics.gate(policy.metrics, scored.values, champion_values)
         if not policy.metrics:
             checks.append(
                 Check(
