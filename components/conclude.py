@@ -10,7 +10,7 @@ from registry.deployments import DeploymentRun
 
 
 def summarize(ref: ModelRef, digest: str, run_id: str, verdicts: list[Verdict]) -> dict[str, Any]:
-    rejected = next((v for v in verdicts if not v.passed), None)
+    rejected = next((v for v in verdicts if not v.passed and not v.skipped), None)
     return {
         "model": ref.name,
         "version": ref.version,
@@ -23,6 +23,7 @@ def summarize(ref: ModelRef, digest: str, run_id: str, verdicts: list[Verdict]) 
             {
                 "name": v.stage,
                 "passed": v.passed,
+                "skipped": v.skipped,
                 "reason": v.reason,
                 "duration_s": v.duration_s,
                 "figures": v.figures,

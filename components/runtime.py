@@ -50,5 +50,13 @@ def run_step(stage: str, body: Callable[[EventSink], T]) -> T:
         raise
     passed = getattr(result, "passed", True)
     reason = getattr(result, "reason", "")
-    events.emit(stage, "end", duration_s=time.perf_counter() - t0, passed=passed, reason=reason)
+    skipped = getattr(result, "skipped", False)
+    events.emit(
+        stage,
+        "end",
+        duration_s=time.perf_counter() - t0,
+        passed=passed,
+        reason=reason,
+        skipped=skipped,
+    )
     return result

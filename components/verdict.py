@@ -47,6 +47,8 @@ class Check(BaseModel):
     kind: str = ""
     #: a check that could not be evaluated (no champion, no data) and is not held against the model
     skipped: bool = False
+    #: whether failing it fails the stage; a variant that fails equivalence is only dropped
+    blocking: bool = True
 
 
 class Verdict(BaseModel):
@@ -59,6 +61,8 @@ class Verdict(BaseModel):
     #: headline figures of the stage (metric values, timings), logged as MLflow metrics
     figures: dict[str, float] = {}
     duration_s: float = 0.0
+    #: the stage did not run because an earlier gate did not pass
+    skipped: bool = False
 
     @classmethod
     def from_checks(
@@ -69,7 +73,7 @@ class Verdict(BaseModel):
         figures: dict[str, float] | None = None,
         duration_s: float = 0.0,
     ) -> Verdict:
-        failed = [c for c in checks if not c.passed]
+        failed = [c for c in checks if not c.passed and c.blocking]
         if failed:
             reason = "; ".join(f"{c.name}: {c.reason}" for c in failed)
         else:
@@ -82,6 +86,14 @@ class Verdict(BaseModel):
             figures=figures or {},
             duration_s=round(duration_s, 3),
         )
+
+    @classmethod
+    def not_run(cls, stage: str, because: Verdict) -> Verdict:
+        """The verdict of a stage that did not run because ``because`` did not pass."""
+        return cls(
+            stage=stage, passed=False, skipped=True,
+            reason=f"not run: {because.stage} did not pass",
+        )  # fmt: skip
 
     def require_passed(self) -> Verdict:
         """What a later stage calls on its input verdict: no passing verdict, no work."""

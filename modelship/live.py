@@ -11,15 +11,23 @@ from rich.table import Table
 from rich.text import Text
 
 #: stages in pipeline order; later issues add theirs here and in pipelines/deploy.py
-STAGES = ["resolve", "validate", "conclude"]
+STAGES = ["resolve", "validate", "optimize", "conclude"]
 
-_ICON = {"waiting": "·", "running": "…", "passed": "✔", "failed": "✘", "error": "!"}
+_ICON = {
+    "waiting": "·",
+    "running": "…",
+    "passed": "✔",
+    "failed": "✘",
+    "error": "!",
+    "skipped": "–",
+}
 _STYLE = {
     "waiting": "dim",
     "running": "cyan",
     "passed": "green",
     "failed": "red",
     "error": "red bold",
+    "skipped": "dim",
 }
 
 
@@ -46,6 +54,8 @@ class DeployView:
             view.detail = str(event.get("step", ""))
         elif status == "end":
             view.status = "passed" if event.get("passed", True) else "failed"
+            if event.get("skipped"):
+                view.status = "skipped"
             view.duration_s = float(event.get("duration_s", 0.0))
             view.detail = str(event.get("reason", ""))
         elif status == "error":
@@ -83,10 +93,17 @@ def _shorten(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: checks shown even when they pass: the figures a person deploys for
+_HEADLINE = ("metric.", "optimize.")
+
+
 def render_checks(summary: dict[str, Any], *, verbose: bool = False) -> Group:
     """Each stage's checks: failures in full, passes counted unless ``verbose``."""
     parts: list[Any] = []
     for stage in summary.get("stages", []):
+        if stage.get("skipped"):
+            parts.append(Text(f"{stage['name']}: {stage['reason']}", style="dim"))
+            continue
         table = Table(title=f"{stage['name']} checks", title_justify="left", box=None)
         table.add_column("check", no_wrap=True)
         table.add_column("measured", justify="right")
@@ -94,10 +111,13 @@ def render_checks(summary: dict[str, Any], *, verbose: bool = False) -> Group:
         table.add_column("reason", overflow="fold", max_width=70)
         shown = 0
         for check in stage["checks"]:
-            if check["passed"] and not verbose and not check["name"].startswith("metric."):
+            headline = check["name"].startswith(_HEADLINE)
+            if check["passed"] and not verbose and not headline:
                 continue
             shown += 1
             mark = "[green]✔[/]" if check["passed"] else "[red]✘[/]"
+            if not check["passed"] and not check.get("blocking", True):
+                mark = "[yellow]![/]"  # dropped (a variant), not a rejection
             if check.get("skipped"):
                 mark = "[dim]–[/]"
             table.add_row(

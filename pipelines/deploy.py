@@ -1,4 +1,4 @@
-"""The deploy pipeline: registry -> validate -> (later stages) -> conclude.
+"""The deploy pipeline: registry -> validate -> optimize -> (later stages) -> conclude.
 
 No ``from __future__ import annotations`` here: KFP reads the annotations as real types.
 
@@ -45,18 +45,54 @@ def validate_model(
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def optimize_model(
+    model: Input[Model],
+    model_name: str,
+    version: str,
+    digest: str,
+    run_id: str,
+    policy: str,
+    validate_verdict: Input[Artifact],
+    verdict: Output[Artifact],
+    optimized: Output[Model],
+) -> bool:
+    """Optimize gate: ONNX conversion, variants proven equivalent, the fastest one chosen."""
+    from pipelines.steps import optimize_step
+
+    return optimize_step(
+        model.path,
+        model_name,
+        version,
+        digest,
+        run_id,
+        policy,
+        validate_verdict.path,
+        verdict.path,
+        optimized.path,
+    )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def conclude_deployment(
     model_name: str,
     version: str,
     digest: str,
     run_id: str,
     validate_verdict: Input[Artifact],
+    optimize_verdict: Input[Artifact],
     summary: Output[Artifact],
 ) -> str:
     """Record the deployment's outcome from the stages' verdicts and close its MLflow run."""
     from pipelines.steps import conclude_step
 
-    return conclude_step(model_name, version, digest, run_id, [validate_verdict.path], summary.path)
+    return conclude_step(
+        model_name,
+        version,
+        digest,
+        run_id,
+        [validate_verdict.path, optimize_verdict.path],
+        summary.path,
+    )
 
 
 @dsl.pipeline(name="modelship-deploy")
@@ -87,12 +123,25 @@ def deploy_pipeline(
         policy=resolved.outputs["policy"],
     )
     gate.set_display_name("validate")
+    # Each later stage takes the verdict before it and, when that did not pass, records that it
+    # did not run: the DAG stays linear and conclude always sees every stage.
+    optimized = optimize_model(
+        model=resolved.outputs["model"],
+        model_name=model_name,
+        version=resolved.outputs["version"],
+        digest=resolved.outputs["digest"],
+        run_id=resolved.outputs["run_id"],
+        policy=resolved.outputs["policy"],
+        validate_verdict=gate.outputs["verdict"],
+    )
+    optimized.set_display_name("optimize")
     done = conclude_deployment(
         model_name=model_name,
         version=resolved.outputs["version"],
         digest=resolved.outputs["digest"],
         run_id=resolved.outputs["run_id"],
         validate_verdict=gate.outputs["verdict"],
+        optimize_verdict=optimized.outputs["verdict"],
     )
     done.set_display_name("conclude")
     return done.outputs["summary"]

@@ -86,6 +86,46 @@ def validate_step(
     return verdict.passed
 
 
+def optimize_step(
+    model_path: str,
+    model_name: str,
+    version: str,
+    digest: str,
+    run_id: str,
+    policy: str,
+    validate_verdict_path: str,
+    verdict_path: str,
+    optimized_path: str,
+) -> bool:
+    from components.optimize import stage as optimize_stage
+
+    _, registry = _setup()
+    deployment = DeploymentRun(registry.client, run_id)
+
+    def body(events: EventSink) -> Verdict:
+        ref = registry.resolve(model_name, version=version)
+        return optimize_stage.run(
+            ref,
+            Path(model_path),
+            digest,
+            Policy.model_validate_json(policy),
+            Verdict.load(validate_verdict_path),
+            registry=registry,
+            deployment=deployment,
+            workdir=Path(verdict_path).parent / "optimize-work",
+            out_dir=Path(optimized_path),
+            events=events,
+        )
+
+    try:
+        verdict = run_step("optimize", body)
+    except ModelshipError as e:
+        deployment.fail(str(e))
+        raise
+    verdict.save(verdict_path)
+    return verdict.passed
+
+
 def conclude_step(
     model_name: str,
     version: str,

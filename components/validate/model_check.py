@@ -25,7 +25,8 @@ from modelship.errors import InputError
 from policies.schema import ModelLoading
 
 _PICKLE_FORMATS = {"pickle", "cloudpickle"}
-_PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib"}
+#: torch.save writes .pt/.pth as pickles; .pt2 (torch.export) is a pickle-free archive
+_PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib", ".pt", ".pth"}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The optimize stage: ONNX conversion, ONNX Runtime variants, equivalence gate, selection."""

@@ -1,0 +1,230 @@
+"""The optimize stage against a real MLflow store: conversion, variants, equivalence, selection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.optimize import stage as optimize
+from components.optimize.convert import convert
+from components.optimize.equivalence import VariantOutputs, compare
+from components.optimize.variants import SessionSettings, VariantFile
+from components.validate.model_check import read_mlmodel
+from components.verdict import Verdict
+from modelship.demo import _train
+from modelship.settings import Settings
+from policies.loader import load_policy
+from policies.schema import Equivalence, Policy, Variant
+from registry.client import Registry
+from tests.support import breast_cancer, register, settings_for
+
+MODEL = "breast-cancer"
+PASSED = Verdict(stage="validate", passed=True, reason="all checks passed")
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return settings_for(tmp_path_factory.mktemp("home"))
+
+
+@pytest.fixture(scope="module")
+def data() -> Any:
+    return breast_cancer()
+
+
+def _policy(**optimize: Any) -> Policy:
+    base = load_policy(MODEL).policy.model_dump(by_alias=True)
+    base["optimize"].update(optimize)
+    return Policy.model_validate(base)
+
+
+def _run(
+    settings: Settings, version: str, policy: Policy, tmp: Path, previous: Verdict = PASSED
+) -> tuple[Verdict, Path]:
+    registry = Registry()
+    ref = registry.resolve(MODEL, version=version)
+    model_dir, digest = registry.checked_download(ref, tmp / "model")
+    out = tmp / "optimized"
+    verdict = optimize.run(
+        ref, model_dir, digest, policy, previous,
+        registry=registry, deployment=None, workdir=tmp / "work", out_dir=out,
+    )  # fmt: skip
+    return verdict, out
+
+
+def _checks(verdict: Verdict) -> dict[str, Any]:
+    return {c.name: c for c in verdict.checks}
+
+
+def test_tree_ensemble_becomes_a_faster_equivalent_onnx_model(
+    settings: Settings, data: Any, tmp_path: Path
+) -> None:
+    x, y, ref, val = data
+    version = register(
+        settings,
+        MODEL,
+        _train("forest", x, y),
+        x,
+        ref,
+        val,
+        skops_trusted_types=["sklearn.tree._tree.Tree"],
+    )
+    verdict, out = _run(settings, version, _policy(), tmp_path)
+    assert verdict.passed, verdict.reason
+    checks = _checks(verdict)
+    assert checks["variant.fp32.labels"].passed and checks["variant.fp32.labels"].measured == 0
+    assert checks["variant.int8_dynamic.builds"].skipped  # a tree graph has nothing to quantize
+    record = json.loads((out / "optimize.json").read_text())
+    assert record["variant"] == "fp32" and record["input_name"] == "input"
+    assert record["columns"] == list(x.columns) and record["classes"] == [0, 1]
+    assert record["session"]["intra_op_threads"] == 1
+    assert (out / "model.onnx").stat().st_size > 0
+    assert verdict.figures["speedup_p50"] > 10  # against MLflow pyfunc predict, same process
+    tags = Registry().resolve(MODEL, version=version).tags
+    assert tags["modelship.state"] == "optimized" and tags[optimize.TAG_VARIANT] == "fp32"
+
+
+def test_neural_network_gets_int8_variants_judged_by_equivalence(
+    settings: Settings, data: Any, tmp_path: Path
+) -> None:
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, ref, val = data
+    model = make_pipeline(
+        StandardScaler(), MLPClassifier((32,), solver="lbfgs", max_iter=400, random_state=0)
+    ).fit(x, y)
+    version = register(settings, MODEL, model, x, ref, val)
+    policy = _policy(equivalence={"max_label_disagreement": 0.02, "max_probability_diff": 0.05})
+    verdict, _ = _run(settings, version, policy, tmp_path)
+    assert verdict.passed, verdict.reason
+    checks = _checks(verdict)
+    for variant in ("int8_dynamic", "int8_static"):
+        assert f"variant.{variant}.builds" not in checks  # built, so judged
+        assert f"variant.{variant}.labels" in checks
+    for variant in ("int8_dynamic", "int8_static"):
+        judged = [c for name, c in checks.items() if name.startswith(f"variant.{variant}.")]
+        # only a variant that passed every equivalence check is timed and can be chosen
+        assert (f"{variant}.p50_us" in verdict.figures) == all(c.passed for c in judged)
+
+
+@pytest.mark.parametrize(("on_failure", "passes"), [("native", True), ("reject", False)])
+def test_unsupported_model_follows_the_policy(
+    settings: Settings, data: Any, tmp_path: Path, on_failure: str, passes: bool
+) -> None:
+    from sklearn.kernel_ridge import KernelRidge
+
+    x, y, ref, val = data
+    version = register(settings, MODEL, KernelRidge().fit(x, y), x, ref, val)
+    verdict, out = _run(settings, version, _policy(on_conversion_failure=on_failure), tmp_path)
+    conversion = _checks(verdict)["optimize.conversion"]
+    assert not conversion.passed and "KernelRidge" in conversion.reason
+    assert verdict.passed is passes
+    if passes:
+        assert json.loads((out / "optimize.json").read_text())["variant"] == "native"
+    else:
+        assert "reject" in verdict.reason
+
+
+def test_conversion_that_silently_changes_outputs_is_caught(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Values near 1e9 that differ by less than float32's spacing there (64): the native float64
+    pipeline separates them, the float32 ONNX graph sees groups of equal values."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    k = np.arange(200)
+    frame = pd.DataFrame({"a": 1e9 + k.astype(float), "b": np.zeros(200)})
+    y = pd.Series((k >= 101).astype(int))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1e4, max_iter=2000)).fit(frame, y)
+    assert (model.predict(frame) == y).mean() > 0.99  # the native model is right
+    table = frame.assign(target=y.to_numpy())
+    version = register(
+        settings, MODEL, model, frame, table, table, skops_trusted_types=["sklearn.tree._tree.Tree"]
+    )
+    policy = Policy.model_validate(
+        {
+            "validate": {"metrics": [{"name": "accuracy", "threshold": 0.5}]},
+            "optimize": {"on_conversion_failure": "reject"},
+        }
+    )
+    verdict, _ = _run(settings, version, policy, tmp_path)
+    labels = _checks(verdict)["variant.fp32.labels"]
+    assert not labels.passed and labels.measured > 0
+    assert not verdict.passed and "no ONNX variant passed" in verdict.reason
+
+
+def test_variant_that_fails_to_load_is_dropped(
+    settings: Settings, data: Any, tmp_path: Path
+) -> None:
+    x, y, ref, val = data
+    version = register(
+        settings,
+        MODEL,
+        _train("forest", x, y),
+        x,
+        ref,
+        val,
+        skops_trusted_types=["sklearn.tree._tree.Tree"],
+    )
+    registry = Registry()
+    model_dir, _ = registry.checked_download(
+        registry.resolve(MODEL, version=version), tmp_path / "m"
+    )
+    features = val.drop(columns="target")
+    converted = convert(model_dir, read_mlmodel(model_dir), features)
+    broken = tmp_path / "fp32.onnx"
+    broken.write_bytes(b"\x08\x07garbage")
+    checks, session = optimize._try_variant(
+        VariantFile(Variant.FP32, broken), converted, features.to_numpy(np.float32),
+        val["target"].to_numpy(), _policy(), SessionSettings(),
+    )  # fmt: skip
+    assert session is None
+    assert checks[0].name == "variant.fp32.loads" and not checks[0].passed
+    assert "failed to load" in checks[0].reason and not checks[0].blocking
+
+
+def test_does_not_run_without_a_passing_validation(settings: Settings, tmp_path: Path) -> None:
+    failed = Verdict(stage="validate", passed=False, reason="metric.accuracy: too low")
+    verdict = optimize.run(
+        None, tmp_path, "sha256:x", _policy(), failed,  # type: ignore[arg-type]
+        registry=Registry(), deployment=None, workdir=tmp_path / "w", out_dir=tmp_path / "o",
+    )  # fmt: skip
+    assert verdict.skipped and not verdict.passed
+    assert verdict.reason == "not run: validate did not pass"
+
+
+def test_compare_classifier_and_regressor_limits() -> None:
+    from components.optimize.convert import NativeOutputs
+
+    native = NativeOutputs(
+        "classification",
+        np.array([0, 1, 1, 0]),
+        np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]]),
+        (0, 1),
+    )
+    close = VariantOutputs(np.array([0, 1, 1, 0]), np.asarray(native.scores) + 1e-6)
+    flipped = VariantOutputs(
+        np.array([0, 1, 0, 0]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+    )
+    limits = Equivalence()
+    assert all(c.passed for c in compare("v", native, close, limits))
+    labels, probs = compare("v", native, flipped, limits)
+    assert not labels.passed and labels.measured == 0.25
+    assert not probs.passed and probs.measured == pytest.approx(0.2)
+    reg = NativeOutputs("regression", np.array([100.0, 200.0]))
+    abs_err, rel_err = compare(
+        "r",
+        reg,
+        VariantOutputs(np.array([100.0, 200.01]), None),
+        Equivalence(max_abs_error=0.1, max_rel_error=1e-5),
+    )
+    assert abs_err.passed and not rel_err.passed
