@@ -1,0 +1,173 @@
+"""Native MLflow pyfunc predict against each ONNX Runtime variant the optimize stage builds.
+
+    .venv/bin/python benchmarks/optimize.py [--repeats 3]
+
+Models: a RandomForest of 200 trees (breast_cancer), LightGBM (breast_cancer), and a small MLP
+(scikit-learn's digits; a scikit-learn MLP until the PyTorch path lands). For each: single-row
+p50/p99 and batch-1024 rows/s, the median over ``--repeats`` measurements, all in this one
+process; plus a bare ONNX Runtime session on the converted graph (default session options) as
+the reference the stage's choice should come close to. Ratios are printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.optimize.convert import INPUT_NAME, convert
+from components.optimize.timing import Timing, measure
+from components.optimize.variants import SessionSettings, build_variants, open_session
+from components.validate.model_check import read_mlmodel
+from policies.schema import Variant
+
+BATCH = 1024
+
+
+def _models() -> list[tuple[str, Any, pd.DataFrame, pd.Series, str]]:  # type: ignore[type-arg]
+    import lightgbm as lgb
+    from sklearn.datasets import load_breast_cancer, load_digits
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    xt, xv, yt, yv = train_test_split(x, y, test_size=0.3, random_state=0)
+    digits = load_digits(as_frame=True)
+    split = train_test_split(digits.data / 16.0, digits.target, test_size=0.3, random_state=0)
+    dt, dv, dyt, dyv = split
+    forest = RandomForestClassifier(200, random_state=0).fit(xt, yt)
+    params = {"objective": "binary", "verbose": -1, "num_leaves": 31}
+    booster = lgb.train(params, lgb.Dataset(xt, yt), 200)
+    mlp = MLPClassifier((256, 128), solver="lbfgs", max_iter=300, random_state=0).fit(dt, dyt)
+    # timed and scored on held-out rows
+    return [
+        ("random forest, 200 trees", forest, xv, yv, "sklearn"),
+        ("LightGBM, 200 rounds", booster, xv, yv, "lightgbm"),
+        ("MLP 64-256-128-10 (digits)", mlp, dv, dyv, "sklearn"),
+    ]
+
+
+def _save(model: Any, x: pd.DataFrame, flavor: str, folder: Path) -> Path:
+    import mlflow.lightgbm
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    path = folder / "model"
+    signature = infer_signature(x, model.predict(x.head(5)))
+    if flavor == "lightgbm":
+        mlflow.lightgbm.save_model(model, str(path), signature=signature)
+    else:
+        mlflow.sklearn.save_model(
+            model, str(path), signature=signature, skops_trusted_types=["sklearn.tree._tree.Tree"]
+        )
+    return path
+
+
+def _median(timings: list[Timing]) -> dict[str, float]:
+    return {
+        "p50_us": statistics.median(t.p50_us for t in timings),
+        "p99_us": statistics.median(t.p99_us for t in timings),
+        "rows_per_s": statistics.median(t.rows_per_s[BATCH] for t in timings),
+    }
+
+
+def _accuracy(session: Any, x: np.ndarray, y: np.ndarray, classes: tuple[Any, ...]) -> float:  # type: ignore[type-arg]
+    scores = session.run(None, {INPUT_NAME: x})[1]
+    return float(np.mean(np.asarray(classes)[np.argmax(scores, axis=1)] == y))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    import mlflow.pyfunc
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # LightGBM graphs warn about the label shape on every run
+
+    lines = [
+        "| model | runtime | p50 us | p99 us | rows/s @1024 | accuracy |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    ratios = []
+    for name, model, x, y, flavor in _models():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = _save(model, x, flavor, Path(tmp))
+            converted = convert(path, read_mlmodel(path), x)
+            xs = x.to_numpy(np.float32)
+            pyfunc = mlflow.pyfunc.load_model(str(path))
+            take = lambda d, s, n: d.iloc[s : s + n]  # noqa: E731
+            rows: dict[str, dict[str, float]] = {}
+            accuracy: dict[str, float] = {}
+            rows["MLflow pyfunc predict"] = _median(
+                [
+                    measure(pyfunc.predict, x, [BATCH], calls=200, warmup=20, take=take)
+                    for _ in range(args.repeats)
+                ]
+            )
+            bare = ort.InferenceSession(converted.onnx_bytes, providers=["CPUExecutionProvider"])
+            rows["bare ORT session (defaults)"] = _median(
+                [
+                    measure(lambda r, s=bare: s.run(None, {INPUT_NAME: r}), xs, [BATCH])
+                    for _ in range(args.repeats)
+                ]
+            )
+            accuracy["bare ORT session (defaults)"] = _accuracy(
+                bare, xs, np.asarray(y), converted.native.classes
+            )
+            variants = build_variants(
+                converted.onnx_bytes,
+                [Variant.FP32, Variant.INT8_DYNAMIC, Variant.INT8_STATIC],
+                Path(tmp) / "v",
+                xs[:512],
+            )
+            for vf in variants:
+                if vf.path is None:
+                    continue
+                session = open_session(vf, SessionSettings())
+                label = f"modelship {vf.variant}"
+                rows[label] = _median(
+                    [
+                        measure(lambda r, s=session: s.run(None, {INPUT_NAME: r}), xs, [BATCH])
+                        for _ in range(args.repeats)
+                    ]
+                )
+                accuracy[label] = _accuracy(session, xs, np.asarray(y), converted.native.classes)
+            native_acc = float(np.mean(np.asarray(converted.native.values) == np.asarray(y)))
+            for runtime, t in rows.items():
+                acc = accuracy.get(runtime, native_acc)
+                lines.append(
+                    f"| {name} | {runtime} | {t['p50_us']:.1f} | {t['p99_us']:.1f} | {t['rows_per_s']:,.0f} | {acc:.4f} |"
+                )
+            fp32 = rows["modelship fp32"]
+            native = rows["MLflow pyfunc predict"]
+            ratio = (
+                f"{name}: fp32 p50 {native['p50_us'] / fp32['p50_us']:.0f}x faster than pyfunc, "
+                f"{fp32['p50_us'] / rows['bare ORT session (defaults)']['p50_us']:.2f}x the bare session's p50, "
+                f"batch-{BATCH} {fp32['rows_per_s'] / native['rows_per_s']:.1f}x pyfunc's rows/s"
+            )
+            if "modelship int8_dynamic" in rows:
+                int8 = rows["modelship int8_dynamic"]
+                ratio += (
+                    f"; int8_dynamic p50 {fp32['p50_us'] / int8['p50_us']:.2f}x fp32's speed, batch "
+                    f"{int8['rows_per_s'] / fp32['rows_per_s']:.2f}x, accuracy "
+                    f"{accuracy['modelship int8_dynamic'] - accuracy['modelship fp32']:+.4f}"
+                )
+            ratios.append(ratio)
+    print("\n".join(lines))
+    print()
+    print("\n".join(f"- {r}" for r in ratios))
+
+
+if __name__ == "__main__":
+    main()
