@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,torch]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -32,7 +32,7 @@ compile: $(STAMP)
 	$(VENV)/bin/modelship compile
 
 lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | { echo "# Pinned set that resolves together on Python 3.11 (pip freeze)."; echo "# Used by 'make venv' as pip -c constraints.txt; regenerate with 'make lock'."; cat; } > constraints.txt
+	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' | { echo "# Pinned set that resolves together on Python 3.11 (pip freeze)."; echo "# Used by 'make venv' as pip -c constraints.txt; regenerate with 'make lock'."; cat; } > constraints.txt
 
 clean:
 	rm -rf $(VENV) .modelship .mypy_cache .ruff_cache .pytest_cache

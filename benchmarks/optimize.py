@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/optimize.py [--repeats 3]
 
 Models: a RandomForest of 200 trees (breast_cancer), LightGBM (breast_cancer), and a small MLP
-(scikit-learn's digits; a scikit-learn MLP until the PyTorch path lands). For each: single-row
+(scikit-learn's digits) in scikit-learn and in PyTorch. For each: single-row
 p50/p99 and batch-1024 rows/s, the median over ``--repeats`` measurements, all in this one
 process; plus a bare ONNX Runtime session on the converted graph (default session options) as
 the reference the stage's choice should come close to. Ratios are printed at the end.
@@ -46,12 +46,31 @@ def _models() -> list[tuple[str, Any, pd.DataFrame, pd.Series, str]]:  # type: i
     params = {"objective": "binary", "verbose": -1, "num_leaves": 31}
     booster = lgb.train(params, lgb.Dataset(xt, yt), 200)
     mlp = MLPClassifier((256, 128), solver="lbfgs", max_iter=300, random_state=0).fit(dt, dyt)
+    torch_mlp = _torch_mlp(dt, dyt)
     # timed and scored on held-out rows
     return [
         ("random forest, 200 trees", forest, xv, yv, "sklearn"),
         ("LightGBM, 200 rounds", booster, xv, yv, "lightgbm"),
         ("MLP 64-256-128-10 (digits)", mlp, dv, dyv, "sklearn"),
+        ("PyTorch MLP 64-256-128-10 (digits)", torch_mlp, dv.astype("float32"), dyv, "pytorch"),
     ]
+
+
+def _torch_mlp(x: pd.DataFrame, y: pd.Series) -> Any:  # type: ignore[type-arg]
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU(),
+        torch.nn.Linear(128, 10),
+    )  # fmt: skip
+    features, target = torch.tensor(x.to_numpy(np.float32)), torch.tensor(y.to_numpy())
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(features), target).backward()
+        opt.step()
+    return net
 
 
 def _save(model: Any, x: pd.DataFrame, flavor: str, folder: Path) -> Path:
@@ -60,6 +79,16 @@ def _save(model: Any, x: pd.DataFrame, flavor: str, folder: Path) -> Path:
     from mlflow.models import infer_signature
 
     path = folder / "model"
+    if flavor == "pytorch":
+        import mlflow.pytorch
+        import torch
+
+        example = x.to_numpy(np.float32)[:2]
+        out = model(torch.tensor(example)).detach().numpy()
+        mlflow.pytorch.save_model(
+            model, str(path), input_example=example, signature=infer_signature(example, out)
+        )
+        return path
     signature = infer_signature(x, model.predict(x.head(5)))
     if flavor == "lightgbm":
         mlflow.lightgbm.save_model(model, str(path), signature=signature)

@@ -114,34 +114,30 @@ def deploy_pipeline(
         model_name=model_name, version=version, alias=alias, policy_file=policy_file
     )
     resolved.set_display_name("resolve")
+    # what every later step is told about the deployment it belongs to
+    record = {
+        "model_name": model_name,
+        "version": resolved.outputs["version"],
+        "digest": resolved.outputs["digest"],
+        "run_id": resolved.outputs["run_id"],
+    }
     gate = validate_model(
-        model=resolved.outputs["model"],
-        model_name=model_name,
-        version=resolved.outputs["version"],
-        digest=resolved.outputs["digest"],
-        run_id=resolved.outputs["run_id"],
-        policy=resolved.outputs["policy"],
+        model=resolved.outputs["model"], policy=resolved.outputs["policy"], **record
     )
     gate.set_display_name("validate")
     # Each later stage takes the verdict before it and, when that did not pass, records that it
     # did not run: the DAG stays linear and conclude always sees every stage.
     optimized = optimize_model(
         model=resolved.outputs["model"],
-        model_name=model_name,
-        version=resolved.outputs["version"],
-        digest=resolved.outputs["digest"],
-        run_id=resolved.outputs["run_id"],
         policy=resolved.outputs["policy"],
         validate_verdict=gate.outputs["verdict"],
+        **record,
     )
     optimized.set_display_name("optimize")
     done = conclude_deployment(
-        model_name=model_name,
-        version=resolved.outputs["version"],
-        digest=resolved.outputs["digest"],
-        run_id=resolved.outputs["run_id"],
         validate_verdict=gate.outputs["verdict"],
         optimize_verdict=optimized.outputs["verdict"],
+        **record,
     )
     done.set_display_name("conclude")
     return done.outputs["summary"]

@@ -6,6 +6,7 @@ Each step is the entry point of its own process, so this is where settings are r
 from __future__ import annotations
 
 from collections import namedtuple
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,19 @@ def _setup() -> tuple[Settings, Registry]:
     settings = Settings.from_env()
     settings.prepare()
     return settings, Registry()
+
+
+def _gate(
+    stage: str, body: Callable[[EventSink], Verdict], deployment: DeploymentRun, verdict_path: str
+) -> bool:
+    """Run a gate's stage; save its verdict for the next step, or close the run on an error."""
+    try:
+        verdict = run_step(stage, body)
+    except ModelshipError as e:
+        deployment.fail(str(e))
+        raise
+    verdict.save(verdict_path)
+    return verdict.passed
 
 
 def resolve_step(
@@ -77,13 +91,7 @@ def validate_step(
             events=events,
         )
 
-    try:
-        verdict = run_step("validate", body)
-    except ModelshipError as e:
-        deployment.fail(str(e))
-        raise
-    verdict.save(verdict_path)
-    return verdict.passed
+    return _gate("validate", body, deployment, verdict_path)
 
 
 def optimize_step(
@@ -117,13 +125,7 @@ def optimize_step(
             events=events,
         )
 
-    try:
-        verdict = run_step("optimize", body)
-    except ModelshipError as e:
-        deployment.fail(str(e))
-        raise
-    verdict.save(verdict_path)
-    return verdict.passed
+    return _gate("optimize", body, deployment, verdict_path)
 
 
 def conclude_step(

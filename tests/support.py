@@ -73,6 +73,17 @@ def register(
     return version
 
 
+def register_forest(settings: Settings, name: str, data: Any, **log_kwargs: Any) -> str:
+    """The demo's random forest (v1), registered with skops' tree type trusted on purpose."""
+    from modelship.demo import _train
+
+    x, y, ref, val = data
+    return register(
+        settings, name, _train("forest", x, y), x, ref, val,
+        skops_trusted_types=["sklearn.tree._tree.Tree"], **log_kwargs,
+    )  # fmt: skip
+
+
 def artifact_dir(name: str, version: str) -> Path:
     """Where the version's files live in the local artifact store (to corrupt them on purpose)."""
     import mlflow

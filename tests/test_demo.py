@@ -18,6 +18,9 @@ def test_demo_deploys_three_versions_and_rejects_the_degraded_one(tmp_path: Path
     summaries = json.loads(proc.stdout)
     assert [s["outcome"] for s in summaries] == ["passed", "passed", "rejected"]
     assert summaries[2]["rejected_at"] == "validate"
+    optimize = {s["version"]: s["stages"][1] for s in summaries}
+    assert optimize["1"]["name"] == "optimize" and optimize["1"]["passed"]
+    assert optimize["3"]["skipped"]  # not run after a failed validation
     assert "vs_champion" in summaries[2]["reason"]
     assert "rejected at validate" in proc.stderr  # the human view went to stderr
     status = json.loads(cli(tmp_path, "status", "breast-cancer", "--json").stdout)

@@ -24,6 +24,7 @@ from tests.support import (
     cli,
     deploy_json,
     register,
+    register_forest,
     settings_for,
     version_tags,
 )
@@ -103,7 +104,7 @@ def test_first_version_passes_with_absolute_thresholds_only(
     assert _check(summary, "model.loads")["passed"]
     assert _check(summary, "data.mean radius.range")["passed"]
     tags = version_tags(MODEL)[versions["forest"]]
-    assert tags[TAG_STATE] == "validated" and tags[TAG_DIGEST] == summary["digest"]
+    assert tags[TAG_STATE] == "optimized" and tags[TAG_DIGEST] == summary["digest"]
 
     import mlflow
 
@@ -182,10 +183,7 @@ def test_unknown_model_or_version_is_an_input_error(
 def test_artifact_changed_after_registration_is_refused(
     home: Path, settings: Settings, data: Any, untouched: set[str]
 ) -> None:
-    x, y, ref, val = data
-    version = register(
-        settings, MODEL, _train("forest", x, y), x, ref, val, skops_trusted_types=TREE
-    )
+    version = register_forest(settings, MODEL, data)
     model_file = artifact_dir(MODEL, version) / "model.skops"
     model_file.write_bytes(model_file.read_bytes() + b"tampered")
     code, _, err = deploy_json(home, MODEL, "--version", version)
@@ -197,17 +195,7 @@ def test_artifact_changed_after_registration_is_refused(
 def test_model_that_fails_to_load_is_rejected(
     home: Path, settings: Settings, data: Any, untouched: set[str]
 ) -> None:
-    x, y, ref, val = data
-    version = register(
-        settings,
-        MODEL,
-        _train("forest", x, y),
-        x,
-        ref,
-        val,
-        skops_trusted_types=TREE,
-        record_digest=False,
-    )
+    version = register_forest(settings, MODEL, data, record_digest=False)
     (artifact_dir(MODEL, version) / "model.skops").write_bytes(b"not a model")
     Registry().record_digest(Registry().resolve(MODEL, version=version))  # broken from the start
     code, summary, err = deploy_json(home, MODEL, "--version", version)

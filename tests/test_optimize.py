@@ -16,12 +16,11 @@ from components.optimize.equivalence import VariantOutputs, compare
 from components.optimize.variants import SessionSettings, VariantFile
 from components.validate.model_check import read_mlmodel
 from components.verdict import Verdict
-from modelship.demo import _train
 from modelship.settings import Settings
 from policies.loader import load_policy
 from policies.schema import Equivalence, Policy, Variant
 from registry.client import Registry
-from tests.support import breast_cancer, register, settings_for
+from tests.support import breast_cancer, register, register_forest, settings_for
 
 MODEL = "breast-cancer"
 PASSED = Verdict(stage="validate", passed=True, reason="all checks passed")
@@ -64,16 +63,8 @@ def _checks(verdict: Verdict) -> dict[str, Any]:
 def test_tree_ensemble_becomes_a_faster_equivalent_onnx_model(
     settings: Settings, data: Any, tmp_path: Path
 ) -> None:
-    x, y, ref, val = data
-    version = register(
-        settings,
-        MODEL,
-        _train("forest", x, y),
-        x,
-        ref,
-        val,
-        skops_trusted_types=["sklearn.tree._tree.Tree"],
-    )
+    x = data[0]
+    version = register_forest(settings, MODEL, data)
     verdict, out = _run(settings, version, _policy(), tmp_path)
     assert verdict.passed, verdict.reason
     checks = _checks(verdict)
@@ -165,16 +156,8 @@ def test_conversion_that_silently_changes_outputs_is_caught(
 def test_variant_that_fails_to_load_is_dropped(
     settings: Settings, data: Any, tmp_path: Path
 ) -> None:
-    x, y, ref, val = data
-    version = register(
-        settings,
-        MODEL,
-        _train("forest", x, y),
-        x,
-        ref,
-        val,
-        skops_trusted_types=["sklearn.tree._tree.Tree"],
-    )
+    val = data[3]
+    version = register_forest(settings, MODEL, data)
     registry = Registry()
     model_dir, _ = registry.checked_download(
         registry.resolve(MODEL, version=version), tmp_path / "m"
@@ -228,3 +211,57 @@ def test_compare_classifier_and_regressor_limits() -> None:
         Equivalence(max_abs_error=0.1, max_rel_error=1e-5),
     )
     assert abs_err.passed and not rel_err.passed
+
+
+def test_pytorch_mlp_converts_and_gets_int8_variants(settings: Settings, tmp_path: Path) -> None:
+    """A PyTorch model saved the way MLflow 3.17 saves it by default (pt2, no pickle)."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_digits
+
+    from registry.deployments import ensure_experiment
+
+    digits = load_digits(as_frame=True)
+    frame = (digits.data / 16.0).astype("float32")
+    x = torch.tensor(frame.to_numpy())
+    target = torch.tensor(digits.target.to_numpy())
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), target).backward()
+        opt.step()
+    example = frame.to_numpy()[:2]
+    table = frame.assign(target=digits.target.to_numpy())
+    registry = Registry()
+    with mlflow.start_run(experiment_id=ensure_experiment(registry.client, settings, "tests")):
+        info = mlflow.pytorch.log_model(
+            net, name="model", input_example=example, registered_model_name="digits",
+            signature=infer_signature(example, net(torch.tensor(example)).detach().numpy()),
+        )  # fmt: skip
+        from modelship.datasets import log_datasets
+
+        log_datasets(table, table)
+    ref = registry.resolve("digits", version=str(info.registered_model_version))
+    model_dir, digest = registry.checked_download(ref, tmp_path / "model")
+    assert not list(model_dir.rglob("*.pth"))  # pt2: nothing pickled
+    policy = Policy.model_validate(
+        {
+            "validate": {"metrics": [{"name": "accuracy", "threshold": 0.8}]},
+            "optimize": {
+                "equivalence": {"max_label_disagreement": 0.01, "max_probability_diff": 0.05}
+            },
+        }
+    )
+    verdict = optimize.run(
+        ref, model_dir, digest, policy, PASSED,
+        registry=registry, deployment=None, workdir=tmp_path / "work", out_dir=tmp_path / "out",
+    )  # fmt: skip
+    assert verdict.passed, verdict.reason
+    checks = _checks(verdict)
+    assert checks["optimize.conversion"].measured == "torch.onnx (dynamo)"
+    assert checks["variant.fp32.probabilities"].passed
+    assert "variant.int8_dynamic.labels" in checks  # a Gemm graph: quantized and judged
+    assert (tmp_path / "out" / "model.onnx").exists()

@@ -1,7 +1,7 @@
 """Convert a validated MLflow model to ONNX, and compute its native outputs for comparison.
 
 Supported: scikit-learn estimators and Pipelines (skl2onnx), LightGBM boosters (onnxmltools),
-and models already in ONNX. Every converted model takes one float tensor ``input`` with the
+PyTorch modules saved by MLflow as ``pt2`` (torch.onnx), and models already in ONNX. Every converted model takes one float tensor ``input`` with the
 signature's columns in order; classifiers give ``label`` and ``probabilities`` (no ZipMap).
 """
 
@@ -44,13 +44,13 @@ class Converted:
 
 def _flavor(mlmodel: dict[str, Any]) -> str:
     flavors = mlmodel.get("flavors") or {}
-    for name in ("onnx", "lightgbm", "sklearn"):
+    for name in ("onnx", "lightgbm", "sklearn", "pytorch"):
         if name in flavors:
             return name
     others = sorted(k for k in flavors if k != "python_function")
     raise ConversionFailed(
         f"no ONNX converter for flavor {', '.join(others) or 'python_function'}",
-        hint="supported: sklearn, lightgbm, onnx; set optimize.on_conversion_failure: native "
+        hint="supported: sklearn, lightgbm, pytorch, onnx; set optimize.on_conversion_failure: native "
         "to serve the native model instead",
     )
 
@@ -114,6 +114,50 @@ def _lightgbm(
     return onx.SerializeToString(), native
 
 
+def _pytorch(module: Any, features: pd.DataFrame, target_opset: int) -> tuple[bytes, NativeOutputs]:
+    """torch.onnx's dynamo exporter, with a dynamic batch axis. A module with more than one
+    output column is taken as a classifier over its logits: ``label`` and softmax
+    ``probabilities`` are added to the graph, as the other converters give them."""
+    import contextlib
+    import io
+
+    import torch
+
+    x = torch.tensor(features.to_numpy(np.float32))
+    with torch.no_grad():
+        logits = module(x)
+    raw = logits.detach().numpy().astype(np.float64)
+    classify = raw.ndim == 2 and raw.shape[1] > 1
+
+    class Head(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: Any) -> Any:
+            out = self.inner(x)
+            if classify:
+                return torch.argmax(out, dim=1), torch.softmax(out, dim=1)
+            return out.reshape(-1)
+
+    names = ["label", "probabilities"] if classify else ["variable"]
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each pass
+        program = torch.onnx.export(
+            Head(module), (x[:2],), None, input_names=[INPUT_NAME], output_names=names,
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True,
+            external_data=False, opset_version=max(target_opset, 18),
+        )  # fmt: skip
+    if classify:
+        scores = np.exp(raw - raw.max(axis=1, keepdims=True))
+        scores /= scores.sum(axis=1, keepdims=True)
+        native = NativeOutputs(
+            "classification", np.argmax(raw, axis=1), scores, tuple(range(raw.shape[1]))
+        )
+    else:
+        native = NativeOutputs("regression", raw.reshape(-1))
+    return program.model_proto.SerializeToString(), native
+
+
 def _onnx(
     model_dir: Path, mlmodel: dict[str, Any], features: pd.DataFrame
 ) -> tuple[bytes, NativeOutputs]:
@@ -149,6 +193,13 @@ def convert(
                 mlflow.sklearn.load_model(str(model_dir)), features, target_opset
             )
             return Converted(data, native, flavor, "skl2onnx")
+        if flavor == "pytorch":
+            import mlflow.pytorch
+
+            data, native = _pytorch(
+                mlflow.pytorch.load_model(str(model_dir)), features, target_opset
+            )
+            return Converted(data, native, flavor, "torch.onnx (dynamo)")
         import mlflow.lightgbm
 
         data, native = _lightgbm(mlflow.lightgbm.load_model(str(model_dir)), features, target_opset)
