@@ -117,6 +117,26 @@ def status(model: str, as_json: bool) -> None:
         make_console().print(render_status(report))
 
 
+@main.command()
+@click.option("--model", "models", multiple=True, help="Watch only this model (repeatable).")
+@click.option("--interval", default=10.0, show_default=True, help="Seconds between polls.")
+@click.option("--once", is_flag=True, help="Poll once and exit (for cron or a KFP recurring run).")
+@_errors_to_exit_codes
+def watch(models: tuple[str, ...], interval: float, once: bool) -> None:
+    """Poll the registry for new versions and alias moves; deploy each one.
+
+    For stores without webhooks. New versions, a moved `challenger` alias and a legacy move to
+    Staging each start one `modelship deploy`. What was handled is kept in
+    MODELSHIP_HOME/watcher-cursor.json, so a restarted watcher does not deploy anything twice;
+    its first poll only records what is already there.
+    """
+    from modelship.watch import watch_registry
+
+    settings = Settings.from_env()
+    settings.prepare()
+    watch_registry(settings, list(models) or None, interval=interval, once=once)
+
+
 @main.group()
 def policy() -> None:
     """Work with policy files."""
