@@ -100,6 +100,48 @@ def deploy(
 
 @main.command()
 @click.argument("model")
+@click.option("--version", "version", help="Version number to deploy (default: the latest).")
+@click.option("--alias", help="Alias to deploy, e.g. challenger.")
+@click.option(
+    "--policy", "policy_file", help="Policy override path, as the pipeline's image sees it."
+)
+@click.option("--host", envvar="KFP_HOST", required=True, help="KFP endpoint (or KFP_HOST).")
+@click.option("--experiment", default="modelship", show_default=True, help="KFP experiment.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@_errors_to_exit_codes
+def submit(
+    model: str,
+    version: str | None,
+    alias: str | None,
+    policy_file: str | None,
+    host: str,
+    experiment: str,
+    as_json: bool,
+) -> None:
+    """Start MODEL's deployment on a Kubeflow Pipelines endpoint instead of this machine.
+
+    Uses the compiled pipelines/deploy.yaml with the same parameters as `deploy`; the token for
+    a multi-user cluster comes from KFP_TOKEN. Prints the run's id and link.
+    """
+    import os
+
+    from pipelines.submit import submit as start
+
+    if version and alias:
+        raise click.UsageError("give --version or --alias, not both")
+    run = start(
+        host, model, version=version, alias=alias, policy_file=policy_file,
+        experiment=experiment, token=os.environ.get("KFP_TOKEN"),
+    )  # fmt: skip
+    if as_json:
+        record = {"model": model, "run_id": run.run_id, "host": run.host, "url": run.url}
+        click.echo(json.dumps({**record, "experiment": run.experiment}))
+    else:
+        click.echo(f"started {run.url}")
+
+
+@main.command()
+@click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @_errors_to_exit_codes
 def status(model: str, as_json: bool) -> None:
