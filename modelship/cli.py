@@ -180,6 +180,66 @@ def watch(models: tuple[str, ...], interval: float, once: bool) -> None:
 
 
 @main.group()
+def webhook() -> None:
+    """Receive MLflow registry webhooks and start deployments from them."""
+
+
+@webhook.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8787, show_default=True, type=int)
+@click.option(
+    "--dispatch",
+    type=click.Choice(["local", "github"]),
+    default="local",
+    show_default=True,
+    help="Deploy on this machine, or send repository_dispatch to run .github/workflows/deploy.yml.",
+)
+@click.option("--github-repo", help="OWNER/NAME for --dispatch github (token from GITHUB_TOKEN).")
+@_errors_to_exit_codes
+def webhook_serve(host: str, port: int, dispatch: str, github_repo: str | None) -> None:
+    """Serve POST /webhooks/mlflow for model_version.created and model_version_alias.created.
+
+    Deliveries must carry MLflow's HMAC signature made with MODELSHIP_WEBHOOK_SECRET and a
+    timestamp under 5 minutes old; each delivery id is acted on once.
+    """
+    from registry.webhook_server import serve
+
+    settings = Settings.from_env()
+    settings.prepare()
+    serve(settings, host=host, port=port, dispatch=dispatch, github_repo=github_repo)
+
+
+@webhook.command("register")
+@click.argument("url")
+@click.option("--name", default="modelship", show_default=True, help="Webhook name in MLflow.")
+@_errors_to_exit_codes
+def webhook_register(url: str, name: str) -> None:
+    """Create the MLflow webhook that sends new versions and aliases to URL.
+
+    Signed with MODELSHIP_WEBHOOK_SECRET. Needs a tracking server (MLFLOW_TRACKING_URI); the
+    embedded SQLite store has no webhooks: use `modelship watch` there.
+    """
+    import os
+
+    from mlflow import MlflowClient
+
+    from modelship.errors import InputError
+
+    secret = os.environ.get("MODELSHIP_WEBHOOK_SECRET", "")
+    if not secret:
+        raise InputError(
+            "MODELSHIP_WEBHOOK_SECRET is not set", hint="the receiver checks signatures with it"
+        )
+    settings = Settings.from_env()
+    settings.prepare()
+    hook = MlflowClient().create_webhook(
+        name=name, url=url, secret=secret,
+        events=["model_version.created", "model_version_alias.created"],
+    )  # fmt: skip
+    click.echo(f"webhook {hook.webhook_id} sends new versions and aliases to {url}")
+
+
+@main.group()
 def policy() -> None:
     """Work with policy files."""
 

@@ -7,9 +7,12 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,65 @@ from registry.client import Registry
 from registry.deployments import ensure_experiment
 
 MODELSHIP = str(Path(sys.executable).parent / "modelship")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[Any], log: Path, timeout: float = 120) -> None:
+    """Wait until ``url`` answers 200, failing with the log's tail if ``proc`` dies first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not come up: {log.read_text()[-2000:]}")
+        time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def background(
+    cmd: list[str], log: Path, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[Any]]:
+    """A process for the length of a test, stopped (then killed) afterwards."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(env) if env else None
+        )
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A real `mlflow server` (SQLite backend, served artifacts) on a free loopback port."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    full_env = {**os.environ, **(env or {})}
+    with background(cmd, root / "server.log", full_env) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", proc, root / "server.log")
+        yield url
 
 
 def settings_for(home: Path, tracking_uri: str | None = None) -> Settings:

@@ -1,0 +1,204 @@
+"""The MLflow webhook receiver: signature, timestamp, replay, payloads, dispatch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from starlette.testclient import TestClient
+
+from registry.webhook import Delivery, Refused, SeenDeliveries, check, sign
+from registry.webhook_server import GitHubDispatcher, create_app
+
+SECRET = "s3cret-value-for-tests"
+NOW = 1_800_000_000.0
+
+
+def _delivery(
+    event: str = "model_version.created", secret: str = SECRET, ts: float = NOW, **data: Any
+) -> tuple[dict[str, str], bytes]:
+    entity, action = event.rsplit(".", 1)
+    body = json.dumps(
+        {
+            "entity": entity,
+            "action": action,
+            "timestamp": "t",
+            "data": {"name": "m", "version": "3", **data},
+        }
+    ).encode()
+    delivery_id = str(uuid.uuid4())
+    headers = {
+        "X-MLflow-Delivery-Id": delivery_id,
+        "X-MLflow-Timestamp": str(int(ts)),
+        "X-MLflow-Signature": sign(secret, delivery_id, str(int(ts)), body),
+        "Content-Type": "application/json",
+    }
+    return headers, body
+
+
+def test_a_signed_fresh_delivery_is_accepted() -> None:
+    headers, body = _delivery()
+    got = check(headers, body, secret=SECRET, now=NOW + 5)
+    assert (got.event, got.model, got.version) == ("model_version.created", "m", "3")
+
+
+@pytest.mark.parametrize(
+    ("tamper", "status", "words"),
+    [
+        (
+            lambda h, b: ({k: v for k, v in h.items() if k != "X-MLflow-Signature"}, b),
+            401,
+            "missing",
+        ),
+        (lambda h, b: (h, b.replace(b'"3"', b'"4"')), 401, "signature does not match"),
+        (
+            lambda h, b: ({**h, "X-MLflow-Timestamp": str(int(NOW) + 1)}, b),
+            401,
+            "signature does not match",
+        ),
+        (lambda h, b: (h, b + b" " * 70000), 413, "over the limit"),
+    ],
+)
+def test_bad_deliveries_are_refused(tamper: Any, status: int, words: str) -> None:
+    headers, body = tamper(*_delivery())
+    with pytest.raises(Refused) as refused:
+        check(headers, body, secret=SECRET, now=NOW)
+    assert refused.value.status == status and words in refused.value.reason
+
+
+def test_wrong_secret_and_stale_timestamp_are_refused() -> None:
+    headers, body = _delivery(secret="not-the-secret")
+    with pytest.raises(Refused, match="signature does not match"):
+        check(headers, body, secret=SECRET, now=NOW)
+    headers, body = _delivery(ts=NOW - 3600)
+    with pytest.raises(Refused, match="replay") as stale:
+        check(headers, body, secret=SECRET, now=NOW)
+    assert stale.value.status == 401
+
+
+def test_malformed_and_unknown_events_are_refused() -> None:
+    body = b"{not json"
+    headers = {
+        "X-MLflow-Delivery-Id": "d",
+        "X-MLflow-Timestamp": str(int(NOW)),
+        "X-MLflow-Signature": sign(SECRET, "d", str(int(NOW)), body),
+    }
+    with pytest.raises(Refused) as malformed:
+        check(headers, body, secret=SECRET, now=NOW)
+    assert malformed.value.status == 400
+    headers, body = _delivery(event="registered_model.created")
+    with pytest.raises(Refused) as unknown:
+        check(headers, body, secret=SECRET, now=NOW)
+    assert unknown.value.status == 422
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.started: list[Delivery] = []
+
+    def start(self, delivery: Delivery) -> str:
+        self.started.append(delivery)
+        return f"recorded {delivery.model} v{delivery.version}"
+
+
+@pytest.fixture()
+def app(tmp_path: Path) -> tuple[TestClient, _Recorder]:
+    recorder = _Recorder()
+    client = TestClient(
+        create_app(SECRET, SeenDeliveries(tmp_path / "seen.txt"), recorder, clock=lambda: NOW)
+    )
+    return client, recorder
+
+
+def test_server_starts_once_per_delivery_and_refuses_replays(
+    app: tuple[TestClient, _Recorder], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, recorder = app
+    caplog.set_level(logging.INFO, logger="modelship.webhook")
+    headers, body = _delivery()
+    first = client.post("/webhooks/mlflow", content=body, headers=headers)
+    assert first.status_code == 202 and first.json()["version"] == "3"
+    replay = client.post("/webhooks/mlflow", content=body, headers=headers)
+    assert replay.status_code == 409
+    assert len(recorder.started) == 1
+    assert SECRET not in caplog.text and headers["X-MLflow-Signature"] not in caplog.text
+
+
+def test_server_acts_on_challenger_not_on_champion(app: tuple[TestClient, _Recorder]) -> None:
+    client, recorder = app
+    headers, body = _delivery(event="model_version_alias.created", alias="champion")
+    assert client.post("/webhooks/mlflow", content=body, headers=headers).status_code == 202
+    assert recorder.started == []
+    headers, body = _delivery(event="model_version_alias.created", alias="challenger")
+    assert client.post("/webhooks/mlflow", content=body, headers=headers).status_code == 202
+    assert [d.alias for d in recorder.started] == ["challenger"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status"),
+    [
+        (lambda h, b: ({**h, "X-MLflow-Signature": "v1,AAAA"}, b), 401),
+        (lambda h, b: (h, b"x" * 70000), 413),
+        (lambda h, b: ({}, b), 401),
+    ],
+)
+def test_server_refuses_bad_input_and_starts_nothing(
+    app: tuple[TestClient, _Recorder], mutate: Any, status: int
+) -> None:
+    client, recorder = app
+    headers, body = mutate(*_delivery())
+    assert client.post("/webhooks/mlflow", content=body, headers=headers).status_code == status
+    assert recorder.started == []
+
+
+def test_seen_deliveries_survive_a_restart(tmp_path: Path) -> None:
+    seen = SeenDeliveries(tmp_path / "seen.txt")
+    seen.add("abc")
+    assert "abc" in SeenDeliveries(tmp_path / "seen.txt")
+
+
+class _GitHubApi(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[str, dict[str, str], dict[str, Any]]]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).received.append((self.path, dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+
+@pytest.fixture()
+def github_api() -> Iterator[str]:
+    _GitHubApi.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _GitHubApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_github_dispatch_sends_repository_dispatch(
+    github_api: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stand-in for api.github.com, which these machines cannot reach."""
+    caplog.set_level(logging.DEBUG)
+    token = "ghp_testtoken_never_logged"
+    dispatcher = GitHubDispatcher("acme/models", token, github_api)
+    said = dispatcher.start(Delivery("d1", "model_version.created", "m", "7"))
+    (path, headers, body) = _GitHubApi.received[0]
+    assert path == "/repos/acme/models/dispatches" and "HTTP 204" in said
+    assert headers["Authorization"] == f"Bearer {token}"
+    assert body == {
+        "event_type": "model-registered",
+        "client_payload": {"model": "m", "version": "7", "alias": ""},
+    }
+    assert token not in caplog.text and token not in repr(dispatcher) and token not in said
