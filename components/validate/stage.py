@@ -139,10 +139,10 @@ def run(
     candidate = _Scoring("candidate", model_dir, validation, target, policy, workdir, env)
     champ = registry.champion(ref.name)
     champion: _Scoring | None = None
-    if champ is not None and champ.version != ref.version:
-        champ_dir, _ = registry.checked_download(champ, workdir / "champion-model")
-        champion = _Scoring("champion", champ_dir, validation, target, policy, workdir, env)
-    try:
+    try:  # from here on, a probe is never left running, whatever goes wrong
+        if champ is not None and champ.version != ref.version:
+            champ_dir, _ = registry.checked_download(champ, workdir / "champion-model")
+            champion = _Scoring("champion", champ_dir, validation, target, policy, workdir, env)
         events.emit(STAGE, "step", step="data contract (Great Expectations)")
         contract = check_contract(validation, signature.columns, target, reference, policy.contract)
         checks = list(contract.checks)
