@@ -75,6 +75,7 @@ def test_tree_ensemble_becomes_a_faster_equivalent_onnx_model(
     assert record["columns"] == list(x.columns) and record["classes"] == [0, 1]
     assert record["session"]["intra_op_threads"] == 1
     assert (out / "model.onnx").stat().st_size > 0
+    assert (tmp_path / "work" / "latency.png").read_bytes()[:4] == b"\x89PNG"
     assert verdict.figures["speedup_p50"] > 10  # against MLflow pyfunc predict, same process
     tags = Registry().resolve(MODEL, version=version).tags
     assert tags["modelship.state"] == "optimized" and tags[optimize.TAG_VARIANT] == "fp32"

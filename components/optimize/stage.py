@@ -21,6 +21,7 @@ import pandas as pd
 from components.datasource import read_frame
 from components.optimize import equivalence
 from components.optimize.convert import INPUT_NAME, ConversionFailed, Converted, convert
+from components.optimize.plot import latency_chart
 from components.optimize.timing import Timing, measure
 from components.optimize.variants import SessionSettings, VariantFile, build_variants, open_session
 from components.validate.model_check import artifact_checks, read_mlmodel, read_signature
@@ -233,6 +234,12 @@ def run(
     )
     table = _table(reports, native_timing)
     (workdir / "variants.md").write_text(table + "\n")
+    chart = latency_chart(
+        {"native (pyfunc)": native_timing.p50_us, **{v: t.p50_us for v, t in timings.items()}},
+        {"native (pyfunc)": native_timing.p99_us, **{v: t.p99_us for v, t in timings.items()}},
+        str(record["variant"]) if timings else None,
+        workdir / "latency.png",
+    )
     if verdict.passed:
         registry.set_state(ref, ModelState.OPTIMIZED, verdict.reason)
         registry.set_tag(ref, TAG_VARIANT, str(record["variant"]))
@@ -243,5 +250,6 @@ def run(
     if deployment is not None:
         deployment.log_verdict(verdict)
         deployment.log_text(table, "optimize/variants.md")
+        deployment.log_file(chart, "optimize")
         deployment.log_text(json.dumps(record, indent=2), "optimize/optimize.json")
     return verdict
