@@ -24,7 +24,12 @@ from components.optimize.convert import INPUT_NAME, ConversionFailed, Converted,
 from components.optimize.plot import latency_chart
 from components.optimize.timing import Timing, measure
 from components.optimize.variants import SessionSettings, VariantFile, build_variants, open_session
-from components.validate.model_check import artifact_checks, read_mlmodel, read_signature
+from components.validate.model_check import (
+    artifact_checks,
+    model_inputs,
+    read_mlmodel,
+    read_signature,
+)
 from components.verdict import Check, ModelState, Verdict
 from modelship.errors import GateRejected
 from modelship.events import NO_EVENTS, EventSink
@@ -44,12 +49,6 @@ class VariantReport:
     status: str  # chosen, passed, failed, skipped, error
     detail: str
     timing: dict[str, float]
-
-
-def _features(
-    frame: pd.DataFrame, columns: list[tuple[str, str | None]], target: str
-) -> pd.DataFrame:
-    return frame[[c for c, _ in columns]] if columns else frame.drop(columns=[target])
 
 
 def _native_timing(model_dir: Path, features: pd.DataFrame, batch_sizes: list[int]) -> Timing:
@@ -147,10 +146,10 @@ def run(
     vp = policy.validate_stage
     validation = read_frame(vp.validation_data.uri, vp.validation_data.format, context)
     reference = read_frame(vp.reference_data.uri, vp.reference_data.format, context)
-    features = _features(validation, signature.columns, vp.validation_data.target)
+    features = model_inputs(validation, signature, vp.validation_data.target)
     y_true = validation[vp.validation_data.target].to_numpy()
     x = features.to_numpy(np.float32)
-    calibration = _features(reference, signature.columns, vp.validation_data.target).to_numpy(
+    calibration = model_inputs(reference, signature, vp.validation_data.target).to_numpy(
         np.float32
     )[:512]
     settings = SessionSettings(intra_op_threads=opt.intra_op_threads)

@@ -38,6 +38,13 @@ class Signature:
     present: bool
 
 
+def model_inputs(frame: pd.DataFrame, signature: Signature, target: str) -> pd.DataFrame:
+    """The columns of ``frame`` the model takes: its signature's, in order, or all but the target."""
+    if signature.columns:
+        return frame[[name for name, _ in signature.columns]]
+    return frame.drop(columns=[target])
+
+
 def read_mlmodel(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / "MLmodel"
     if not path.is_file():

@@ -20,6 +20,7 @@ from components.validate.model_check import (
     Probe,
     artifact_checks,
     behaviour_checks,
+    model_inputs,
     read_mlmodel,
     read_signature,
 )
@@ -40,14 +41,6 @@ class Evaluation:
 
     values: dict[str, float]
     checks: list[Check]
-
-
-def _features(
-    frame: pd.DataFrame, columns: list[tuple[str, str | None]], target: str
-) -> pd.DataFrame:
-    if columns:
-        return frame[[name for name, _ in columns]]
-    return frame.drop(columns=[target])
 
 
 class _Scoring:
@@ -84,7 +77,7 @@ class _Scoring:
             )
         self.probe: Probe | None = None
         if all(c.passed for c in self.checks):  # nothing is loaded that failed these checks
-            features = _features(validation, self.signature.columns, target)
+            features = model_inputs(validation, self.signature, target)
             self.probe = Probe(
                 model_dir, features, workdir / label, policy.model.load_timeout_s, env
             )
