@@ -66,3 +66,7 @@ class StageError(ModelshipError):
     """A stage could not run at all (not a rejection): retry or fix the environment."""
 
     exit_code = 1
+
+
+class PackagingError(StageError):
+    """The Bento or its image could not be built."""

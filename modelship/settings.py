@@ -25,6 +25,11 @@ class Settings:
     artifact_root: str | None
 
     @property
+    def bentoml_home(self) -> Path:
+        """BentoML's store (the Bentos) lives under modelship's home, beside MLflow's."""
+        return self.home / "bentoml"
+
+    @property
     def embedded(self) -> bool:
         return self.artifact_root is not None
 
@@ -53,6 +58,9 @@ class Settings:
         self.home.mkdir(parents=True, exist_ok=True)
         # MLflow's per-file download bars and INFO lines drown modelship's own progress view
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # read by BentoML when it is first imported, so set before any stage imports it
+        os.environ["BENTOML_HOME"] = str(self.bentoml_home)
+        os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -62,6 +70,8 @@ class Settings:
         """Environment for subprocesses (pipeline steps, probes) so they find the same store."""
         env = dict(os.environ)
         env["MODELSHIP_HOME"] = str(self.home)
+        env["BENTOML_HOME"] = str(self.bentoml_home)
+        env.setdefault("BENTOML_DO_NOT_TRACK", "true")
         if not self.embedded:
             env["MLFLOW_TRACKING_URI"] = self.tracking_uri
             env["MLFLOW_REGISTRY_URI"] = self.registry_uri

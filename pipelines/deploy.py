@@ -1,4 +1,4 @@
-"""The deploy pipeline: registry -> validate -> optimize -> (later stages) -> conclude.
+"""The deploy pipeline: registry -> validate -> optimize -> package -> (later stages) -> conclude.
 
 No ``from __future__ import annotations`` here: KFP reads the annotations as real types.
 
@@ -73,6 +73,36 @@ def optimize_model(
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def package_model(
+    model: Input[Model],
+    model_name: str,
+    version: str,
+    digest: str,
+    run_id: str,
+    policy: str,
+    optimize_verdict: Input[Artifact],
+    optimized: Input[Model],
+    verdict: Output[Artifact],
+    packaged: Output[Artifact],
+) -> bool:
+    """Package gate: a Bento of the chosen model (bentoml build) and its OCI image."""
+    from pipelines.steps import package_step
+
+    return package_step(
+        model.path,
+        model_name,
+        version,
+        digest,
+        run_id,
+        policy,
+        optimize_verdict.path,
+        optimized.path,
+        verdict.path,
+        packaged.path,
+    )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def conclude_deployment(
     model_name: str,
     version: str,
@@ -80,6 +110,7 @@ def conclude_deployment(
     run_id: str,
     validate_verdict: Input[Artifact],
     optimize_verdict: Input[Artifact],
+    package_verdict: Input[Artifact],
     summary: Output[Artifact],
 ) -> str:
     """Record the deployment's outcome from the stages' verdicts and close its MLflow run."""
@@ -90,7 +121,7 @@ def conclude_deployment(
         version,
         digest,
         run_id,
-        [validate_verdict.path, optimize_verdict.path],
+        [validate_verdict.path, optimize_verdict.path, package_verdict.path],
         summary.path,
     )
 
@@ -134,9 +165,18 @@ def deploy_pipeline(
         **record,
     )
     optimized.set_display_name("optimize")
+    packaged = package_model(
+        model=resolved.outputs["model"],
+        policy=resolved.outputs["policy"],
+        optimize_verdict=optimized.outputs["verdict"],
+        optimized=optimized.outputs["optimized"],
+        **record,
+    )
+    packaged.set_display_name("package")
     done = conclude_deployment(
         validate_verdict=gate.outputs["verdict"],
         optimize_verdict=optimized.outputs["verdict"],
+        package_verdict=packaged.outputs["verdict"],
         **record,
     )
     done.set_display_name("conclude")

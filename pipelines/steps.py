@@ -128,6 +128,43 @@ def optimize_step(
     return _gate("optimize", body, deployment, verdict_path)
 
 
+def package_step(
+    model_path: str,
+    model_name: str,
+    version: str,
+    digest: str,
+    run_id: str,
+    policy: str,
+    optimize_verdict_path: str,
+    optimized_path: str,
+    verdict_path: str,
+    packaged_path: str,
+) -> bool:
+    from components.package import stage as package_stage
+
+    settings, registry = _setup()
+    deployment = DeploymentRun(registry.client, run_id)
+
+    def body(events: EventSink) -> Verdict:
+        ref = registry.resolve(model_name, version=version)
+        return package_stage.run(
+            ref,
+            Path(model_path),
+            digest,
+            Policy.model_validate_json(policy),
+            Verdict.load(optimize_verdict_path),
+            Path(optimized_path),
+            registry=registry,
+            deployment=deployment,
+            workdir=Path(verdict_path).parent / "package-work",
+            out_dir=Path(packaged_path),
+            bentoml_home=settings.bentoml_home,
+            events=events,
+        )
+
+    return _gate("package", body, deployment, verdict_path)
+
+
 def conclude_step(
     model_name: str,
     version: str,

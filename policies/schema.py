@@ -175,11 +175,22 @@ class Batching(Strict):
     max_latency_ms: Annotated[float, Field(gt=0.0, le=60000)] = 10.0
 
 
+class InferenceLog(Strict):
+    enabled: bool = True
+    #: a folder or pyarrow filesystem URI (s3://bucket/prefix); empty: $MODELSHIP_HOME/inference
+    uri: str | None = None
+    #: rows per Parquet file, or whatever arrived within flush_interval_s
+    flush_rows: Annotated[int, Field(ge=1)] = 1000
+    flush_interval_s: Positive = 1.0
+
+
 class Package(Strict):
     batching: Batching = Batching()
     max_rows_per_request: Annotated[int, Field(ge=1)] = 1024
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    #: auto: build an OCI image where a builder exists, else record it as skipped
     image: Literal["auto", "always", "never"] = "auto"
+    inference_log: InferenceLog = InferenceLog()
 
 
 # -- load test ---------------------------------------------------------------------------------

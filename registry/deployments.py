@@ -84,6 +84,10 @@ class DeploymentRun:
     def log_file(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
     def log_verdict(self, verdict: Verdict) -> None:
         stage = verdict.stage
         for key, value in verdict.figures.items():

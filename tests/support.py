@@ -189,3 +189,25 @@ def aliases(name: str) -> dict[str, str]:
 
 def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
+def bento_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BENTOML_"))}
+    env.update(MODELSHIP_HOME=str(home), BENTOML_HOME=str(home / "bentoml"))
+    env["BENTOML_DO_NOT_TRACK"] = "true"
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def bento_server(
+    home: Path, tag: str, log: Path, *, ready: bool = True, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
+    """``bentoml serve TAG`` from modelship's Bento store, as a user would start it."""
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", tag, "--port", str(port),
+           "--host", "127.0.0.1"]  # fmt: skip
+    with background(cmd, log, bento_env(home, **env)) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/readyz" if ready else f"{url}/healthz", proc, log)
+        yield url, proc

@@ -1,0 +1,185 @@
+"""The inference log: every request and its answer, appended in batches off the hot path.
+
+The request path only puts ``(request id, time, request bytes, response bytes)`` on a queue. A
+writer thread parses them, turns them into one row per predicted row (features by signature
+name, the prediction, the model version, the time and the request id) and writes Parquet files
+of ``flush_rows`` rows, or whatever arrived within ``flush_interval_s``. Each file appears whole
+(written under a temporary name, then renamed), so the drift monitor never reads half a file.
+:meth:`InferenceLog.close` (called on shutdown, SIGTERM included) writes what is left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from bentos.payload import to_rows
+
+log = logging.getLogger("bentoml.modelship.inference_log")
+
+#: columns the log adds beside the model's own features
+META_COLUMNS = ("request_id", "row", "timestamp", "model_version", "prediction", "probabilities")
+_QUEUE_LIMIT = 200_000
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One answered request, as the request path hands it over (no parsing done yet)."""
+
+    request_id: str
+    timestamp: float
+    request: bytes
+    response: bytes
+
+
+class InferenceLog:
+    def __init__(
+        self,
+        uri: str,
+        columns: Sequence[str],
+        model_version: str,
+        *,
+        flush_rows: int = 1000,
+        flush_interval_s: float = 1.0,
+    ) -> None:
+        clash = set(columns) & set(META_COLUMNS)
+        if clash:
+            raise ValueError(f"feature names {sorted(clash)} clash with the log's own columns")
+        self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        self.fs.create_dir(self.root, recursive=True)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.columns = list(columns)
+        self.model_version = model_version
+        self.flush_rows = flush_rows
+        self.flush_interval_s = flush_interval_s
+        self.written_rows = 0
+        self.written_files = 0
+        self.skipped = 0
+        self.dropped = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_LIMIT)
+        self._seq = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
+        self._thread.start()
+
+    def append(self, exchange: Exchange) -> None:
+        """Hand one exchange to the writer; never blocks the request path."""
+        try:
+            self._queue.put_nowait(exchange)
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write everything queued so far and stop the writer."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout_s)
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        pending: list[dict[str, Any]] = []
+        first = time.monotonic()
+        while True:
+            wait = max(0.0, self.flush_interval_s - (time.monotonic() - first))
+            try:
+                item = self._queue.get(timeout=wait if pending else None)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self._flush(pending)
+                return
+            if item is not None:
+                if not pending:
+                    first = time.monotonic()
+                pending.extend(self._records(item))
+            due = pending and time.monotonic() - first >= self.flush_interval_s
+            if len(pending) >= self.flush_rows or due:
+                self._flush(pending)
+                pending = []
+
+    def _records(self, ex: Exchange) -> list[dict[str, Any]]:
+        try:
+            inputs = json.loads(ex.request)["inputs"]
+            rows = to_rows(inputs, self.columns, max_rows=2**31)
+            outputs = json.loads(ex.response)
+            if len(outputs) != len(rows):
+                raise ValueError(f"{len(rows)} rows but {len(outputs)} predictions")
+        except Exception as e:  # never let one odd exchange stop the log
+            self.skipped += 1
+            log.warning("inference log: skipped request %s: %s", ex.request_id, e)
+            return []
+        when = datetime.fromtimestamp(ex.timestamp, UTC)
+        records = []
+        for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
+            record: dict[str, Any] = dict(zip(self.columns, row, strict=True))
+            record.update(
+                request_id=ex.request_id, row=i, timestamp=when,
+                model_version=self.model_version, prediction=out.get("prediction"),
+                probabilities=out.get("probabilities"),
+            )  # fmt: skip
+            records.append(record)
+        return records
+
+    def _flush(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        schema = pa.schema(
+            [(c, pa.float64()) for c in self.columns]
+            + [
+                ("request_id", pa.string()),
+                ("row", pa.int32()),
+                ("timestamp", pa.timestamp("us", tz="UTC")),
+                ("model_version", pa.string()),
+            ]
+        )
+        table = pa.Table.from_pylist(records, schema=schema)
+        predictions = [r["prediction"] for r in records]
+        table = table.append_column("prediction", pa.array(predictions))
+        if any(r["probabilities"] is not None for r in records):
+            probs = [r["probabilities"] for r in records]
+            table = table.append_column("probabilities", pa.array(probs, pa.list_(pa.float32())))
+        self._seq += 1
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        name = f"part-{stamp}-{os.getpid()}-{self._seq:05d}.parquet"
+        final = f"{self.root}/{name}"
+        try:
+            if self.local:  # appear whole: the monitor may list the folder at any moment
+                tmp = f"{self.root}/.{name}.tmp"
+                pq.write_table(table, tmp, filesystem=self.fs)
+                self.fs.move(tmp, final)
+            else:  # an object store's put is already all-or-nothing
+                pq.write_table(table, final, filesystem=self.fs)
+        except Exception as e:
+            self.skipped += len(records)
+            log.error("inference log: could not write %d rows to %s: %s", len(records), final, e)
+            return
+        self.written_rows += len(records)
+        self.written_files += 1
+
+
+def read(uri: str) -> pa.Table:
+    """Every row logged under ``uri`` (a version's folder), oldest file first."""
+    fs, root = pafs.FileSystem.from_uri(uri)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    files = sorted(i.path for i in infos if i.base_name.startswith("part-"))
+    if not files:
+        return pa.table({})
+    return pa.concat_tables(
+        [pq.read_table(f, filesystem=fs) for f in files], promote_options="default"
+    )

@@ -1,0 +1,243 @@
+"""The package stage end to end: deploy builds a Bento, `bentoml serve` answers from it.
+
+A real SQLite MLflow store, the real pipeline (kfp.local), a real `bentoml serve` process per
+scenario and real HTTP. The image is covered by tests/test_image.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from bentos.inference_log import read
+from components.package import image as image_mod
+from components.package import stage as package_stage
+from components.verdict import Check, Verdict
+from modelship.events import NO_EVENTS
+from modelship.settings import Settings
+from tests.support import (
+    bento_server,
+    breast_cancer,
+    deploy_json,
+    register_forest,
+    settings_for,
+    version_tags,
+)
+
+pytestmark = pytest.mark.slow
+MODEL = "breast-cancer"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.DataFrame]:
+    return breast_cancer()
+
+
+@pytest.fixture(scope="module")
+def settings(home: Path) -> Settings:
+    return settings_for(home)
+
+
+@pytest.fixture(scope="module")
+def deployed(home: Path, settings: Settings, data: Any) -> dict[str, Any]:
+    version = register_forest(settings, MODEL, data)
+    code, summary, err = deploy_json(home, MODEL, "--version", version)
+    assert code == 0, err
+    assert summary is not None
+    stage = next(s for s in summary["stages"] if s["name"] == "package")
+    checks = {c["name"]: c for c in stage["checks"]}
+    return {"version": version, "summary": summary, "stage": stage, "checks": checks,
+            "tag": checks["package.bento"]["measured"]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(home: Path, deployed: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with bento_server(home, deployed["tag"], log) as (url, _):
+        yield url
+
+
+def _post(url: str, body: Any, **kw: Any) -> requests.Response:
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    return requests.post(f"{url}/predict", data=data, timeout=30,
+                         headers={"content-type": "application/json", **kw.pop("headers", {})}, **kw)  # fmt: skip
+
+
+def test_deploy_builds_a_bento_of_the_chosen_variant(home: Path, deployed: dict[str, Any]) -> None:
+    assert deployed["stage"]["passed"] and not deployed["stage"]["skipped"]
+    tag = deployed["tag"]
+    name, version = tag.split(":")
+    assert name == "modelship-breast-cancer" and version.startswith(f"v{deployed['version']}-")
+    bento = home / "bentoml" / "bentos" / name / version
+    serving = json.loads((bento / "src" / "serving.json").read_text())
+    assert serving["model_digest"] == deployed["summary"]["digest"]
+    assert serving["variant"] == "fp32" and (bento / "src" / "model" / "model.onnx").is_file()
+    tags = version_tags(MODEL)[deployed["version"]]
+    assert tags["modelship.bento"] == tag
+    image = deployed["checks"]["package.image"]
+    assert image["skipped"] and "package.image is never" in image["reason"]
+
+
+def test_predictions_are_the_packaged_models_in_every_input_shape(server: str, data: Any) -> None:
+    import mlflow.pyfunc
+
+    _, _, _, validation = data
+    features = validation.drop(columns=["target"]).head(40)
+    records = _post(server, {"inputs": features.to_dict(orient="records")})
+    columns = _post(server, {"inputs": features.to_dict(orient="list")})
+    rows = _post(server, {"inputs": features.to_numpy().tolist()})
+    assert records.status_code == columns.status_code == rows.status_code == 200
+    assert records.json() == columns.json() == rows.json()
+    native = mlflow.pyfunc.load_model(f"models:/{MODEL}/1").predict(features)
+    got = [r["prediction"] for r in records.json()]
+    assert got == [int(v) for v in native]
+    probabilities = np.array([r["probabilities"] for r in records.json()])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_response_names_the_model_version_digest_and_request(
+    server: str, deployed: dict[str, Any], data: Any
+) -> None:
+    row = data[3].drop(columns=["target"]).head(1).to_dict(orient="records")
+    answer = _post(server, {"inputs": row}, headers={"x-request-id": "abc-123"})
+    assert answer.status_code == 200
+    assert answer.headers["x-modelship-model"] == f"{MODEL}/{deployed['version']}"
+    assert answer.headers["x-modelship-digest"] == deployed["summary"]["digest"]
+    assert answer.headers["x-request-id"] == "abc-123"
+    assert _post(server, {"inputs": row}).headers["x-request-id"] != "abc-123"
+
+
+def _row(data: Any) -> dict[str, float]:
+    row: dict[str, float] = data[3].drop(columns=["target"]).iloc[0].to_dict()
+    return row
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "message"),
+    [
+        (lambda r: b'{"inputs": [{"mean radius": 1.0,', 400, "not valid JSON"),
+        (lambda r: {"inputs": [{**r, "radius": 1.0}]}, 400, "unknown column 'radius'"),
+        (lambda r: {"inputs": [{k: v for k, v in r.items() if k != "mean area"}]}, 400,
+         "missing column 'mean area'"),
+        (lambda r: {"inputs": [{**r, "mean area": "large"}]}, 400, "send a number"),
+        (lambda r: {"records": [r]}, 400, "Field required"),
+        (lambda r: {"inputs": [r] * 1025}, 400, "more than the limit of 1024"),
+        (lambda r: {"inputs": [list(r.values())] * 5000}, 413, "package.max_body_bytes"),
+        (lambda r: json.dumps({"inputs": [{**r, "mean area": float("nan")}]}), 400,
+         "send finite values"),
+        (lambda r: json.dumps({"inputs": [{**r, "mean area": float("inf")}]}), 400,
+         "send finite values"),
+    ],
+    ids=["malformed-json", "unknown-field", "missing-field", "wrong-type", "wrong-key",
+         "too-many-rows", "oversized-body", "nan", "inf"],
+)  # fmt: skip
+def test_bad_requests_get_a_4xx_that_names_the_fault(
+    server: str, data: Any, make: Any, status: int, message: str
+) -> None:
+    answer = _post(server, make(_row(data)))
+    assert answer.status_code == status, answer.text
+    assert message in answer.json()["error"]
+    assert _post(server, {"inputs": [_row(data)]}).status_code == 200, "one bad request hurt others"
+
+
+def test_metrics_count_requests_latency_batches_and_errors(server: str, data: Any) -> None:
+    for _ in range(5):
+        _post(server, {"inputs": [_row(data)]})
+    _post(server, b"{")
+    text = requests.get(f"{server}/metrics", timeout=10).text
+    for name in (
+        'modelship_requests_total{outcome="ok"',
+        'modelship_requests_total{outcome="http_400"',
+        "modelship_request_seconds_bucket",
+        "modelship_batch_rows_bucket",
+        "modelship_model_seconds_bucket",
+        "bentoml_service_adaptive_batch_size_bucket",
+    ):
+        assert name in text, f"{name} missing from /metrics"
+
+
+def test_every_request_under_concurrency_reaches_the_log_by_sigterm(
+    home: Path, deployed: dict[str, Any], data: Any, tmp_path: Path
+) -> None:
+    rows = data[3].drop(columns=["target"]).to_dict(orient="records")
+    n = 400
+    log_root = tmp_path / "inference"
+    with bento_server(
+        home, deployed["tag"], tmp_path / "serve.log", MODELSHIP_INFERENCE_LOG=str(log_root)
+    ) as (url, proc):
+
+        def send(i: int) -> int:
+            body = {"inputs": [rows[i % len(rows)]]}
+            return _post(url, body, headers={"x-request-id": f"r{i}"}).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            assert set(pool.map(send, range(n))) == {200}
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    table = read(str(log_root / MODEL / f"v{deployed['version']}"))
+    assert table.num_rows == n
+    assert sorted(table.column("request_id").to_pylist()) == sorted(f"r{i}" for i in range(n))
+    logged = table.to_pandas().set_index("request_id").loc["r7"]
+    expected = rows[7]
+    assert all(np.isclose(logged[k], v, rtol=1e-6) for k, v in expected.items())
+    assert logged["prediction"] in (0, 1)
+
+
+def test_a_bento_whose_model_changed_is_never_ready_and_says_why(
+    home: Path, deployed: dict[str, Any], tmp_path: Path, data: Any
+) -> None:
+    copy = tmp_path / "home"
+    shutil.copytree(home / "bentoml", copy / "bentoml")
+    name, version = deployed["tag"].split(":")
+    onnx = copy / "bentoml" / "bentos" / name / version / "src" / "model" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-10] + b"0123456789")
+    with bento_server(copy, deployed["tag"], tmp_path / "serve.log", ready=False) as (url, _):
+        ready = requests.get(f"{url}/readyz", timeout=10)
+        assert ready.status_code == 503
+        answer = _post(url, {"inputs": [_row(data)]})
+        assert answer.status_code == 503
+        assert "differ from the ones it was built with" in answer.json()["error"]
+
+
+def test_package_does_not_run_without_a_passing_optimize_verdict(tmp_path: Path) -> None:
+    failed = Verdict.from_checks(
+        "optimize", [Check(name="optimize.selection", kind="selection", passed=False, reason="x")]
+    )
+    verdict = package_stage.run(
+        None, tmp_path, "", None, failed, tmp_path,  # type: ignore[arg-type]
+        registry=None, deployment=None, workdir=tmp_path, out_dir=tmp_path,  # type: ignore[arg-type]
+        bentoml_home=tmp_path,
+    )  # fmt: skip
+    assert verdict.skipped and not verdict.passed
+
+
+class _NoEngine:
+    name = "nothing"
+
+    def available(self) -> str | None:
+        return "not installed here"
+
+
+def test_no_builder_skips_the_image_unless_the_policy_demands_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(image_mod, "BUILDERS", {"nothing": _NoEngine})
+    auto, image = package_stage._image_check(None, "auto", tmp_path, NO_EVENTS)  # type: ignore[arg-type]
+    assert auto.passed and auto.skipped and image is None
+    assert auto.reason.startswith("image: skipped (no builder: nothing: not installed here")
+    always, _ = package_stage._image_check(None, "always", tmp_path, NO_EVENTS)  # type: ignore[arg-type]
+    assert not always.passed and "required by the policy" in always.reason
