@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench compile lock clean
+.PHONY: venv image-tools demo test lint bench compile lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,6 +14,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# The package stage's image builder: buildah (daemonless) and debootstrap (its base image, since
+# nothing can be pulled here). Installed from Debian's packages when missing and apt-get can run;
+# without them the stage records "image: skipped (no builder)" and the image test is skipped.
+image-tools:
+	@if command -v buildah >/dev/null && command -v debootstrap >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing buildah and debootstrap (Debian packages) for the image builds"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap >/dev/null; \
+	else echo "note: no buildah/debootstrap and no root apt-get: image builds will be skipped"; fi
+
 demo: $(STAMP)
 	$(VENV)/bin/modelship demo
 
@@ -22,7 +32,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint image-tools
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)

@@ -12,6 +12,8 @@ Everything the service needs comes from ``serving.json`` beside the ``bentos`` p
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import logging
 import threading
@@ -265,6 +267,12 @@ def _load_and_warm_up() -> None:
         for _ in range(20):
             predictor.predict(warm)
         if CONFIG.inference_log.enabled:
+            # pyarrow imports pandas lazily on its first write; done then, in the writer thread,
+            # it races BentoML's batch code, which looks pandas up in sys.modules on every
+            # batch and fails (500) on a half-imported module. Import it here, before ready.
+            if importlib.util.find_spec("pandas") is not None:
+                importlib.import_module("pandas")
+
             LOG = InferenceLog(
                 CONFIG.log_uri(), CONFIG.columns, CONFIG.model_version,
                 flush_rows=CONFIG.inference_log.flush_rows,
@@ -329,3 +337,7 @@ class ModelService:
 
 
 ModelService.add_asgi_middleware(PredictGuard)  # type: ignore[attr-defined]
+# BentoML works out the response's media type from the output model's JSON schema, generating
+# that schema again for every response (a quarter of the request path's CPU, by py-spy). The
+# answer never changes: say it once.
+ModelService.apis["predict"].output_spec.media_type = "application/json"  # type: ignore[attr-defined]

@@ -160,6 +160,41 @@ def status(model: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("model")
+@click.option("--version", "version", help="Version to serve (default: the champion).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True, type=int)
+@_errors_to_exit_codes
+def serve(model: str, version: str | None, host: str, port: int) -> None:
+    """Serve MODEL's packaged Bento with `bentoml serve` (the champion unless --version).
+
+    The Bento is the one the package stage built and recorded on the version
+    (tag modelship.bento); POST /predict with {"inputs": records | columns | rows}.
+    """
+    import os
+    import shutil
+
+    from components.package.stage import TAG_BENTO
+    from modelship.errors import InputError
+    from registry.client import Registry
+
+    settings = Settings.from_env()
+    settings.prepare()
+    registry = Registry()
+    ref = registry.resolve(model, version=version, alias=None if version else "champion")
+    tag = registry.client.get_model_version(ref.name, ref.version).tags.get(TAG_BENTO)
+    if not tag:
+        raise InputError(
+            f"{ref} has no Bento: it was not packaged",
+            hint=f"run `modelship deploy {model} --version {ref.version}` first",
+        )
+    bentoml = shutil.which("bentoml") or str(Path(sys.executable).parent / "bentoml")
+    env = settings.child_env()
+    click.echo(f"serving {ref} from Bento {tag} on http://{host}:{port}", err=True)
+    os.execve(bentoml, [bentoml, "serve", tag, "--host", host, "--port", str(port)], env)
+
+
+@main.command()
 @click.option("--model", "models", multiple=True, help="Watch only this model (repeatable).")
 @click.option("--interval", default=10.0, show_default=True, help="Seconds between polls.")
 @click.option("--once", is_flag=True, help="Poll once and exit (for cron or a KFP recurring run).")

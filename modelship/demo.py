@@ -168,4 +168,8 @@ def run_demo(settings: Settings) -> list[dict[str, Any]]:
         f"[dim]MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}  "
         "(experiment modelship-deployments)[/]"
     )
+    console.print(
+        f"[dim]serve the champion's Bento: .venv/bin/modelship serve {MODEL} --port 3000, then "
+        "POST /predict with {\"inputs\": [{column: value, ...}]}[/]"
+    )
     return summaries

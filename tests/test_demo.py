@@ -21,6 +21,10 @@ def test_demo_deploys_three_versions_and_rejects_the_degraded_one(tmp_path: Path
     optimize = {s["version"]: s["stages"][1] for s in summaries}
     assert optimize["1"]["name"] == "optimize" and optimize["1"]["passed"]
     assert optimize["3"]["skipped"]  # not run after a failed validation
+    package = {s["version"]: s["stages"][2] for s in summaries}
+    assert package["1"]["name"] == "package" and package["1"]["passed"]
+    bento = {c["name"]: c for c in package["2"]["checks"]}["package.bento"]["measured"]
+    assert bento.startswith("modelship-breast-cancer:v2-") and package["3"]["skipped"]
     assert "vs_champion" in summaries[2]["reason"]
     assert "rejected at validate" in proc.stderr  # the human view went to stderr
     status = json.loads(cli(tmp_path, "status", "breast-cancer", "--json").stdout)

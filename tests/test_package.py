@@ -25,12 +25,18 @@ from components.verdict import Check, Verdict
 from modelship.events import NO_EVENTS
 from modelship.settings import Settings
 from tests.support import (
+    MODELSHIP,
+    background,
+    bento_env,
     bento_server,
     breast_cancer,
+    cli,
     deploy_json,
+    free_port,
     register_forest,
     settings_for,
     version_tags,
+    wait_http,
 )
 
 pytestmark = pytest.mark.slow
@@ -241,3 +247,64 @@ def test_no_builder_skips_the_image_unless_the_policy_demands_one(
     assert auto.reason.startswith("image: skipped (no builder: nothing: not installed here")
     always, _ = package_stage._image_check(None, "always", tmp_path, NO_EVENTS)  # type: ignore[arg-type]
     assert not always.passed and "required by the policy" in always.reason
+
+
+def test_modelship_serve_starts_the_versions_bento(
+    home: Path, deployed: dict[str, Any], data: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    cmd = [MODELSHIP, "serve", MODEL, "--version", deployed["version"], "--port", str(port)]
+    log = tmp_path / "serve.log"
+    with background(cmd, log, bento_env(home)) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/readyz", proc, log)
+        assert _post(url, {"inputs": [_row(data)]}).status_code == 200
+
+
+def test_modelship_serve_without_a_bento_says_what_to_run(home: Path, deployed: Any) -> None:
+    proc = cli(home, "serve", MODEL, "--version", "99")
+    assert proc.returncode == 2
+    proc = cli(home, "serve", MODEL)  # no champion was promoted in this registry
+    assert proc.returncode == 2 and "champion" in proc.stderr
+
+
+def test_a_model_without_onnx_is_packaged_and_served_natively(
+    home: Path, settings: Settings, deployed: Any, data: Any, tmp_path: Path
+) -> None:
+    """optimize.on_conversion_failure: native -- the Bento serves the MLflow model itself."""
+    from sklearn.kernel_ridge import KernelRidge
+
+    from components.optimize import stage as optimize_stage
+    from policies.loader import load_policy
+    from policies.schema import Policy
+    from registry.client import Registry
+    from tests.support import register
+
+    x, y, ref_data, val = data
+    model = KernelRidge().fit(x, y)
+    version = register(settings, MODEL, model, x, ref_data, val)
+    raw = load_policy(MODEL).policy.model_dump(by_alias=True)
+    raw["optimize"]["on_conversion_failure"] = "native"
+    policy = Policy.model_validate(raw)
+    registry = Registry()
+    ref = registry.resolve(MODEL, version=version)
+    model_dir, digest = registry.checked_download(ref, tmp_path / "model")
+    passed = Verdict(stage="validate", passed=True, reason="all checks passed")
+    optimized = optimize_stage.run(
+        ref, model_dir, digest, policy, passed, registry=registry, deployment=None,
+        workdir=tmp_path / "opt-work", out_dir=tmp_path / "optimized",
+    )  # fmt: skip
+    verdict = package_stage.run(
+        ref, model_dir, digest, policy, optimized, tmp_path / "optimized",
+        registry=registry, deployment=None, workdir=tmp_path / "pkg-work",
+        out_dir=tmp_path / "packaged", bentoml_home=home / "bentoml",
+    )  # fmt: skip
+    assert verdict.passed, verdict.reason
+    out = json.loads((tmp_path / "packaged" / "package.json").read_text())
+    assert out["serving"]["variant"] == "native"
+    features = val.drop(columns=["target"]).head(5)
+    with bento_server(home, out["bento"], tmp_path / "serve.log") as (url, _):
+        answer = _post(url, {"inputs": features.to_dict(orient="records")})
+    assert answer.status_code == 200, answer.text
+    got = [r["prediction"] for r in answer.json()]
+    np.testing.assert_allclose(got, model.predict(features), rtol=1e-5)

@@ -24,7 +24,7 @@ from modelship.events import NO_EVENTS, EventSink
 from policies.schema import Policy
 from registry.client import ModelRef, Registry
 from registry.deployments import DeploymentRun
-from registry.digest import verify
+from registry.digest import tree_digest, verify
 
 STAGE = "package"
 TAG_BENTO = "modelship.bento"
@@ -108,6 +108,7 @@ def run(
     checks.append(image_check)
     out = {
         **bento_build.describe(built),
+        "bento_digest": tree_digest(built.path),
         "bentoml_home": str(bentoml_home),
         "image": image.ref if image else None,
         "image_id": image.image_id if image else None,
@@ -128,5 +129,6 @@ def run(
         deployment.log_verdict(verdict)
         deployment.log_text(json.dumps(out, indent=2), "package/package.json")
         deployment.log_text((context / "bentofile.yaml").read_text(), "package/bentofile.yaml")
-        deployment.set_tags({"modelship.bento": built.tag, "modelship.image": out["image"] or ""})
+        deployment.set_tags({"modelship.bento": built.tag, "modelship.bento_digest": out["bento_digest"],
+                             "modelship.image": out["image"] or ""})  # fmt: skip
     return verdict
