@@ -170,6 +170,6 @@ def run_demo(settings: Settings) -> list[dict[str, Any]]:
     )
     console.print(
         f"[dim]serve the champion's Bento: .venv/bin/modelship serve {MODEL} --port 3000, then "
-        "POST /predict with {\"inputs\": [{column: value, ...}]}[/]"
+        'POST /predict with {"inputs": [{column: value, ...}]}[/]'
     )
     return summaries
