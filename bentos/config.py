@@ -24,7 +24,7 @@ class Strict(BaseModel):
 class Batching(Strict):
     enabled: bool = True
     max_batch_size: Annotated[int, Field(ge=1)] = 64
-    max_latency_ms: Annotated[float, Field(gt=0)] = 10.0
+    max_latency_ms: Annotated[float, Field(gt=0)] = 100.0
 
 
 class InferenceLogConfig(Strict):

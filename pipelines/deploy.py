@@ -1,4 +1,4 @@
-"""The deploy pipeline: registry -> validate -> optimize -> package -> (later stages) -> conclude.
+"""The deploy pipeline: registry -> validate -> optimize -> package -> load-test -> (later) -> conclude.
 
 No ``from __future__ import annotations`` here: KFP reads the annotations as real types.
 
@@ -103,6 +103,25 @@ def package_model(
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def loadtest_model(
+    model_name: str,
+    version: str,
+    digest: str,
+    run_id: str,
+    policy: str,
+    package_verdict: Input[Artifact],
+    packaged: Input[Artifact],
+    verdict: Output[Artifact],
+) -> bool:
+    """Load-test gate: the packaged model under open-loop load, against SLOs and the champion."""
+    from pipelines.steps import loadtest_step
+
+    return loadtest_step(
+        model_name, version, run_id, policy, package_verdict.path, packaged.path, verdict.path
+    )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def conclude_deployment(
     model_name: str,
     version: str,
@@ -111,6 +130,7 @@ def conclude_deployment(
     validate_verdict: Input[Artifact],
     optimize_verdict: Input[Artifact],
     package_verdict: Input[Artifact],
+    loadtest_verdict: Input[Artifact],
     summary: Output[Artifact],
 ) -> str:
     """Record the deployment's outcome from the stages' verdicts and close its MLflow run."""
@@ -121,7 +141,7 @@ def conclude_deployment(
         version,
         digest,
         run_id,
-        [validate_verdict.path, optimize_verdict.path, package_verdict.path],
+        [validate_verdict.path, optimize_verdict.path, package_verdict.path, loadtest_verdict.path],
         summary.path,
     )
 
@@ -173,10 +193,18 @@ def deploy_pipeline(
         **record,
     )
     packaged.set_display_name("package")
+    loaded = loadtest_model(
+        policy=resolved.outputs["policy"],
+        package_verdict=packaged.outputs["verdict"],
+        packaged=packaged.outputs["packaged"],
+        **record,
+    )
+    loaded.set_display_name("load-test")
     done = conclude_deployment(
         validate_verdict=gate.outputs["verdict"],
         optimize_verdict=optimized.outputs["verdict"],
         package_verdict=packaged.outputs["verdict"],
+        loadtest_verdict=loaded.outputs["verdict"],
         **record,
     )
     done.set_display_name("conclude")

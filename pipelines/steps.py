@@ -165,6 +165,37 @@ def package_step(
     return _gate("package", body, deployment, verdict_path)
 
 
+def loadtest_step(
+    model_name: str,
+    version: str,
+    run_id: str,
+    policy: str,
+    package_verdict_path: str,
+    packaged_path: str,
+    verdict_path: str,
+) -> bool:
+    from components.loadtest import stage as loadtest_stage
+
+    settings, registry = _setup()
+    deployment = DeploymentRun(registry.client, run_id)
+
+    def body(events: EventSink) -> Verdict:
+        ref = registry.resolve(model_name, version=version)
+        return loadtest_stage.run(
+            ref,
+            Policy.model_validate_json(policy),
+            Verdict.load(package_verdict_path),
+            Path(packaged_path),
+            registry=registry,
+            deployment=deployment,
+            workdir=Path(verdict_path).parent / "loadtest-work",
+            env=settings.child_env(),
+            events=events,
+        )
+
+    return _gate("loadtest", body, deployment, verdict_path)
+
+
 def conclude_step(
     model_name: str,
     version: str,

@@ -172,7 +172,8 @@ class Optimize(Strict):
 class Batching(Strict):
     enabled: bool = True
     max_batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
-    max_latency_ms: Annotated[float, Field(gt=0.0, le=60000)] = 10.0
+    #: BentoML also sheds (503) a request it expects to miss this: keep it near the p99 SLO
+    max_latency_ms: Annotated[float, Field(gt=0.0, le=60000)] = 100.0
 
 
 class InferenceLog(Strict):
@@ -208,6 +209,13 @@ class Slo(Strict):
     min_rate_ratio: Fraction = 0.95
 
 
+class FindMax(Strict):
+    #: rates are doubled from loadtest.rate until a probe breaks the SLO, then bisected
+    limit_rate: Positive = 20000.0
+    bisections: Annotated[int, Field(ge=0, le=8)] = 3
+    probe_s: Positive = 5.0
+
+
 class LoadTest(Strict):
     enabled: bool = True
     mode: Literal["constant", "stepped", "find_max"] = "constant"
@@ -218,7 +226,24 @@ class LoadTest(Strict):
     slo: Slo = Slo()
     #: largest allowed p99 worsening against the champion under the same load, as a share
     max_p99_regression: Annotated[float, Field(ge=0.0)] | None = 0.2
+    #: a p99 worsening smaller than this is noise on a shared machine, never a regression
+    p99_regression_floor_ms: Annotated[float, Field(ge=0.0)] = 2.0
     timeout_ready_s: Positive = 120.0
+    #: fixed port for the server under test; empty: a free one
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    #: CPUs the server is pinned to (taskset), e.g. [0]; empty: not pinned
+    server_cpus: list[Annotated[int, Field(ge=0)]] = []
+    connections: Annotated[int, Field(ge=1, le=10000)] = 256
+    request_timeout_s: Positive = 10.0
+    #: the client fell this far behind its schedule: the figures are not trusted
+    max_client_lag_ms: Positive = 100.0
+    find_max: FindMax = FindMax()
+
+    @model_validator(mode="after")
+    def _steps_for_stepped(self) -> LoadTest:
+        if self.mode == "stepped" and not self.steps:
+            raise ValueError("mode stepped needs steps: [{rate: ..., duration_s: ...}, ...]")
+        return self
 
 
 # -- rollout -----------------------------------------------------------------------------------
