@@ -171,7 +171,6 @@ def test_metrics_count_requests_latency_batches_and_errors(server: str, data: An
         "modelship_request_seconds_bucket",
         "modelship_batch_rows_bucket",
         "modelship_model_seconds_bucket",
-        "bentoml_service_adaptive_batch_size_bucket",
     ):
         assert name in text, f"{name} missing from /metrics"
 
@@ -308,3 +307,23 @@ def test_a_model_without_onnx_is_packaged_and_served_natively(
     assert answer.status_code == 200, answer.text
     got = [r["prediction"] for r in answer.json()]
     np.testing.assert_allclose(got, model.predict(features), rtol=1e-5)
+
+
+def test_bentomls_own_request_path_answers_the_same_and_names_faults(
+    home: Path, deployed: dict[str, Any], data: Any, tmp_path: Path
+) -> None:
+    """package.server: bentoml -- BentoML's API and dispatcher instead of the fast path."""
+    copy = tmp_path / "home"
+    shutil.copytree(home / "bentoml", copy / "bentoml")
+    name, version = deployed["tag"].split(":")
+    config = copy / "bentoml" / "bentos" / name / version / "src" / "serving.json"
+    serving = json.loads(config.read_text())
+    serving["server"] = "bentoml"
+    config.write_text(json.dumps(serving))
+    rows = data[3].drop(columns=["target"]).head(3).to_dict(orient="records")
+    with bento_server(copy, deployed["tag"], tmp_path / "serve.log") as (url, _):
+        answer = _post(url, {"inputs": rows})
+        bad = _post(url, {"inputs": [{**rows[0], "mean area": "large"}]})
+    assert answer.status_code == 200 and len(answer.json()) == 3
+    assert answer.headers["x-modelship-model"] == f"{MODEL}/{deployed['version']}"
+    assert bad.status_code == 400 and "send a number" in bad.json()["error"]

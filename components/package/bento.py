@@ -79,6 +79,7 @@ def serving_config(
         max_rows_per_request=policy.max_rows_per_request, max_body_bytes=policy.max_body_bytes,
         intra_op_threads=int(record.get("session", {}).get("intra_op_threads", 1)),
         inference_log=InferenceLogConfig(**policy.inference_log.model_dump()),
+        tracing=policy.tracing, server=policy.server,
     )  # fmt: skip
 
 
