@@ -1,9 +1,10 @@
 """The inference log: every request and its answer, appended in batches off the hot path.
 
-The request path only puts ``(request id, time, request bytes, response bytes)`` on a queue. A
-writer thread parses them, turns them into one row per predicted row (features by signature
-name, the prediction, the model version, the time and the request id) and writes Parquet files
-of ``flush_rows`` rows, or whatever arrived within ``flush_interval_s``. Each file appears whole
+The request path only puts an :class:`Exchange` on a queue: the rows the model saw and its
+answers where the fast path already has them parsed, else the exact request and response bytes,
+which the writer thread parses. The writer keeps one row per predicted row (features by
+signature name, the prediction, the model version, the time and the request id), columnar, and
+writes Parquet files of ``flush_rows`` rows, or whatever arrived within ``flush_interval_s``. Each file appears whole
 (written under a temporary name, then renamed), so the drift monitor never reads half a file.
 :meth:`InferenceLog.close` (called on shutdown, SIGTERM included) writes what is left.
 """
@@ -21,11 +22,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from bentos.payload import to_rows
+from bentos.payload import to_matrix
 
 log = logging.getLogger("bentoml.modelship.inference_log")
 
@@ -37,12 +39,52 @@ _STOP = object()
 
 @dataclass(frozen=True)
 class Exchange:
-    """One answered request, as the request path hands it over (no parsing done yet)."""
+    """One answered request, as the request path hands it over."""
 
     request_id: str
     timestamp: float
-    request: bytes
-    response: bytes
+    request: bytes = b""
+    response: bytes = b""
+    #: what the fast path already parsed: the float32 rows the model saw, and its answers
+    rows: np.ndarray | None = None
+    outputs: list[dict[str, Any]] | None = None
+
+
+class _Pending:
+    """Rows waiting for the next file, kept as columns."""
+
+    def __init__(self) -> None:
+        self.features: list[np.ndarray] = []
+        self.request_ids: list[str] = []
+        self.row: list[int] = []
+        self.timestamp_us: list[int] = []
+        self.prediction: list[Any] = []
+        self.probabilities: list[Any] = []
+        self.count = 0
+
+    def add(self, ex: Exchange, rows: np.ndarray, outputs: list[dict[str, Any]]) -> None:
+        n = len(rows)
+        self.features.append(rows)
+        self.request_ids.extend([ex.request_id] * n)
+        self.row.extend(range(n))
+        self.timestamp_us.extend([int(ex.timestamp * 1e6)] * n)
+        self.prediction.extend(o.get("prediction") for o in outputs)
+        self.probabilities.extend(o.get("probabilities") for o in outputs)
+        self.count += n
+
+    def table(self, columns: Sequence[str], model_version: str) -> pa.Table:
+        features = np.concatenate(self.features).astype(np.float32, copy=False)
+        data: dict[str, Any] = {c: features[:, j] for j, c in enumerate(columns)}
+        data.update(
+            request_id=pa.array(self.request_ids, pa.string()),
+            row=pa.array(self.row, pa.int32()),
+            timestamp=pa.array(self.timestamp_us, pa.timestamp("us", tz="UTC")),
+            model_version=pa.array([model_version] * self.count, pa.string()),
+            prediction=pa.array(self.prediction),
+        )  # fmt: skip
+        if any(p is not None for p in self.probabilities):
+            data["probabilities"] = pa.array(self.probabilities, pa.list_(pa.float32()))
+        return pa.table(data)
 
 
 class InferenceLog:
@@ -93,67 +135,45 @@ class InferenceLog:
     # -- the writer thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        pending: list[dict[str, Any]] = []
+        pending = _Pending()
         first = time.monotonic()
         while True:
             wait = max(0.0, self.flush_interval_s - (time.monotonic() - first))
             try:
-                item = self._queue.get(timeout=wait if pending else None)
+                item = self._queue.get(timeout=wait if pending.count else None)
             except queue.Empty:
                 item = None
             if item is _STOP:
                 self._flush(pending)
                 return
             if item is not None:
-                if not pending:
+                if not pending.count:
                     first = time.monotonic()
-                pending.extend(self._records(item))
-            due = pending and time.monotonic() - first >= self.flush_interval_s
-            if len(pending) >= self.flush_rows or due:
+                self._add(pending, item)
+            due = pending.count and time.monotonic() - first >= self.flush_interval_s
+            if pending.count >= self.flush_rows or due:
                 self._flush(pending)
-                pending = []
+                pending = _Pending()
 
-    def _records(self, ex: Exchange) -> list[dict[str, Any]]:
+    def _add(self, pending: _Pending, ex: Exchange) -> None:
         try:
-            inputs = json.loads(ex.request)["inputs"]
-            rows = to_rows(inputs, self.columns, max_rows=2**31)
-            outputs = json.loads(ex.response)
+            if ex.rows is not None and ex.outputs is not None:
+                rows, outputs = ex.rows, ex.outputs
+            else:
+                rows = to_matrix(json.loads(ex.request)["inputs"], self.columns, max_rows=2**31)
+                outputs = json.loads(ex.response)
             if len(outputs) != len(rows):
                 raise ValueError(f"{len(rows)} rows but {len(outputs)} predictions")
         except Exception as e:  # never let one odd exchange stop the log
             self.skipped += 1
             log.warning("inference log: skipped request %s: %s", ex.request_id, e)
-            return []
-        when = datetime.fromtimestamp(ex.timestamp, UTC)
-        records = []
-        for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
-            record: dict[str, Any] = dict(zip(self.columns, row, strict=True))
-            record.update(
-                request_id=ex.request_id, row=i, timestamp=when,
-                model_version=self.model_version, prediction=out.get("prediction"),
-                probabilities=out.get("probabilities"),
-            )  # fmt: skip
-            records.append(record)
-        return records
-
-    def _flush(self, records: list[dict[str, Any]]) -> None:
-        if not records:
             return
-        schema = pa.schema(
-            [(c, pa.float64()) for c in self.columns]
-            + [
-                ("request_id", pa.string()),
-                ("row", pa.int32()),
-                ("timestamp", pa.timestamp("us", tz="UTC")),
-                ("model_version", pa.string()),
-            ]
-        )
-        table = pa.Table.from_pylist(records, schema=schema)
-        predictions = [r["prediction"] for r in records]
-        table = table.append_column("prediction", pa.array(predictions))
-        if any(r["probabilities"] is not None for r in records):
-            probs = [r["probabilities"] for r in records]
-            table = table.append_column("probabilities", pa.array(probs, pa.list_(pa.float32())))
+        pending.add(ex, rows, outputs)
+
+    def _flush(self, pending: _Pending) -> None:
+        if not pending.count:
+            return
+        table = pending.table(self.columns, self.model_version)
         self._seq += 1
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         name = f"part-{stamp}-{os.getpid()}-{self._seq:05d}.parquet"
@@ -166,10 +186,10 @@ class InferenceLog:
             else:  # an object store's put is already all-or-nothing
                 pq.write_table(table, final, filesystem=self.fs)
         except Exception as e:
-            self.skipped += len(records)
-            log.error("inference log: could not write %d rows to %s: %s", len(records), final, e)
+            self.skipped += pending.count
+            log.error("inference log: could not write %d rows to %s: %s", pending.count, final, e)
             return
-        self.written_rows += len(records)
+        self.written_rows += pending.count
         self.written_files += 1
 
 

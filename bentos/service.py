@@ -157,13 +157,13 @@ class PredictGuard:
             await response(scope, receive, self._with_headers(send, extra))
             return
         if FAST:
-            status, content = await _answer_here(body)
+            status, content, rows = await _answer_here(body)
             raw = json.dumps(content).encode()
             headers = [(b"content-type", b"application/json"),
                        (b"content-length", str(len(raw)).encode()), *self.headers, *extra]  # fmt: skip
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": raw})
-            self._done(status, started, request_id, body, raw)
+            self._done(status, started, request_id, body, raw, rows, content)
             return
         replayed = False
 
@@ -178,12 +178,18 @@ class PredictGuard:
         await self.app(scope, _receive, answer.send)
         self._done(answer.status, started, request_id, body, b"".join(answer.body))
 
-    def _done(self, status: int, started: float, request_id: str, body: bytes, raw: bytes) -> None:
+    def _done(
+        self, status: int, started: float, request_id: str, body: bytes, raw: bytes,
+        rows: np.ndarray | None = None, outputs: Any = None,
+    ) -> None:  # fmt: skip
         version = CONFIG.model_version
         REQUESTS.labels(version, "ok" if status == 200 else f"http_{status}").inc()
         LATENCY.labels(version).observe(time.perf_counter() - started)
         if status == 200 and LOG is not None:
-            LOG.append(Exchange(request_id, time.time(), body, raw))
+            if rows is not None:  # parsed already: the writer need not parse it again
+                LOG.append(Exchange(request_id, time.time(), rows=rows, outputs=outputs))
+            else:
+                LOG.append(Exchange(request_id, time.time(), body, raw))
 
     def _refuse(self, scope: Any) -> tuple[str, int, str] | None:
         if scope["method"] != "POST":
@@ -211,32 +217,44 @@ class PredictGuard:
         return _send
 
 
-async def _answer_here(body: bytes) -> tuple[int, Any]:
-    """Status and JSON content for one /predict body, on the fast path."""
+async def _answer_here(body: bytes) -> tuple[int, Any, np.ndarray | None]:
+    """Status, JSON content and the parsed rows for one /predict body, on the fast path."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
-        return 400, {"error": f"the body is not valid JSON ({e})"}
+        return 400, {"error": f"the body is not valid JSON ({e})"}, None
     if not isinstance(data, dict) or "inputs" not in data:
-        return 400, {
-            "error": "the body must be a JSON object with the field 'inputs' (Field required): "
-            'records, columns or rows, e.g. {"inputs": [{"column": 1.0, ...}]}'
-        }
+        return (
+            400,
+            {
+                "error": "the body must be a JSON object with the field 'inputs' (Field required): "
+                'records, columns or rows, e.g. {"inputs": [{"column": 1.0, ...}]}'
+            },
+            None,
+        )
     try:
         rows = _parse(data["inputs"])
     except BadPayload as e:
-        return 400, {"error": str(e)}
+        return 400, {"error": str(e)}, None
     assert BATCHER is not None  # set before STATE.ready, which PredictGuard checked
     try:
-        return 200, await BATCHER.submit(rows)
+        return 200, await BATCHER.submit(rows), rows
     except Shed:
-        return 503, {
-            "error": f"overloaded: the request waited over {CONFIG.batching.max_latency_ms:g} ms "
-            "(package.batching.max_latency_ms) for the model; retry, or add replicas"
-        }
+        return (
+            503,
+            {
+                "error": f"overloaded: the request waited over {CONFIG.batching.max_latency_ms:g} ms "
+                "(package.batching.max_latency_ms) for the model; retry, or add replicas"
+            },
+            None,
+        )
     except Exception:
         log.exception("the model failed on a batch")
-        return 500, {"error": "the model failed on this request; the server log has the trace"}
+        return (
+            500,
+            {"error": "the model failed on this request; the server log has the trace"},
+            None,
+        )
 
 
 class _Answer:

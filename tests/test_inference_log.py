@@ -68,3 +68,21 @@ def test_corrupt_exchanges_are_skipped_and_counted(tmp_path: Path) -> None:
 def test_feature_names_that_clash_with_the_log_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="clash"):
         InferenceLog(str(tmp_path), ["a", "prediction"], "1")
+
+
+def test_rows_the_fast_path_parsed_are_logged_without_parsing_again(tmp_path: Path) -> None:
+    import numpy as np
+
+    log = InferenceLog(str(tmp_path), COLUMNS, "2", flush_rows=100, flush_interval_s=60)
+    rows = np.array([[1.5, 2.5], [3.5, 4.5]], np.float32)
+    outputs = [
+        {"prediction": 1, "probabilities": [0.2, 0.8]},
+        {"prediction": 0, "probabilities": [0.9, 0.1]},
+    ]
+    log.append(Exchange("fast-1", 1_800_000_000.0, rows=rows, outputs=outputs))
+    log.append(_exchange(7))  # and bytes from BentoML's path, in the same file
+    log.close()
+    table = read(str(tmp_path)).to_pandas()
+    assert table["request_id"].tolist() == ["fast-1", "fast-1", "req-7"]
+    assert table["a"].tolist() == [1.5, 3.5, 7.0] and table["row"].tolist() == [0, 1, 0]
+    assert table["prediction"].tolist() == [1, 0, 1]
