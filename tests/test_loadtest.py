@@ -275,3 +275,27 @@ with served(launch, {{port}}, Path({str(tmp_path / "s.log")!r}), 60) as server:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     assert _group_gone(pgid) and port_free(port)
+
+
+@pytest.mark.slow
+def test_find_max_mode_reports_the_highest_rate_within_the_slo(
+    deployed: dict[str, Any], tmp_path: Path
+) -> None:
+    import mlflow
+
+    policy = tmp_path / "find-max.yaml"
+    policy.write_text(
+        "loadtest:\n  mode: find_max\n  rate: 50\n  warmup_s: 0.5\n"
+        "  find_max: {limit_rate: 200, probe_s: 1, bisections: 1}\n"
+    )
+    code, summary, err = deploy_json(
+        deployed["home"], MODEL, "--version", deployed["version"], "--policy", str(policy)
+    )
+    assert code == 0, err
+    assert summary is not None
+    stage = next(s for s in summary["stages"] if s["name"] == "loadtest")
+    check = {c["name"]: c for c in stage["checks"]}["loadtest.max_rate"]
+    assert check["passed"] and check["measured"] == 200.0  # 50, 100, 200 all within the SLO
+    assert "highest arrival rate with p99 <= 100 ms: 200 req/s (3 probes)" in check["reason"]
+    files = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"], "loadtest")}
+    assert "loadtest/find_max.png" in files
