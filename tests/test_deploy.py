@@ -31,6 +31,7 @@ from tests.support import (
 
 MODEL = "breast-cancer"  # picks up policies/breast-cancer.yaml, as a user's model would
 TREE = ["sklearn.tree._tree.Tree"]
+NO_LOADTEST = str(Path(__file__).parent / "policies" / "no-loadtest.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,7 @@ def test_human_view_shows_stages_and_reasons(home: Path, versions: dict[str, str
 
 
 def test_deploy_by_alias(home: Path, versions: dict[str, str]) -> None:
-    code, summary, err = deploy_json(home, MODEL, "--alias", "champion")
+    code, summary, err = deploy_json(home, MODEL, "--alias", "champion", "--policy", NO_LOADTEST)
     assert code == 0, err
     assert summary is not None and summary["version"] == aliases(MODEL)["champion"]
 
