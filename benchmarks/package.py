@@ -8,8 +8,9 @@ core 0 and this client to core 1 (where the machine has two):
 
 - one row, one request at a time (low load): p50 and p99 of a raw ``session.run`` in this
   process, of the bare Starlette + ONNX Runtime server (benchmarks/bare_server.py), and of the
-  Bento served by ``bentoml serve``, with and without adaptive batching; the Bento's overhead
-  is its p50 minus the raw call's;
+  Bento served by ``bentoml serve`` (its fast path with and without batching, and BentoML's own
+  request path, ``package.server: bentoml``); the Bento's overhead is its p50 minus the raw
+  call's;
 - throughput at a fixed concurrency (closed loop, aiohttp), one row a request, the same three
   servers.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -106,19 +108,22 @@ def _wait(url: str, proc: subprocess.Popen[Any], timeout: float = 90) -> None:
 
 
 @contextmanager
-def _server(cmd: list[str], env: dict[str, str], port: int) -> Iterator[str]:
+def _server(
+    cmd: list[str], env: dict[str, str], port: int, ready: str = "/readyz"
+) -> Iterator[str]:
     log = Path(env["MODELSHIP_HOME"]) / f"server-{port}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(_pin(cmd, 0), env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
     try:
-        _wait(f"http://127.0.0.1:{port}/readyz", proc)
+        _wait(f"http://127.0.0.1:{port}{ready}", proc)
         yield f"127.0.0.1:{port}"
     except BaseException:
         print(log.read_text()[-3000:], file=sys.stderr)
         raise
     finally:
-        os.killpg(proc.pid, 15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
         proc.wait(30)
 
 
@@ -188,19 +193,19 @@ def main() -> None:
         print("deploying the forest (registers, validates, optimizes, packages)...", flush=True)
         tag, bento = _deploy(home)
         model = bento / "src" / "model" / "model.onnx"
-        # a copy of the Bento with batching off (serving.json is not among the checked files)
-        unbatched_home = home / "unbatched"
-        shutil.copytree(home / "bentoml", unbatched_home / "bentoml")
-        cfg_path = (
-            unbatched_home
-            / "bentoml"
-            / bento.relative_to(home / "bentoml")
-            / "src"
-            / "serving.json"
-        )
-        cfg = json.loads(cfg_path.read_text())
-        cfg["batching"]["enabled"] = False
-        cfg_path.write_text(json.dumps(cfg))
+        # copies of the Bento with other serving settings (serving.json is not among the
+        # checked model files): batching off, and BentoML's own request path
+        variants = {"unbatched": {"batching": {"enabled": False}}, "bentoml": {"server": "bentoml"}}
+        homes = {}
+        for label, change in variants.items():
+            homes[label] = home / label
+            shutil.copytree(home / "bentoml", homes[label] / "bentoml")
+            rel = bento.relative_to(home / "bentoml") / "src" / "serving.json"
+            cfg_path = homes[label] / "bentoml" / rel
+            cfg = json.loads(cfg_path.read_text())
+            for key, value in change.items():
+                cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+            cfg_path.write_text(json.dumps(cfg))
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
@@ -232,8 +237,12 @@ def main() -> None:
 
         servers: dict[str, tuple[Callable[[int], list[str]], dict[str, str]]] = {
             "bare Starlette + ONNX Runtime": (bare_cmd, env_for(home)),
-            "modelship Bento, adaptive batching": (bento_cmd, env_for(home)),
-            "modelship Bento, no batching": (bento_cmd, env_for(unbatched_home)),
+            "modelship Bento, fast path, greedy batching (default)": (bento_cmd, env_for(home)),
+            "modelship Bento, fast path, batching off": (bento_cmd, env_for(homes["unbatched"])),
+            "modelship Bento, BentoML's request path and batching": (
+                bento_cmd,
+                env_for(homes["bentoml"]),
+            ),
         }
         results: dict[str, dict[str, list[float]]] = {
             name: {"p50": [], "p99": [], "rps": []} for name in ["raw session.run", *servers]

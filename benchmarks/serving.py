@@ -49,9 +49,11 @@ def _probe(url: str, bodies: list[bytes], rate: float, seconds: float) -> dict[s
     return figures
 
 
-def _find_max(url: str, bodies: list[bytes], seconds: float, limit: float) -> tuple[float, float]:
+def _find_max(
+    url: str, bodies: list[bytes], seconds: float, limit: float, start: float
+) -> tuple[float, float]:
     """Highest passing rate, and the client's worst lag over the probes (ms)."""
-    good, bad, rate, lag = 0.0, None, 25.0, 0.0
+    good, bad, rate, lag = 0.0, None, start, 0.0
     for _ in range(14):
         f = _probe(url, bodies, rate, seconds)
         lag = max(lag, f["client_lag_ms"])
@@ -86,7 +88,8 @@ def main() -> None:
         print("deploying the forest (registers, validates, optimizes, packages)...", flush=True)
         tag, bento = _deploy(home)
         model = bento / "src" / "model" / "model.onnx"
-        env = {**os.environ, "MODELSHIP_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"),
+        path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"  # mlflow serve runs `uvicorn`
+        env = {**os.environ, "PATH": path, "MODELSHIP_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"),
                "BENTOML_DO_NOT_TRACK": "true", "MODELSHIP_INFERENCE_LOG": str(home / "log"),
                "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}  # fmt: skip
         columns = json.loads((bento / "src" / "serving.json").read_text())["columns"]
@@ -96,67 +99,35 @@ def main() -> None:
         records = validation[columns].head(200).to_dict(orient="records")
         rows = validation[columns].head(200).to_numpy().tolist()
         inputs = [json.dumps({"inputs": [r]}).encode() for r in records]
-        servers: dict[str, tuple[Callable[[int], list[str]], list[bytes]]] = {
+        # name: (command, bodies, ready path, request path, first find-max rate)
+        servers: dict[str, tuple[Callable[[int], list[str]], list[bytes], str, str, float]] = {
             "modelship Bento (bentoml serve)": (
-                lambda p: [
-                    str(BIN / "bentoml"),
-                    "serve",
-                    tag,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(p),
-                ],
-                inputs,
+                lambda p: [str(BIN / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(p)],
+                inputs, "/readyz", "/predict", 400.0,
             ),
             "mlflow models serve": (
-                lambda p: [
-                    str(BIN / "mlflow"),
-                    "models",
-                    "serve",
-                    "-m",
-                    f"models:/{MODEL}/1",
-                    "--env-manager",
-                    "local",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(p),
-                    "-w",
-                    "1",
-                ],
+                lambda p: [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}/1",
+                           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(p), "-w", "1"],
                 [json.dumps({"dataframe_records": [r]}).encode() for r in records],
+                "/ping", "/invocations", 25.0,
             ),
             "plain FastAPI + native model": (
-                lambda p: [
-                    sys.executable,
-                    str(ROOT / "benchmarks" / "fastapi_server.py"),
-                    f"models:/{MODEL}/1",
-                    str(p),
-                ],
-                inputs,
+                lambda p: [sys.executable, str(ROOT / "benchmarks" / "fastapi_server.py"),
+                           f"models:/{MODEL}/1", str(p)],
+                inputs, "/readyz", "/predict", 25.0,
             ),
             "bare Starlette + ONNX Runtime": (
-                lambda p: [
-                    sys.executable,
-                    str(ROOT / "benchmarks" / "bare_server.py"),
-                    str(model),
-                    str(p),
-                ],
-                [json.dumps({"inputs": [r]}).encode() for r in rows],
+                lambda p: [sys.executable, str(ROOT / "benchmarks" / "bare_server.py"), str(model), str(p)],
+                [json.dumps({"inputs": [r]}).encode() for r in rows], "/readyz", "/predict", 400.0,
             ),
-        }
+        }  # fmt: skip
         table = []
-        for name, (cmd, bodies) in servers.items():
+        for name, (cmd, bodies, ready, route, start) in servers.items():
             print(f"{name}:", flush=True)
             port = _port()
-            with _server(cmd(port), env, port) as host:
-                url = (
-                    f"http://{host}/predict"
-                    if not name.startswith("mlflow")
-                    else f"http://{host}/invocations"
-                )
-                best, lag = _find_max(url, bodies, args.probe_s, args.limit)
+            with _server(cmd(port), env, port, ready) as host:
+                url = f"http://{host}{route}"
+                best, lag = _find_max(url, bodies, args.probe_s, args.limit, start)
                 common = _probe(url, bodies, args.common_rate, 10.0)
                 at_1000 = _probe(url, bodies, 1000.0, 10.0) if best >= 1000 else None
             table.append((name, best, lag, common, at_1000))

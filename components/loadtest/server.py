@@ -116,7 +116,7 @@ def bento_launch(tag: str, port: int, env: dict[str, str], cpus: list[int] | Non
 
 
 def image_launch(image: str, port: int, cpus: list[int] | None) -> Launch:
-    from components.package.image import BUILDAH, stop_container
+    from components.package.image import BUILDAH, remove_container
 
     container = subprocess.run(
         [*BUILDAH, "from", image], capture_output=True, text=True, check=True
@@ -125,7 +125,7 @@ def image_launch(image: str, port: int, cpus: list[int] | None) -> Launch:
            "bentoml", "serve", "bentos.service:ModelService", "--host", "127.0.0.1",
            "--port", str(port)]  # fmt: skip
     return Launch(f"image {image}", _pinned(cmd, cpus), dict(os.environ),
-                  cleanup=lambda: stop_container(container))  # fmt: skip
+                  cleanup=lambda: remove_container(container))  # fmt: skip
 
 
 def _pinned(cmd: list[str], cpus: list[int] | None) -> list[str]:

@@ -7,7 +7,6 @@ with debootstrap (Debian bookworm, its python3.11 and venv), and kept in buildah
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -129,45 +128,10 @@ class Buildah:
         return Image(tag, str(info.get("digest", "")), self.name, str(info.get("size", "")))
 
 
-def processes_rooted_at(root: str) -> list[int]:
-    """Processes whose root directory is ``root``: what runs inside a chroot-isolated container.
-
-    ``buildah run --isolation chroot`` starts the command in its own session, so stopping
-    ``buildah run`` can leave the server inside it running; this finds it.
-    """
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.readlink(entry / "root") == root:
-                found.append(int(entry.name))
-        except OSError:  # gone, or not ours to read
-            continue
-    return found
-
-
-def stop_container(container: str, grace_s: float = 15.0) -> None:
-    """Stop everything running in a buildah container (SIGTERM, then SIGKILL) and remove it."""
-    import signal
-    import time
-
-    mount = subprocess.run(
-        [*BUILDAH, "mount", container], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    if mount:
-        pids = processes_rooted_at(mount)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.2)
-            pids = processes_rooted_at(mount)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        subprocess.run([*BUILDAH, "umount", container], capture_output=True, check=False)
+def remove_container(container: str) -> None:
+    """Remove a buildah working container (its processes must be stopped first: see
+    ``components.loadtest.server.served``, which tracks them by pid, since ``buildah run``
+    starts them in their own session and stopping buildah does not stop them)."""
     subprocess.run([*BUILDAH, "rm", container], capture_output=True, check=False)
 
 
