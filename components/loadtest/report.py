@@ -20,6 +20,13 @@ def _plt() -> Any:
     return plt
 
 
+def _save(fig: Any, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    _plt().close(fig)
+    return out
+
+
 def over_time(runs: dict[str, LoadResult], slo_ms: float, out: Path) -> Path:
     """Per second of the schedule: p50, p99 and max latency (log), and the rate achieved."""
     plt = _plt()
@@ -31,7 +38,7 @@ def over_time(runs: dict[str, LoadResult], slo_ms: float, out: Path) -> Path:
         if not rows:
             continue
         t = [r["t_s"] for r in rows]
-        lat.plot(t, [r["p99_ms"] for r in rows], color=color, label=f"{name} p99")
+        lat.plot(t, [r["p99_ms"] for r in rows], color=color, marker=".", label=f"{name} p99")
         lat.plot(t, [r["p50_ms"] for r in rows], color=color, linestyle=":", label=f"{name} p50")
         lat.plot(t, [r["max_ms"] for r in rows], color=color, alpha=0.3, label=f"{name} max")
         rate.plot(t, [r["rate"] - r["errors"] for r in rows], color=color, label=f"{name} ok/s")
@@ -44,10 +51,7 @@ def over_time(runs: dict[str, LoadResult], slo_ms: float, out: Path) -> Path:
     rate.set_ylabel("req/s")
     rate.set_xlabel("seconds after warm-up")
     rate.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def histogram(runs: dict[str, LoadResult], out: Path) -> Path:
@@ -69,10 +73,7 @@ def histogram(runs: dict[str, LoadResult], out: Path) -> Path:
     ax.set_ylabel("requests")
     ax.set_title("Latency histogram")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def find_max_chart(probes: list[dict[str, Any]], slo_ms: float, out: Path) -> Path:
@@ -91,10 +92,7 @@ def find_max_chart(probes: list[dict[str, Any]], slo_ms: float, out: Path) -> Pa
     ax.set_ylabel("p99 (ms)")
     ax.set_title("Find-max: p99 at each probed rate")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def page(title: str, figures: dict[str, Any], images: list[Path], out: Path) -> Path:
