@@ -57,3 +57,28 @@ class LatencyHistogram:
         nonzero = np.nonzero(self.counts)[0]
         edges = np.array([self._upper(int(i)) * 1e3 for i in nonzero])
         return edges, self.counts[nonzero]
+
+    def sparse(self) -> dict[str, int]:
+        """Non-empty buckets by index, JSON-ready: what a snapshot sends over the wire."""
+        return {str(int(i)): int(self.counts[i]) for i in np.nonzero(self.counts)[0]}
+
+    @classmethod
+    def from_sparse(cls, buckets: dict[str, int]) -> LatencyHistogram:
+        """A histogram from :meth:`sparse` buckets; min and max become bucket edges."""
+        hist = cls()
+        for key, count in buckets.items():
+            if count < 0:
+                raise ValueError(f"negative count {count} in bucket {key}")
+            hist.counts[int(key)] += count
+        hist.count = int(hist.counts.sum())
+        nonzero = np.nonzero(hist.counts)[0]
+        if len(nonzero):
+            hist.min_s = hist._upper(int(nonzero[0]))
+            hist.max_s = hist._upper(int(nonzero[-1]))
+        return hist
+
+
+def sparse_minus(later: dict[str, int], earlier: dict[str, int]) -> dict[str, int]:
+    """The buckets recorded between two snapshots of one histogram."""
+    out = {k: v - earlier.get(k, 0) for k, v in later.items()}
+    return {k: v for k, v in out.items() if v > 0}
