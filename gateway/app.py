@@ -15,6 +15,7 @@ import hmac
 import json
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -78,6 +79,8 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self._mirrors: set[asyncio.Task[None]] = set()
         self._random = random.Random()
+        #: changes each start: counts in a snapshot only compare with the same instance's
+        self.instance = uuid.uuid4().hex
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -245,7 +248,8 @@ class Gateway:
         )
 
     async def snapshot(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats.snapshot() | {"weights": self.describe()})
+        extra = {"weights": self.describe(), "instance": self.instance}
+        return web.json_response(self.stats.snapshot() | extra)
 
     async def readyz(self, request: web.Request) -> web.Response:
         if not any(b.healthy for b in self.backends.values()):

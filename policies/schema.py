@@ -264,10 +264,24 @@ class CanaryStep(Strict):
 
 
 class Analysis(Strict):
+    #: the challenger's error rate may exceed the champion's by this much (absolute)
     max_error_rate_increase: Fraction = 0.01
+    #: the challenger's p99 may be this many times the champion's ...
     max_p99_ratio: Positive = 1.5
+    #: ... or this much worse, whichever is larger: sub-10 ms gaps are noise on shared machines
+    p99_floor_ms: Annotated[float, Field(ge=0.0)] = 10.0
+    #: share of prediction columns (label, class probabilities) that Evidently may call drifted
+    #: between the challenger's and the champion's answers before the step fails
     prediction_drift_share: Fraction = 0.5
+    #: fewer challenger requests than this in a step: inconclusive (the rollout pauses)
     min_requests: Annotated[int, Field(ge=0)] = 100
+
+
+class BlueGreen(Strict):
+    #: seconds the challenger takes mirrored traffic before the analysis that switches over
+    analysis_s: Annotated[float, Field(ge=0.0)] = 60.0
+    #: share of the champion's requests copied to the challenger meanwhile
+    mirror_share: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
 
 
 class Rollout(Strict):
@@ -278,16 +292,31 @@ class Rollout(Strict):
         CanaryStep(weight=50, pause_s=60.0),
         CanaryStep(weight=100, pause_s=0.0),
     ]
+    blue_green: BlueGreen = BlueGreen()
+    #: share of the champion's requests also sent to the challenger during canary steps
     mirror_share: Fraction = 0.0
     sticky: bool = False
+    #: the header that keeps a user on one variant when sticky (else the request id)
+    sticky_header: str = "x-user-id"
     analysis: Analysis = Analysis()
+    #: failed analyses tolerated before the rollout aborts (each failure measures the step again)
     failure_limit: Annotated[int, Field(ge=0)] = 0
+    #: analyses in a row that could not run (metrics or logs unreadable) before it aborts
     consecutive_error_limit: Annotated[int, Field(ge=1)] = 3
+    #: seconds the old server keeps answering requests in flight after traffic left it
     drain_s: Annotated[float, Field(ge=0.0)] = 10.0
+    #: requests/s the load generator sends through the gateway during the rollout, so a quiet
+    #: service still gets a verdict; null: real traffic only
+    load_rate: Positive | None = None
+    #: how often the controller looks at its status, the gateway and commands
+    tick_s: Positive = 0.5
+    timeout_ready_s: Positive = 120.0
 
     @model_validator(mode="after")
     def _weights_rise(self) -> Rollout:
         weights = [s.weight for s in self.steps]
+        if not weights:
+            raise ValueError("a canary needs at least one step")
         if weights != sorted(weights):
             raise ValueError(f"canary step weights must not decrease, got {weights}")
         return self
