@@ -68,6 +68,23 @@ def main() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every check, not only failures.")
+@click.option(
+    "--target",
+    type=click.Choice(["local", "k8s"]),
+    default="local",
+    show_default=True,
+    help="local: the gates and a canary behind modelship's gateway on this machine; "
+    "k8s: Seldon Core v2 or KServe manifests (with --dry-run).",
+)
+@click.option(
+    "--router",
+    type=click.Choice(["seldon", "kserve"]),
+    help="Kubernetes router for --target k8s (default: the policy's rollout.target, else kserve).",
+)
+@click.option("--namespace", default="default", show_default=True, help="Kubernetes namespace.")
+@click.option(
+    "--dry-run", is_flag=True, help="With --target k8s: print the manifests, apply nothing."
+)
 @_errors_to_exit_codes
 def deploy(
     model: str,
@@ -76,6 +93,10 @@ def deploy(
     policy_file: Path | None,
     as_json: bool,
     verbose: bool,
+    target: str,
+    router: str | None,
+    namespace: str,
+    dry_run: bool,
 ) -> None:
     """Run MODEL's version through every gate, showing each stage as it runs.
 
@@ -86,8 +107,20 @@ def deploy(
 
     if version and alias:
         raise click.UsageError("give --version or --alias, not both")
+    if dry_run and target != "k8s":
+        raise click.UsageError("--dry-run prints Kubernetes manifests: add --target k8s")
     settings = Settings.from_env()
     settings.prepare()
+    if target == "k8s":
+        from modelship.k8s import print_manifests
+
+        if not dry_run:
+            raise click.UsageError(
+                "--target k8s applies nothing yet: add --dry-run and apply the manifests with "
+                "kubectl (the controller's Kubernetes metric source is not built)"
+            )
+        click.echo(print_manifests(model, version, alias, policy_file, router, namespace), nl=False)
+        return
     if as_json:
         summary = run(settings, model, version=version, alias=alias, policy_file=policy_file)
         click.echo(json.dumps(summary, indent=2))
@@ -192,6 +225,52 @@ def serve(model: str, version: str | None, host: str, port: int) -> None:
     env = settings.child_env()
     click.echo(f"serving {ref} from Bento {tag} on http://{host}:{port}", err=True)
     os.execve(bentoml, [bentoml, "serve", tag, "--host", host, "--port", str(port)], env)
+
+
+@main.group()
+def rollout() -> None:
+    """Follow or steer a canary rollout (status, promote, abort)."""
+
+
+@rollout.command("status")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the saved status as JSON.")
+@_errors_to_exit_codes
+def rollout_status(model: str, as_json: bool) -> None:
+    """Show MODEL's rollout: phase, step, weights, each analysis and the history."""
+    from modelship.rollouts import load_status, render_rollout
+
+    settings = Settings.from_env()
+    status = load_status(settings, model)
+    if as_json:
+        click.echo(status.model_dump_json(indent=2))
+    else:
+        from modelship.live import make_console
+
+        make_console().print(render_rollout(status))
+
+
+@rollout.command("promote")
+@click.argument("model")
+@click.option("--full", is_flag=True, help="Skip every remaining step and promote now.")
+@click.option("--wait", default=10.0, show_default=True, help="Seconds to wait for the controller.")
+@_errors_to_exit_codes
+def rollout_promote(model: str, full: bool, wait: float) -> None:
+    """Continue a paused rollout to its next step (or, with --full, promote at once)."""
+    from modelship.rollouts import send
+
+    click.echo(send(Settings.from_env(), model, "promote_full" if full else "promote", wait))
+
+
+@rollout.command("abort")
+@click.argument("model")
+@click.option("--wait", default=10.0, show_default=True, help="Seconds to wait for the controller.")
+@_errors_to_exit_codes
+def rollout_abort(model: str, wait: float) -> None:
+    """Send every request to the champion now; the challenger is tagged rolled_back."""
+    from modelship.rollouts import send
+
+    click.echo(send(Settings.from_env(), model, "abort", wait))
 
 
 @main.command()

@@ -2,8 +2,9 @@
 
 breast-cancer (scikit-learn's bundled data): v1 a small random forest (good), v2 LightGBM
 (better), v3 a logistic regression trained on noisy labels (degraded). Each is deployed through
-the gates that exist; a version that passes every gate is promoted by hand here, since the canary
-stage that will promote it is not built yet. v3 is rejected with its reasons.
+every gate: v1 is promoted at once (no champion yet), v2 goes through a canary against v1
+behind the local gateway and is promoted when every step's analysis passes, v3 is rejected at
+validation with its reasons.
 """
 
 from __future__ import annotations
@@ -156,12 +157,9 @@ def run_demo(settings: Settings) -> list[dict[str, Any]]:
         console.rule(f"deploy {MODEL} v{version}")
         summary = deploy_with_view(settings, MODEL, version=version)
         summaries.append(summary)
-        if summary["outcome"] == "passed":
-            registry.promote(registry.resolve(MODEL, version=version))
-            console.print(
-                f"[green]v{version} is now champion[/] [dim](promoted by hand: the canary "
-                "stage will do this once it exists)[/]"
-            )
+        champion = registry.champion(MODEL)
+        if champion is not None and champion.version == version:
+            console.print(f"[green]v{version} is now champion[/]")
     console.rule("where each version stands")
     console.print(render_status(model_status(MODEL, registry)))
     console.print(

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 #: stages in pipeline order; later issues add theirs here and in pipelines/deploy.py
-STAGES = ["resolve", "validate", "optimize", "package", "loadtest", "conclude"]
+STAGES = ["resolve", "validate", "optimize", "package", "loadtest", "rollout", "conclude"]
 
 _ICON = {
     "waiting": "·",

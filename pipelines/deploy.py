@@ -1,4 +1,4 @@
-"""The deploy pipeline: registry -> validate -> optimize -> package -> load-test -> (later) -> conclude.
+"""The deploy pipeline: registry -> validate -> optimize -> package -> load-test -> rollout -> conclude.
 
 No ``from __future__ import annotations`` here: KFP reads the annotations as real types.
 
@@ -122,6 +122,25 @@ def loadtest_model(
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def rollout_model(
+    model_name: str,
+    version: str,
+    digest: str,
+    run_id: str,
+    policy: str,
+    loadtest_verdict: Input[Artifact],
+    packaged: Input[Artifact],
+    verdict: Output[Artifact],
+) -> bool:
+    """Canary (or blue-green) rollout against the champion; promotion moves the champion alias."""
+    from pipelines.steps import rollout_step
+
+    return rollout_step(
+        model_name, version, run_id, policy, loadtest_verdict.path, packaged.path, verdict.path
+    )
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def conclude_deployment(
     model_name: str,
     version: str,
@@ -131,6 +150,7 @@ def conclude_deployment(
     optimize_verdict: Input[Artifact],
     package_verdict: Input[Artifact],
     loadtest_verdict: Input[Artifact],
+    rollout_verdict: Input[Artifact],
     summary: Output[Artifact],
 ) -> str:
     """Record the deployment's outcome from the stages' verdicts and close its MLflow run."""
@@ -141,7 +161,13 @@ def conclude_deployment(
         version,
         digest,
         run_id,
-        [validate_verdict.path, optimize_verdict.path, package_verdict.path, loadtest_verdict.path],
+        [
+            validate_verdict.path,
+            optimize_verdict.path,
+            package_verdict.path,
+            loadtest_verdict.path,
+            rollout_verdict.path,
+        ],
         summary.path,
     )
 
@@ -200,11 +226,19 @@ def deploy_pipeline(
         **record,
     )
     loaded.set_display_name("load-test")
+    rolled = rollout_model(
+        policy=resolved.outputs["policy"],
+        loadtest_verdict=loaded.outputs["verdict"],
+        packaged=packaged.outputs["packaged"],
+        **record,
+    )
+    rolled.set_display_name("rollout")
     done = conclude_deployment(
         validate_verdict=gate.outputs["verdict"],
         optimize_verdict=optimized.outputs["verdict"],
         package_verdict=packaged.outputs["verdict"],
         loadtest_verdict=loaded.outputs["verdict"],
+        rollout_verdict=rolled.outputs["verdict"],
         **record,
     )
     done.set_display_name("conclude")

@@ -196,6 +196,38 @@ def loadtest_step(
     return _gate("loadtest", body, deployment, verdict_path)
 
 
+def rollout_step(
+    model_name: str,
+    version: str,
+    run_id: str,
+    policy: str,
+    loadtest_verdict_path: str,
+    packaged_path: str,
+    verdict_path: str,
+) -> bool:
+    from components.rollout import stage as rollout_stage
+
+    settings, registry = _setup()
+    deployment = DeploymentRun(registry.client, run_id)
+
+    def body(events: EventSink) -> Verdict:
+        ref = registry.resolve(model_name, version=version)
+        return rollout_stage.run(
+            ref,
+            Policy.model_validate_json(policy),
+            Verdict.load(loadtest_verdict_path),
+            Path(packaged_path),
+            registry=registry,
+            deployment=deployment,
+            workdir=Path(verdict_path).parent / "rollout-work",
+            env=settings.child_env(),
+            home=settings.home,
+            events=events,
+        )
+
+    return _gate("rollout", body, deployment, verdict_path)
+
+
 def conclude_step(
     model_name: str,
     version: str,

@@ -128,6 +128,18 @@ def image_launch(image: str, port: int, cpus: list[int] | None) -> Launch:
                   cleanup=lambda: remove_container(container))  # fmt: skip
 
 
+def package_launch(
+    record: dict[str, Any], port: int, env: dict[str, str], cpus: list[int] | None
+) -> Launch:
+    """Start a packaged version as production will: its image where one was built and buildah
+    is here, else ``bentoml serve`` of its Bento. ``record`` holds ``bento`` and ``image``."""
+    import shutil
+
+    if record.get("image") and shutil.which("buildah"):
+        return image_launch(str(record["image"]), port, cpus)
+    return bento_launch(str(record["bento"]), port, env, cpus)
+
+
 def _pinned(cmd: list[str], cpus: list[int] | None) -> list[str]:
     if not cpus:
         return cmd

@@ -10,7 +10,6 @@ the production one.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,7 @@ from components.loadtest.loadgen import run as drive
 from components.loadtest.server import (
     Launch,
     NotReady,
-    bento_launch,
-    image_launch,
+    package_launch,
     pick_port,
     served,
 )
@@ -62,9 +60,7 @@ def _bar(p: Progress) -> str:
 
 
 def _launch(record: dict[str, Any], port: int, env: dict[str, str], lt: LoadTest) -> Launch:
-    if record.get("image") and shutil.which("buildah"):
-        return image_launch(str(record["image"]), port, lt.server_cpus or None)
-    return bento_launch(str(record["bento"]), port, env, lt.server_cpus or None)
+    return package_launch(record, port, env, lt.server_cpus or None)
 
 
 def _measure(
@@ -129,7 +125,7 @@ def _find_max(
     return probes
 
 
-def _champion(
+def champion_package(
     registry: Registry, ref: ModelRef
 ) -> tuple[dict[str, Any] | None, str]:  # fmt: skip
     """The champion's package record, or why there is none to compare with."""
@@ -187,7 +183,7 @@ def run(
         runs[f"v{ref.version}"] = result
         figures["candidate"] = result.figures()
         checks += gate.slo_checks(figures["candidate"], lt)
-        champion, why_not = _champion(registry, ref)
+        champion, why_not = champion_package(registry, ref)
         compared = None
         if champion is not None and all(c.passed for c in checks if c.blocking):
             events.emit(

@@ -130,9 +130,10 @@ def judge(
             f"the challenger's predictions drifted from the champion's on the same traffic: "
             f"{worst}",
         )
+    versus = f"champion {champion.p(99):.1f} ms" if champion.requests else "champion idle"
     summary = (
         f"{challenger.requests} requests, error rate {challenger.error_rate:.2%}, "
-        f"p99 {challenger.p(99):.1f} ms (champion {champion.p(99):.1f} ms)"
+        f"p99 {challenger.p(99):.1f} ms ({versus})"
     )
     if drift is not None:
         summary += f", prediction drift share {drift.share:.2f}"

@@ -50,6 +50,12 @@ class Decision:
     wait_s: float = 0.0
 
 
+def _moved(
+    status: RolloutStatus, now: float, weight: int, mirror: float
+) -> list[tuple[float, int, float]]:
+    return [*status.traffic, (now, weight, mirror)]
+
+
 def _with(
     status: RolloutStatus, now: float, event: str | None = None, **changes: object
 ) -> RolloutStatus:
@@ -68,7 +74,8 @@ def _start_step(
     if step.pause_s is None:
         what += ", paused until `modelship rollout promote`"
     new = _with(status, now, what, step=index, step_started_at=now, weight=step.weight,
-                mirror=step.mirror, phase=phase, reason=what)  # fmt: skip
+                mirror=step.mirror, phase=phase, reason=what,
+                traffic=_moved(status, now, step.weight, step.mirror))  # fmt: skip
     return Decision(Action.SET_STEP, new)
 
 
@@ -80,13 +87,15 @@ def _advance(status: RolloutStatus, steps: list[PlannedStep], now: float) -> Dec
 
 def _promote(status: RolloutStatus, now: float, why: str) -> Decision:
     reason = f"promoted v{status.challenger}: {why}"
-    new = _with(status, now, reason, phase=Phase.PROMOTED, weight=100, mirror=0.0, reason=reason)
+    new = _with(status, now, reason, phase=Phase.PROMOTED, weight=100, mirror=0.0, reason=reason,
+                traffic=_moved(status, now, 100, 0.0))  # fmt: skip
     return Decision(Action.PROMOTE, new)
 
 
 def _abort(status: RolloutStatus, now: float, why: str) -> Decision:
     reason = f"aborted v{status.challenger}: {why}"
-    new = _with(status, now, reason, phase=Phase.ABORTED, weight=0, mirror=0.0, reason=reason)
+    new = _with(status, now, reason, phase=Phase.ABORTED, weight=0, mirror=0.0, reason=reason,
+                traffic=_moved(status, now, 0, 0.0))  # fmt: skip
     return Decision(Action.ABORT, new)
 
 

@@ -105,6 +105,8 @@ class RolloutStatus(BaseModel):
     reason: str = ""
     started_at: float
     updated_at: float
+    #: (time, challenger weight, mirror share) each time the weights changed, for the report
+    traffic: list[tuple[float, int, float]] = []
     #: human-readable history, oldest first: what a person reads in `modelship rollout status`
     events: list[str] = Field(default_factory=list)
 
