@@ -1,0 +1,142 @@
+"""The rollout's faults against real processes: a gateway, two stand-in servers, a controller."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from components.loadtest.loadgen import Phase as LoadPhase
+from components.loadtest.loadgen import run as drive
+from components.rollout.controller import Controller
+from components.rollout.local import GatewayRouter
+from components.rollout.state import Phase, StatusStore
+from policies.schema import Analysis, CanaryStep, Rollout
+from tests.servers.controller import FileRegistry, NoLogs
+from tests.support import MODELSHIP
+from tests.test_gateway import BODY, TOKEN, Stack
+
+
+@pytest.fixture()
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(tmp_path)
+    try:
+        s.start_backend("champion")
+        s.start_backend("challenger")
+        s.start_gateway()
+        yield s
+    finally:
+        s.stop()
+
+
+def controller_process(home: Path, stack: Stack, policy: Rollout) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "tests.servers.controller", str(home), stack.url,
+           policy.model_dump_json()]  # fmt: skip
+    env = os.environ | {"MODELSHIP_GATEWAY_TOKEN": TOKEN}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_crashing_challenger_aborts_the_rollout_without_client_errors(
+    stack: Stack, tmp_path: Path
+) -> None:
+    policy = Rollout(steps=[CanaryStep(weight=50, pause_s=30), CanaryStep(weight=100)],
+                     tick_s=0.05)  # fmt: skip
+    router = GatewayRouter(stack.url, TOKEN)
+    book = FileRegistry(tmp_path / "registry.log")
+    controller = Controller(StatusStore(tmp_path, "m"), router, router, NoLogs(), book, policy)
+    status = controller.begin("m", "1", "2", "h")
+    done: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: done.update(status=controller.run(status)))
+    worker.start()
+    wait_for(lambda: router.get_weights().challenger == 50)
+    killer = threading.Timer(1.0, lambda: stack.procs["challenger"].send_signal(signal.SIGKILL))
+    killer.start()
+    result = drive(f"{stack.url}/predict", [BODY], [LoadPhase(200, 3.0)], connections=64)
+    worker.join(10)
+    final = done["status"]
+    assert final.phase is Phase.ABORTED and "ejected" in final.reason  # type: ignore[attr-defined]
+    assert not result.errors, result.errors  # retried on the champion, ejected within a second
+    assert router.get_weights().challenger == 0
+    assert controller.abort_ms is not None and controller.abort_ms < 100
+    assert (tmp_path / "registry.log").read_text().splitlines()[-1].startswith("rolled_back 2")
+
+
+def test_a_killed_controller_resumes_its_step(stack: Stack, tmp_path: Path) -> None:
+    policy = Rollout(steps=[CanaryStep(weight=30, pause_s=4, analysis=False),
+                            CanaryStep(weight=100, pause_s=0, analysis=False)],
+                     tick_s=0.1)  # fmt: skip
+    first = controller_process(tmp_path, stack, policy)
+    store = StatusStore(tmp_path, "m")
+    wait_for(lambda: (s := store.load()) is not None and s.step_started_at is not None)
+    started = store.load().step_started_at  # type: ignore[union-attr]
+    time.sleep(1.0)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert StatusStore(tmp_path, "m").load().phase is Phase.PROGRESSING  # type: ignore[union-attr]
+    second = controller_process(tmp_path, stack, policy)
+    out, _ = second.communicate(timeout=30)
+    final = store.load()
+    assert final is not None and final.phase is Phase.PROMOTED, out
+    assert final.traffic[0][0] == started  # the step kept its start: 4 s in all, not 5
+    assert final.traffic[1][0] - started == pytest.approx(4.0, abs=0.5)
+    assert any(e.endswith("resumed") for e in final.events)
+    assert (tmp_path / "registry.log").read_text().split() == ["started", "2", "promoted", "2"]
+    assert stack.predict() == "challenger"  # the gateway now sends everything to v2
+
+
+def test_a_paused_rollout_waits_for_the_cli(stack: Stack, tmp_path: Path) -> None:
+    policy = Rollout(steps=[CanaryStep(weight=20, pause_s=None),
+                            CanaryStep(weight=60, pause_s=None)], tick_s=0.1)  # fmt: skip
+    proc = controller_process(tmp_path / "rollouts", stack, policy)
+    env = os.environ | {"MODELSHIP_HOME": str(tmp_path)}
+    store = StatusStore(tmp_path / "rollouts", "m")
+    try:
+        wait_for(lambda: (s := store.load()) is not None and s.phase is Phase.PAUSED)
+        shown = subprocess.run([MODELSHIP, "rollout", "status", "m", "--json"], env=env,
+                               capture_output=True, text=True, check=True)  # fmt: skip
+        assert json.loads(shown.stdout)["weight"] == 20
+        moved = subprocess.run([MODELSHIP, "rollout", "promote", "m"], env=env,
+                               capture_output=True, text=True, check=True)  # fmt: skip
+        assert "promote: done" in moved.stdout
+        assert GatewayRouter(stack.url, TOKEN).get_weights().challenger == 60
+        stopped = subprocess.run([MODELSHIP, "rollout", "abort", "m"], env=env,
+                                 capture_output=True, text=True, check=True)  # fmt: skip
+        assert "aborted by hand" in stopped.stdout
+        assert GatewayRouter(stack.url, TOKEN).get_weights().challenger == 0
+        again = subprocess.run([MODELSHIP, "rollout", "abort", "m"], env=env,
+                               capture_output=True, text=True)  # fmt: skip
+        assert again.returncode == 2 and "is over (aborted)" in again.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_rollout_status_without_a_rollout_says_how_to_start_one(tmp_path: Path) -> None:
+    env = os.environ | {"MODELSHIP_HOME": str(tmp_path)}
+    shown = subprocess.run([MODELSHIP, "rollout", "status", "nothing"], env=env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert shown.returncode == 2 and "modelship deploy nothing" in shown.stderr
+
+
+def test_a_bad_canary_policy_is_refused_before_any_traffic_moves() -> None:
+    with pytest.raises(ValueError, match="must not decrease"):
+        Rollout(steps=[CanaryStep(weight=50), CanaryStep(weight=10)])
+    with pytest.raises(ValueError, match="less than or equal to 100"):
+        CanaryStep(weight=150)
+    with pytest.raises(ValueError, match="min_requests"):
+        Analysis.model_validate({"min_requests": -1, "bogus": 1})
