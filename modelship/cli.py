@@ -194,15 +194,16 @@ def status(model: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("model")
-@click.option("--version", "version", help="Version to serve (default: the champion).")
+@click.option("--version", "version", help="Serve this version's Bento alone (no gateway).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=3000, show_default=True, type=int)
 @_errors_to_exit_codes
 def serve(model: str, version: str | None, host: str, port: int) -> None:
-    """Serve MODEL's packaged Bento with `bentoml serve` (the champion unless --version).
+    """Serve MODEL: its champion behind modelship's gateway, the previous champion kept warm.
 
-    The Bento is the one the package stage built and recorded on the version
-    (tag modelship.bento); POST /predict with {"inputs": records | columns | rows}.
+    POST /predict with {"inputs": records | columns | rows}. The drift monitor rolls back
+    through this gateway (one call, no server start). With --version, that version's Bento
+    runs alone with `bentoml serve`.
     """
     import os
     import shutil
@@ -213,8 +214,16 @@ def serve(model: str, version: str | None, host: str, port: int) -> None:
 
     settings = Settings.from_env()
     settings.prepare()
+    if not version:
+        from modelship.serving import serve as serve_model
+
+        if host != "127.0.0.1":
+            raise click.UsageError("the gateway listens on 127.0.0.1; use --version for --host")
+        logs = settings.home / "serving" / "logs" / model
+        serve_model(settings, model, port, logs, say=lambda m: click.echo(m, err=True))
+        return
     registry = Registry()
-    ref = registry.resolve(model, version=version, alias=None if version else "champion")
+    ref = registry.resolve(model, version=version)
     tag = registry.client.get_model_version(ref.name, ref.version).tags.get(TAG_BENTO)
     if not tag:
         raise InputError(
@@ -225,6 +234,54 @@ def serve(model: str, version: str | None, host: str, port: int) -> None:
     env = settings.child_env()
     click.echo(f"serving {ref} from Bento {tag} on http://{host}:{port}", err=True)
     os.execve(bentoml, [bentoml, "serve", tag, "--host", host, "--port", str(port)], env)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--once", "mode", flag_value="once", default=True, help="One pass, then exit.")
+@click.option("--watch", "mode", flag_value="watch", help="A pass every --interval seconds.")
+@click.option("--interval", default=60.0, show_default=True, help="Seconds between passes.")
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Policy override YAML (its monitor: section), as for deploy.",
+)
+@click.option("--no-report", is_flag=True, help="Skip the Evidently HTML report per window.")
+@click.option("--json", "as_json", is_flag=True, help="Print the pass's windows as JSON.")
+@_errors_to_exit_codes
+def monitor(
+    model: str, mode: str, interval: float, policy_file: Path | None, no_report: bool,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Judge MODEL's champion on its inference log; roll back when it drifts.
+
+    Each whole window (monitor.window) after the last pass is compared with the champion's
+    reference data (Evidently's per-feature tests) and its predictions with what it predicts
+    for the reference rows. monitor.consecutive_windows breaches in a row act: rollback moves
+    traffic (through `modelship serve`'s gateway) and the champion alias to the previous
+    champion. Reports go to MLflow (experiment modelship-monitoring).
+    """
+    from modelship.monitoring import monitor_once, watch
+
+    settings = Settings.from_env()
+    settings.prepare()
+
+    def say(message: str) -> None:
+        click.echo(message, err=True)
+
+    if mode == "watch":
+        watch(settings, model, policy_file, interval, not no_report, say)
+        return
+    result = monitor_once(settings, model, policy_file, log_reports=not no_report, say=say)
+    if as_json:
+        click.echo(json.dumps({
+            "windows": [json.loads(w.model_dump_json()) for w in result.windows],
+            "actions": result.actions,
+            "waiting_rows": result.waiting_rows,
+        }, indent=2))  # fmt: skip
+    elif not result.windows:
+        click.echo(f"no whole window yet ({result.waiting_rows} rows waiting)")
 
 
 @main.group()

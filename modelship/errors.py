@@ -70,3 +70,7 @@ class StageError(ModelshipError):
 
 class PackagingError(StageError):
     """The Bento or its image could not be built."""
+
+
+class RollbackFailed(StageError):
+    """A rollback could not complete; what was and was not done is in the message."""

@@ -6,7 +6,10 @@ from pathlib import Path
 
 from kfp import compiler
 
-from pipelines.deploy import PIPELINES
+from pipelines.deploy import PIPELINES as DEPLOY
+from pipelines.monitor import monitor_pipeline
+
+PIPELINES = {**DEPLOY, "monitor": monitor_pipeline}
 
 PIPELINE_DIR = Path(__file__).resolve().parent
 

@@ -248,3 +248,27 @@ def conclude_step(
     summary = run_step("conclude", body)
     Path(summary_path).write_text(json.dumps(summary, indent=2))
     return str(summary["outcome"])
+
+
+def monitor_step(model_name: str, policy_file: str, report_path: str) -> str:
+    """One monitor pass; the windows and actions as JSON; the last window's outcome."""
+    import json
+
+    from modelship.monitoring import monitor_once
+
+    settings, _ = _setup()
+
+    def body(events: EventSink) -> Any:
+        def say(message: str) -> None:
+            events.emit("monitor", "step", step=message)
+            print(message, flush=True)
+
+        return monitor_once(
+            settings, model_name, Path(policy_file) if policy_file else None, say=say
+        )
+
+    result = run_step("monitor", body)
+    windows = [json.loads(w.model_dump_json()) for w in result.windows]
+    Path(report_path).write_text(json.dumps({"windows": windows, "actions": result.actions,
+                                             "waiting_rows": result.waiting_rows}, indent=2))  # fmt: skip
+    return str(windows[-1]["outcome"]) if windows else "waiting"

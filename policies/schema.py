@@ -326,24 +326,54 @@ class Rollout(Strict):
 
 
 class Window(Strict):
+    """A window is ``rows`` consecutive logged rows, or the rows of ``minutes``."""
+
     rows: Annotated[int, Field(ge=1)] | None = 5000
     minutes: Positive | None = None
 
+    @model_validator(mode="after")
+    def _one_size(self) -> Window:
+        if (self.rows is None) == (self.minutes is None):
+            raise ValueError("give the window one size: rows or minutes")
+        return self
+
 
 class DriftThresholds(Strict):
+    #: the window drifted when at least this share of the features drifted (Evidently's rule)
     drift_share: Fraction = 0.3
-    p_value: Fraction = 0.05
-    psi: Positive = 0.2
+    #: per-feature test: auto is Evidently's choice by type and size (ks or wasserstein for
+    #: numbers, chi-square, z or Jensen-Shannon for categories); or one test for every feature
+    method: Literal["auto", "ks", "wasserstein", "psi", "jensenshannon"] = "auto"
+    #: the test's threshold: a p-value for ks, a distance for the others; empty: the test's
+    #: default (ks 0.05, wasserstein 0.1, psi 0.1, jensenshannon 0.1)
+    threshold: Positive | None = None
+    #: the prediction's own drift test counts as a breach too, whatever the features say
+    prediction: bool = True
+
+
+class Labels(Strict):
+    """Labels that arrive later, joined to the log by request id, for quality drift."""
+
+    uri: str = Field(description="CSV or Parquet with request_id and the label column")
+    column: str = "label"
+    metric: Literal["accuracy"] = "accuracy"
+    #: the window's quality may be this much below the validation figure
+    max_drop: Fraction = 0.05
 
 
 class Monitor(Strict):
     enabled: bool = True
     window: Window = Window()
+    #: a window with fewer rows is inconclusive, never drift
     min_rows: Annotated[int, Field(ge=1)] = 500
     thresholds: DriftThresholds = DriftThresholds()
+    labels: Labels | None = None
+    #: breached windows in a row before acting (one noisy window is not a trend)
     consecutive_windows: Annotated[int, Field(ge=1)] = 2
     action: Literal["rollback", "alert", "none"] = "rollback"
+    #: after acting, breaches are recorded but not acted on for this long
     cooldown_s: Annotated[float, Field(ge=0.0)] = 600.0
+    #: POSTed a JSON notice, signed with HMAC-SHA256 of MODELSHIP_NOTIFY_SECRET
     notify_url: str | None = None
 
 

@@ -46,6 +46,11 @@ class GatewayRouter:
                 hint="is the gateway running? `modelship rollout status MODEL` shows its URL",
             ) from e
 
+    def describe(self) -> dict[str, Any]:
+        """Weights and backends (url, version, healthy) as the gateway sees them."""
+        state: dict[str, Any] = self._call("GET", "/admin/weights")
+        return state
+
     def get_weights(self) -> Weights:
         state = self._call("GET", "/admin/weights")
         return Weights(int(state["challenger"]), float(state["mirror"]))

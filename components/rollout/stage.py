@@ -94,13 +94,14 @@ def log_root(policy: Policy, env: dict[str, str], home: Path) -> str:
     )
 
 
-def _gateway_launch(port: int, token: str, backends: dict[str, tuple[str, str]],
-                    policy: Policy, env: dict[str, str]) -> Launch:  # fmt: skip
+def gateway_launch(port: int, token: str, backends: dict[str, tuple[str, str]],
+                   sticky_header: str | None, env: dict[str, str]) -> Launch:  # fmt: skip
+    """``python -m gateway`` in front of ``backends`` (variant: (url, version))."""
     cmd = [sys.executable, "-m", "gateway", "--port", str(port)]
     for variant, (url, version) in backends.items():
         cmd += [f"--{variant}", f"{url}@v{version}"]
-    if policy.rollout.sticky:
-        cmd += ["--sticky-header", policy.rollout.sticky_header]
+    if sticky_header:
+        cmd += ["--sticky-header", sticky_header]
     return Launch("gateway", cmd, {**env, "MODELSHIP_GATEWAY_TOKEN": token})
 
 
@@ -190,10 +191,11 @@ def run(
                        workdir / f"{variant}.log", rollout.timeout_ready_s)
             )  # fmt: skip
         port = free_port()
+        sticky = rollout.sticky_header if rollout.sticky else None
         backends = {"champion": (servers["champion"].url, champion.version),
                     "challenger": (servers["challenger"].url, ref.version)}  # fmt: skip
         gateway = stack.enter_context(
-            served(_gateway_launch(port, token, backends, policy, env), port,
+            served(gateway_launch(port, token, backends, sticky, env), port,
                    workdir / "gateway.log", 30.0)
         )  # fmt: skip
         router = GatewayRouter(gateway.url, token)
@@ -239,6 +241,8 @@ def run(
     verdict = Verdict.from_checks(
         STAGE, _checks(status), figures=figures, duration_s=time.perf_counter() - t0
     )
+    if verdict.passed:  # "promoted v2: every step passed" says more than a count of checks
+        verdict = verdict.model_copy(update={"reason": status.reason})
     if deployment is not None:
         deployment.log_verdict(verdict)
         for path in report.write(status, snapshot, workdir):

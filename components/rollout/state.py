@@ -131,10 +131,10 @@ class StatusStore:
             return None
 
     def save(self, status: RolloutStatus) -> None:
-        _write_atomic(self.path, status.model_dump_json(indent=2))
+        write_atomic(self.path, status.model_dump_json(indent=2))
 
     def send(self, command: Command) -> None:
-        _write_atomic(self.command_path, command)
+        write_atomic(self.command_path, command)
 
     def take_command(self) -> Command | None:
         try:
@@ -147,7 +147,7 @@ class StatusStore:
         return None
 
     def save_baseline(self, snapshot: dict[str, Any]) -> None:
-        _write_atomic(self.baseline_path, json.dumps(snapshot))
+        write_atomic(self.baseline_path, json.dumps(snapshot))
 
     def load_baseline(self) -> dict[str, Any] | None:
         try:
@@ -157,7 +157,7 @@ class StatusStore:
             return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:

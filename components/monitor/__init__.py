@@ -1,0 +1,1 @@
+"""The drift monitor: Evidently on the live inference log, rollback when a model drifts."""
