@@ -76,6 +76,8 @@ class Verdict(BaseModel):
         failed = [c for c in checks if not c.passed and c.blocking]
         if failed:
             reason = "; ".join(f"{c.name}: {c.reason}" for c in failed)
+        elif len(checks) == 1:
+            reason = checks[0].reason or "passed"
         else:
             reason = f"all {len(checks)} checks passed"
         return cls(

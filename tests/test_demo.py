@@ -26,6 +26,10 @@ def test_demo_deploys_three_versions_and_rejects_the_degraded_one(tmp_path: Path
     bento = {c["name"]: c for c in package["2"]["checks"]}["package.bento"]["measured"]
     assert bento.startswith("modelship-breast-cancer:v2-") and package["3"]["skipped"]
     assert "vs_champion" in summaries[2]["reason"]
+    rollout = {s["version"]: s["stages"][4] for s in summaries}
+    assert "no champion yet" in rollout["1"]["reason"]  # v1: promoted at once
+    assert rollout["2"]["passed"] and not rollout["2"]["skipped"]  # v2: a canary against v1
+    assert "every step passed" in rollout["2"]["reason"] and rollout["3"]["skipped"]
     assert "rejected at validate" in proc.stderr  # the human view went to stderr
     status = json.loads(cli(tmp_path, "status", "breast-cancer", "--json").stdout)
     by_version = {v["version"]: v for v in status["versions"]}

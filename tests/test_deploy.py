@@ -6,6 +6,9 @@ clear message and exit 2 or 3, and leave the champion and the other versions' ta
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from modelship.demo import _train
 from modelship.settings import Settings
 from registry.client import TAG_DIGEST, TAG_STATE, Registry
 from tests.support import (
+    MODELSHIP,
     aliases,
     artifact_dir,
     breast_cancer,
@@ -105,7 +109,10 @@ def test_first_version_passes_with_absolute_thresholds_only(
     assert _check(summary, "model.loads")["passed"]
     assert _check(summary, "data.mean radius.range")["passed"]
     tags = version_tags(MODEL)[versions["forest"]]
-    assert tags[TAG_STATE] == "load_tested" and tags[TAG_DIGEST] == summary["digest"]
+    # no champion yet: promoted without a canary, and the rollout stage says so
+    assert tags[TAG_STATE] == "promoted" and tags[TAG_DIGEST] == summary["digest"]
+    assert "no champion yet" in _check(summary, "rollout")["reason"]
+    assert aliases(MODEL)["champion"] == versions["forest"]
 
     import mlflow
 
@@ -119,7 +126,6 @@ def test_first_version_passes_with_absolute_thresholds_only(
         a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"], "validate")
     }
     assert {"validate/data_contract.json", "validate/data_contract.html"} <= artifacts
-    Registry().promote(Registry().resolve(MODEL, version=versions["forest"]))
 
 
 def test_better_version_passes_against_the_champion(home: Path, versions: dict[str, str]) -> None:
@@ -132,7 +138,56 @@ def test_better_version_passes_against_the_champion(home: Path, versions: dict[s
         summary["stages"][0]["figures"]["champion.accuracy"]
         < summary["stages"][0]["figures"]["accuracy"]
     )
-    Registry().promote(Registry().resolve(MODEL, version=versions["lightgbm"]))
+    # promoted by the canary (policies/breast-cancer.yaml: 25%, then 100%), each step analysed
+    rollout = summary["stages"][4]
+    assert rollout["name"] == "rollout" and rollout["passed"]
+    steps = [c for c in rollout["checks"] if c["name"].endswith(".analysis")]
+    assert [c["measured"] for c in steps] == ["successful", "successful"]
+    assert "prediction drift share" in steps[0]["reason"]
+    assert aliases(MODEL) == {"champion": versions["lightgbm"], "previous": versions["forest"]}
+    import mlflow
+
+    files = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"], "rollout")}
+    assert {"rollout/rollout.json", "rollout/rollout.png"} <= files
+
+
+def test_a_rollout_aborted_by_hand_leaves_the_champion(
+    home: Path, versions: dict[str, str], tmp_path: Path
+) -> None:
+    import time
+
+    from components.rollout.state import Phase, StatusStore
+
+    champion = aliases(MODEL)["champion"]
+    policy = tmp_path / "paused.yaml"
+    policy.write_text(
+        "validate: {metrics: [{name: accuracy, threshold: 0.9}]}\n"
+        "loadtest: {enabled: false}\n"
+        "rollout: {steps: [{weight: 10, pause_s: null}], load_rate: 50}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MODELSHIP_HOME"] = str(home)
+    deploy = subprocess.Popen(
+        [MODELSHIP, "deploy", MODEL, "--version", versions["forest"], "--policy", str(policy),
+         "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    store = StatusStore(home / "rollouts", MODEL)
+    deadline = time.monotonic() + 240
+    while not (
+        (s := store.load()) and s.challenger == versions["forest"] and s.phase is Phase.PAUSED
+    ):
+        assert deploy.poll() is None and time.monotonic() < deadline, deploy.communicate()
+        time.sleep(0.5)
+    assert Registry().resolve(MODEL, alias="challenger").version == versions["forest"]
+    aborted = cli(home, "rollout", "abort", MODEL)
+    assert aborted.returncode == 0 and "aborted by hand" in aborted.stdout, aborted.stderr
+    out, err = deploy.communicate(timeout=120)
+    assert deploy.returncode == 3, err
+    summary = json.loads(out)
+    assert summary["rejected_at"] == "rollout" and "aborted by hand" in summary["reason"]
+    assert aliases(MODEL)["champion"] == champion and "challenger" not in aliases(MODEL)
+    tags = version_tags(MODEL)[versions["forest"]]
+    assert tags[TAG_STATE] == "rolled_back" and "aborted by hand" in tags["modelship.reason"]
 
 
 def test_degraded_version_is_rejected_and_the_champion_stays(
