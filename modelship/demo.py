@@ -4,7 +4,9 @@ breast-cancer (scikit-learn's bundled data): v1 a small random forest (good), v2
 (better), v3 a logistic regression trained on noisy labels (degraded). Each is deployed through
 every gate: v1 is promoted at once (no champion yet), v2 goes through a canary against v1
 behind the local gateway and is promoted when every step's analysis passes, v3 is rejected at
-validation with its reasons.
+validation with its reasons. Then production: ``modelship serve`` puts v2 behind the gateway
+with v1 warm beside it, traffic like the reference data keeps the drift monitor quiet, and
+traffic from "recalibrated sensors" (every feature x1.4) makes it roll v2 back to v1.
 """
 
 from __future__ import annotations
@@ -160,14 +162,75 @@ def run_demo(settings: Settings) -> list[dict[str, Any]]:
         champion = registry.champion(MODEL)
         if champion is not None and champion.version == version:
             console.print(f"[green]v{version} is now champion[/]")
+    _production(settings, console)
     console.rule("where each version stands")
     console.print(render_status(model_status(MODEL, registry)))
     console.print(
         f"[dim]MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}  "
-        "(experiment modelship-deployments)[/]"
+        "(experiments modelship-deployments and modelship-monitoring)[/]"
     )
     console.print(
         f"[dim]serve the champion's Bento: .venv/bin/modelship serve {MODEL} --port 3000, then "
         'POST /predict with {"inputs": [{column: value, ...}]}[/]'
     )
     return summaries
+
+
+#: how far the demo's "recalibrated sensors" move every feature
+SHIFT = 1.4
+
+
+def _send(url: str, frame: pd.DataFrame, rate: float) -> int:
+    """One row a request through the gateway, open loop; the number of failed requests."""
+    import json
+
+    from components.loadtest.loadgen import Phase, run
+
+    bodies = [json.dumps({"inputs": [row]}).encode() for row in frame.to_dict(orient="records")]
+    result = run(f"{url}/predict", bodies, [Phase(rate, len(bodies) / rate)], connections=32)
+    return sum(result.errors.values())
+
+
+def _production(settings: Settings, console: Console) -> None:
+    """Serve the champion, send it traffic like its reference data, then shifted traffic, and
+    let the drift monitor roll it back to the previous champion."""
+    import subprocess
+    import sys
+    import time
+
+    from components.loadtest.server import free_port
+    from modelship.monitoring import monitor_once
+    from modelship.serving import live_router
+
+    console.rule(f"production: serve {MODEL}, watch it drift")
+    validation = split()[3].drop(columns=["target"])
+    logs = settings.home / "serving" / "logs" / MODEL
+    logs.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [sys.executable, "-m", "modelship.cli", "serve", MODEL, "--port", str(port)]
+    with (logs / "serve.out").open("wb") as out:
+        serve = subprocess.Popen(cmd, env=settings.child_env(), stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while (live := live_router(settings, MODEL)) is None:
+            if serve.poll() is not None or time.monotonic() > deadline:
+                raise InputError("`modelship serve` did not start", hint=f"see {logs}/serve.out")
+            time.sleep(0.5)
+        record, _ = live
+        console.print(f"serving v{record.champion} at {record.gateway} "
+                      f"(v{record.standby} warm for rollback)")  # fmt: skip
+
+        def send_and_watch(what: str, frame: pd.DataFrame) -> None:
+            failed = _send(record.gateway, frame, 300)
+            console.print(f"sent {len(frame)} requests {what}: {failed} failed")
+            time.sleep(1.5)  # the inference log writes a file each second
+            monitor_once(settings, MODEL, say=lambda m: console.print(f"  monitor: {m}"))
+
+        send_and_watch("drawn like the reference data",
+                       validation.sample(600, replace=True, random_state=SEED))  # fmt: skip
+        shifted = validation.sample(750, replace=True, random_state=SEED + 1) * SHIFT
+        send_and_watch(f"from recalibrated sensors (every feature x{SHIFT})", shifted)
+    finally:
+        serve.terminate()
+        serve.wait(60)

@@ -111,16 +111,21 @@ class DriftOptions:
         return DEFAULT_THRESHOLD[method] if method else math.nan
 
 
-def _checked_kinds(kinds: Mapping[str, str], frame: pd.DataFrame) -> dict[str, Kind]:
+def _checked_kinds(
+    kinds: Mapping[str, str], reference: pd.DataFrame, options: DriftOptions
+) -> dict[str, Kind]:
+    """The kinds, typed, once they and the options fit each other and the reference."""
     if not kinds:
         raise ValueError("no columns to monitor: give kinds as {column: 'num' | 'cat'}")
     bad = {c: k for c, k in kinds.items() if k not in ("num", "cat")}
     if bad:
         raise ValueError(f"column kinds must be 'num' or 'cat', got {bad}")
-    missing = [c for c in kinds if c not in frame]
+    missing = [c for c in kinds if c not in reference]
     if missing:
         raise ValueError(f"reference data lacks monitored columns {missing}")
-    return {c: cast(Kind, k) for c, k in kinds.items()}
+    checked = {c: cast(Kind, k) for c, k in kinds.items()}
+    options.check(checked)
+    return checked
 
 
 def skip_reason(current: pd.Series, kind: Kind) -> str | None:
@@ -160,7 +165,6 @@ class Reference:
         per_column_threshold: Mapping[str, float] | None = None,
         drift_share: float = 0.5,
     ) -> None:
-        self.kinds = _checked_kinds(kinds, reference)
         self.options = DriftOptions(
             method,
             threshold,
@@ -168,7 +172,7 @@ class Reference:
             dict(per_column_threshold or {}),
             drift_share,
         )
-        self.options.check(self.kinds)
+        self.kinds = _checked_kinds(kinds, reference, self.options)
         self._columns = {c: ReferenceColumn(c, reference[c], k) for c, k in self.kinds.items()}
 
     def compare(self, current: pd.DataFrame) -> DriftReport:
@@ -210,7 +214,6 @@ def evidently_report(
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    checked = _checked_kinds(kinds, reference)
     options = DriftOptions(
         method,
         threshold,
@@ -218,7 +221,7 @@ def evidently_report(
         dict(per_column_threshold or {}),
         drift_share,
     )
-    options.check(checked)
+    checked = _checked_kinds(kinds, reference, options)
     for name, kind in checked.items():
         reference_values(name, reference[name], kind)
     missing = [c for c in checked if c not in current]
