@@ -12,6 +12,9 @@ gateway``) and the open-loop generator share core 1. In this one run:
   weight moves every 0.25 s, by the admin API; failed requests counted;
 - **abort**: from the controller's abort decision to the gateway's acknowledgement of weight 0,
   then 100 requests checked to reach only the champion; 30 times;
+- **rollback**: the drift monitor's switch to the previous champion kept warm behind the
+  gateway (as ``modelship serve`` runs it), from the decision to the gateway's acknowledgement,
+  then 100 requests checked to reach only the previous champion; 30 times;
 - **crash**: the challenger SIGKILLed at 50% under 200 req/s; client-visible errors counted.
 """
 
@@ -36,8 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.package import BIN, _deploy, _port, _wait
 from components.loadtest.loadgen import Phase, run
+from components.monitor.rollback import switch_traffic
 from components.rollout.local import GatewayRouter
 from components.rollout.router import Weights
+from registry.client import ModelRef
 
 
 def _start(cmd: list[str], env: dict[str, str], core: int, log: Path) -> subprocess.Popen[bytes]:
@@ -148,6 +153,29 @@ def main() -> None:
                                    "runs_reaching_the_challenger_after": leaks}  # fmt: skip
             print(f"  median {statistics.median(aborts):.2f} ms, max {max(aborts):.2f} ms; "
                   f"requests on the challenger afterwards: {leaks}", flush=True)  # fmt: skip
+
+            print("rollback: decision to all traffic on the warm previous champion", flush=True)
+            switches, strays = [], 0
+            previous = ModelRef("bench", "1", None, "")
+            urls = {v: f"http://127.0.0.1:{ports[v]}" for v in ("champion", "challenger")}
+            for _ in range(30):
+                # serving v2, v1 warm at weight 0: what `modelship serve` sets up
+                router._call("PUT", "/admin/backends", {
+                    "champion": {"url": urls["champion"], "version": "2"},
+                    "challenger": {"url": urls["challenger"], "version": "1"}})  # fmt: skip
+                started = time.perf_counter()  # the monitor's rollback decision
+                switch_traffic(router, previous)
+                switches.append((time.perf_counter() - started) * 1e3)
+                backends = router.describe()["backends"]
+                assert list(backends) == ["champion"] and backends["champion"]["version"] == "1"
+                strays += _variants(f"{gateway}/predict", 100) != {"champion"}
+            results["rollback_ms"] = {"median": statistics.median(switches),
+                                      "max": max(switches), "runs_with_strays": strays}  # fmt: skip
+            print(f"  median {statistics.median(switches):.2f} ms, max {max(switches):.2f} ms; "
+                  f"runs where a request missed the previous champion: {strays}", flush=True)  # fmt: skip
+            router._call("PUT", "/admin/backends", {
+                "champion": {"url": urls["champion"], "version": "1"},
+                "challenger": {"url": urls["challenger"], "version": "2"}})  # fmt: skip
 
             print("crash: the challenger killed at 50% under 200 req/s", flush=True)
             router.set_weights(Weights(50))

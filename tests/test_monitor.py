@@ -307,3 +307,25 @@ def test_a_rollback_that_cannot_complete_is_loud_and_changes_nothing(
         assert notices.actions() == ["rollback_failed"]
     finally:
         stack.stop()
+
+
+def test_late_labels_judge_the_window_quality(store: dict[str, Any]) -> None:
+    from components.monitor.drift import Reference
+    from components.monitor.stage import Baseline, quality_check
+    from policies.schema import Labels
+
+    reference = store["reference"]
+    kinds = dict.fromkeys(reference, "num")
+    base = Baseline(Reference(reference, kinds), None, reference, kinds, quality=0.95)
+    window = pd.DataFrame({"request_id": [f"r{i}" for i in range(100)], "row": 0,
+                           "prediction": [1] * 100})  # fmt: skip
+    labels = pd.DataFrame({"request_id": [f"r{i}" for i in range(80)],
+                           "label": [1] * 60 + [0] * 20})  # fmt: skip
+    spec = Labels(uri="unused", max_drop=0.05)
+    reason, figures = quality_check(base, window, labels, spec, min_rows=50)
+    assert figures == {"labelled_rows": 80, "accuracy": 0.75}
+    assert reason is not None and "accuracy 0.750 on 80 labelled rows" in reason
+    fine = labels.assign(label=1)
+    assert quality_check(base, window, fine, spec, min_rows=50)[0] is None
+    few = labels.head(5)  # labels still arriving: not judged yet
+    assert quality_check(base, window, few, spec, min_rows=50) == (None, {"labelled_rows": 5})

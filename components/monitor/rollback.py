@@ -38,7 +38,7 @@ def previous_of(registry: Registry, model: str) -> ModelRef | None:
         return None
 
 
-def _switch(router: GatewayRouter, previous: ModelRef) -> None:
+def switch_traffic(router: GatewayRouter, previous: ModelRef) -> None:
     state = router.describe()
     standby = state["backends"].get("challenger")
     if standby is None or standby.get("version") != previous.version:
@@ -75,7 +75,7 @@ def rollback(
     traffic_s = None
     if router is not None:
         try:
-            _switch(router, previous)
+            switch_traffic(router, previous)
         except ModelshipError as e:
             if isinstance(e, RollbackFailed):
                 raise

@@ -37,7 +37,7 @@ from components.monitor.window import Cut, read_log, windows
 from components.package.stage import TAG_BENTO
 from components.rollout.local import GatewayRouter
 from modelship.errors import DataError, InputError, RollbackFailed
-from policies.schema import Monitor, Policy
+from policies.schema import Labels, Monitor, Policy
 from registry.client import ModelRef, Registry
 
 EXPERIMENT = "modelship-monitoring"
@@ -53,6 +53,8 @@ class Baseline:
     frame: pd.DataFrame
     kinds: dict[str, str]
     note: str = ""
+    #: the champion's accuracy on the reference rows: what late labels are held to
+    quality: float | None = None
 
 
 @dataclass
@@ -87,9 +89,9 @@ def baseline(
     data = policy.validate_stage.reference_data
     context = {"run_id": champion.run_id or "", "model": champion.name,
                "version": champion.version}  # fmt: skip
-    frame = read_frame(data.uri, data.format, context)
+    full = read_frame(data.uri, data.format, context)
     target = policy.validate_stage.validation_data.target
-    frame = frame.drop(columns=[c for c in (target,) if c in frame])
+    frame = full.drop(columns=[c for c in (target,) if c in full])
     kinds = _kinds(frame)
     th = policy.monitor.thresholds
     method = None if th.method == "auto" else th.method
@@ -102,11 +104,34 @@ def baseline(
     predicted = _bento_predictions(bentoml_home, tag, frame).to_frame()
     kind = _kinds(predicted)
     predictions = Reference(predicted, kind, drift_share=1.0)
-    return Baseline(features, predictions, frame, kinds)
+    quality = None
+    if policy.monitor.labels is not None and target in full:
+        truth = full[target].astype(str).to_numpy()
+        quality = float(np.mean(predicted["prediction"].astype(str).to_numpy() == truth))
+    return Baseline(features, predictions, frame, kinds, quality=quality)
 
 
-def judge(base: Baseline, cut: Cut, version: str, min_rows: int,
-          skipped_rows: int) -> WindowRecord:  # fmt: skip
+def quality_check(base: Baseline, window: pd.DataFrame, labels: pd.DataFrame | None,
+                  spec: Labels | None, min_rows: int) -> tuple[str | None, dict[str, Any]]:  # fmt: skip
+    """A drop in accuracy on the window's rows whose labels arrived; (reason, figures)."""
+    if spec is None or labels is None or base.quality is None:
+        return None, {}
+    keys = ["request_id", "row"] if "row" in labels else ["request_id"]
+    joined = window.merge(labels[[*keys, spec.column]], on=keys, how="inner")
+    figures: dict[str, Any] = {"labelled_rows": len(joined)}
+    if len(joined) < max(20, min_rows // 5):
+        return None, figures  # too few labels yet: quality is not judged
+    accuracy = float(np.mean(joined["prediction"].astype(str) == joined[spec.column].astype(str)))
+    figures["accuracy"] = accuracy
+    if base.quality - accuracy > spec.max_drop:
+        return (f"accuracy {accuracy:.3f} on {len(joined)} labelled rows against "
+                f"{base.quality:.3f} on the reference (monitor.labels.max_drop "
+                f"{spec.max_drop:g})"), figures  # fmt: skip
+    return None, figures
+
+
+def judge(base: Baseline, cut: Cut, version: str, min_rows: int, skipped_rows: int,
+          labels: pd.DataFrame | None = None, spec: Labels | None = None) -> WindowRecord:  # fmt: skip
     start, end, window = cut
     common: dict[str, Any] = {"version": version, "start_us": start, "end_us": end, "rows": len(window),
               "skipped_rows": skipped_rows}  # fmt: skip
@@ -128,6 +153,10 @@ def judge(base: Baseline, cut: Cut, version: str, min_rows: int,
         figures["prediction_method"] = column.method
         if column.drifted:
             reasons.append(f"predictions drifted ({column.method} {column.score:.3g})")
+    quality, more = quality_check(base, window, labels, spec, min_rows)
+    figures.update(more)
+    if quality:
+        reasons.append(quality)
     figures["judge_s"] = time.perf_counter() - started
     outcome = WindowOutcome.DRIFT if reasons else WindowOutcome.STABLE
     reason = "; ".join(reasons) or (
@@ -217,12 +246,19 @@ def run_pass(
     log = read_log(uri, list(base.kinds), status.cursor_us)
     if log.bad_files or log.bad_rows:
         say(f"skipped {len(log.bad_files)} unreadable log file(s) and {log.bad_rows} bad rows")
+    labels = None
+    if mon.labels is not None:
+        try:
+            labels = read_frame(mon.labels.uri)
+            labels["request_id"] = labels["request_id"].astype(str)
+        except (DataError, KeyError) as e:
+            say(f"labels not read, quality not judged this pass: {e}")
     cut = windows(log.rows, mon.window)
     result.waiting_rows = len(log.rows) - sum(len(w[2]) for w in cut)
     for i, piece in enumerate(cut):
         frame = piece[2]
         skipped = log.bad_rows if i == 0 else 0
-        record = judge(base, piece, champion.version, mon.min_rows, skipped)
+        record = judge(base, piece, champion.version, mon.min_rows, skipped, labels, mon.labels)
         if log.bad_files and i == 0:
             record = record.model_copy(update={"figures": {**record.figures,
                                                            "bad_files": len(log.bad_files)}})  # fmt: skip

@@ -14,6 +14,9 @@ import pandas as pd
 
 from policies.schema import Window
 
+#: kept beside the features: the answer, and what joins late labels to it
+_KEPT = ("prediction", "request_id", "row", "_us")
+
 
 @dataclass
 class LogRead:
@@ -44,7 +47,7 @@ def read_log(uri: str, columns: list[str], after_us: int) -> LogRead:
             continue
         frames.append(frame[frame["_us"] > after_us])
     if not frames:
-        return LogRead(pd.DataFrame(columns=[*columns, "prediction", "_us"]), bad)
+        return LogRead(pd.DataFrame(columns=[*columns, *_KEPT]), bad)
     rows = pd.concat(frames, ignore_index=True).sort_values("_us", kind="stable")
     missing = [c for c in columns if c not in rows]
     if missing:
@@ -52,7 +55,10 @@ def read_log(uri: str, columns: list[str], after_us: int) -> LogRead:
         raise ValueError(f"the inference log has no column(s) {missing}")
     features = rows[columns].apply(pd.to_numeric, errors="coerce")
     good = np.isfinite(features.to_numpy(dtype=float)).all(axis=1)
-    kept = rows.loc[good, [*columns, "prediction", "_us"]].reset_index(drop=True)
+    for name in ("request_id", "row"):
+        if name not in rows:
+            rows[name] = None
+    kept = rows.loc[good, [*columns, *_KEPT]].reset_index(drop=True)
     return LogRead(kept, bad, int((~good).sum()))
 
 
