@@ -340,7 +340,7 @@ class Window(Strict):
 
 class DriftThresholds(Strict):
     #: the window drifted when at least this share of the features drifted (Evidently's rule)
-    drift_share: Fraction = 0.3
+    drift_share: Fraction = 0.5
     #: per-feature test: auto is Evidently's choice by type and size (ks or wasserstein for
     #: numbers, chi-square, z or Jensen-Shannon for categories); or one test for every feature
     method: Literal["auto", "ks", "wasserstein", "psi", "jensenshannon"] = "auto"
