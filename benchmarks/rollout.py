@@ -179,16 +179,26 @@ def main() -> None:
 
             print("crash: the challenger killed at 50% under 200 req/s", flush=True)
             router.set_weights(Weights(50))
-            timer = threading.Timer(2.0, lambda: os.killpg(procs["challenger"].pid, signal.SIGKILL))
+
+            def crash() -> None:
+                # BentoML's workers run in their own process groups: kill the whole tree
+                import psutil
+
+                root = psutil.Process(procs["challenger"].pid)
+                for p in [*root.children(recursive=True), root]:
+                    p.kill()
+
+            timer = threading.Timer(2.0, crash)
             timer.start()
             crashed = _load(f"{gateway}/predict", bodies, 200, 6.0)
             timer.join()
             with urllib.request.urlopen(f"{gateway}/stats") as r:
                 retried = json.loads(r.read())["retried"]
+            ejected = not router.describe()["backends"]["challenger"]["healthy"]
             results["crash"] = {"sent": crashed["sent"], "errors": crashed["errors"],
-                                "retried_on_champion": retried}  # fmt: skip
+                                "retried_on_champion": retried, "ejected": ejected}  # fmt: skip
             print(f"  {crashed['sent']} requests, errors {crashed['errors'] or 'none'}, "
-                  f"retried on the champion: {retried}", flush=True)  # fmt: skip
+                  f"retried on the champion: {retried}, ejected: {ejected}", flush=True)  # fmt: skip
         finally:
             for proc in procs.values():
                 try:

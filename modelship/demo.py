@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,8 +109,10 @@ def register_version(kind: str, settings: Settings, description: str) -> str:
     return version
 
 
-def _reset(console: Console) -> None:
-    """Remove the demo model from an earlier demo run, never a model the demo did not make."""
+def _reset(console: Console, home: Path) -> None:
+    """Remove the demo model from an earlier demo run, never a model the demo did not make:
+    its registry entry, and its rollout, monitor and inference-log state (version numbers
+    start again at 1, so old state would be read as the new versions')."""
     from mlflow.exceptions import MlflowException
 
     from registry.client import Registry
@@ -125,6 +129,9 @@ def _reset(console: Console) -> None:
         )
     console.print(f"[dim]removing {MODEL} from an earlier demo run[/]")
     client.delete_registered_model(MODEL)
+    shutil.rmtree(home / "inference" / MODEL, ignore_errors=True)
+    for leftover in [*home.glob(f"rollouts/{MODEL}.*"), home / "monitor" / f"{MODEL}.json"]:
+        leftover.unlink(missing_ok=True)
 
 
 def run_demo(settings: Settings) -> list[dict[str, Any]]:
@@ -137,7 +144,7 @@ def run_demo(settings: Settings) -> list[dict[str, Any]]:
 
     console = make_console()
     console.rule(f"modelship demo · registry {settings.tracking_uri}")
-    _reset(console)
+    _reset(console, settings.home)
     plan = [
         ("forest", "v1: small random forest (good)"),
         ("lightgbm", "v2: LightGBM (better)"),

@@ -33,8 +33,15 @@ def test_demo_deploys_three_versions_and_rejects_the_degraded_one(tmp_path: Path
     assert "rejected at validate" in proc.stderr  # the human view went to stderr
     status = json.loads(cli(tmp_path, "status", "breast-cancer", "--json").stdout)
     by_version = {v["version"]: v for v in status["versions"]}
-    assert by_version["2"]["aliases"] == ["champion"] and by_version["1"]["aliases"] == ["previous"]
     assert by_version["3"]["state"] == "rejected"
+    # production: v2 served, then rolled back to v1 by the drift monitor on shifted traffic
+    assert by_version["1"]["aliases"] == ["champion"] and by_version["2"]["aliases"] == []
+    assert (
+        by_version["2"]["state"] == "rolled_back"
+        and "in a row drifted" in by_version["2"]["reason"]
+    )
+    assert "sent 600 requests drawn like the reference data: 0 failed" in proc.stderr
+    assert "rolled back v2 to v1 (gateway" in proc.stderr
     # a second run starts over instead of piling up versions
     again = cli(tmp_path, "demo", "--json", timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
