@@ -116,8 +116,9 @@ def deploy(
 
         if not dry_run:
             raise click.UsageError(
-                "--target k8s applies nothing yet: add --dry-run and apply the manifests with "
-                "kubectl (the controller's Kubernetes metric source is not built)"
+                "--target k8s only prints (--dry-run); to roll out on a cluster, set "
+                "rollout.target: seldon or kserve (and rollout.kubernetes) in the policy and "
+                "run `modelship deploy` as usual"
             )
         click.echo(print_manifests(model, version, alias, policy_file, router, namespace), nl=False)
         return

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.package.stage import TAG_IMAGE
-from components.rollout.cluster import Deployable
 from components.rollout.kubernetes import dry_run
 from components.rollout.router import Weights
+from components.rollout.stage import deployable
 from components.rollout.state import plan
 from policies.loader import load_policy
-from registry.client import ModelRef, Registry
-
-
-def _deployable(registry: Registry, ref: ModelRef) -> Deployable:
-    tags = registry.client.get_model_version(ref.name, ref.version).tags
-    # the registered artifact; on a cluster this is the object-store URI MLflow logged it to
-    return Deployable(ref.name, ref.version, image=tags.get(TAG_IMAGE) or None,
-                      storage_uri=ref.source, artifact_format="mlflow")  # fmt: skip
+from registry.client import Registry
 
 
 def print_manifests(
@@ -40,8 +32,8 @@ def print_manifests(
     weights = Weights(first.weight, first.mirror) if champion else Weights(100)
     return dry_run(
         target,
-        _deployable(registry, champion) if champion else None,
-        _deployable(registry, ref),
+        deployable(registry, champion) if champion else None,
+        deployable(registry, ref),
         weights,
         namespace,
     )

@@ -284,9 +284,20 @@ class BlueGreen(Strict):
     mirror_share: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
 
 
+class KubernetesTarget(Strict):
+    """Where a Seldon Core v2 or KServe rollout goes, and where its metrics are read."""
+
+    namespace: str = "default"
+    #: Prometheus that scrapes the services' /metrics (modelship_requests_total, ...)
+    prometheus_url: str = "http://prometheus-server.monitoring.svc:9090"
+    #: extra PromQL label matchers for the services, e.g. namespace="models"
+    selector: str = ""
+
+
 class Rollout(Strict):
     strategy: Literal["canary", "blue_green"] = "canary"
     target: Literal["local", "seldon", "kserve"] = "local"
+    kubernetes: KubernetesTarget = KubernetesTarget()
     steps: list[CanaryStep] = [
         CanaryStep(weight=10, pause_s=60.0),
         CanaryStep(weight=50, pause_s=60.0),

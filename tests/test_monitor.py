@@ -277,6 +277,7 @@ def test_drift_rolls_back_through_the_gateway(
             tags["modelship.state"] == "rolled_back"
             and "windows in a row" in tags["modelship.reason"]
         )
+        assert tags["modelship.rollback_report"].startswith(f"runs:/{result.windows[-1].run_id}/")
         assert notices.actions() == ["rollback"]
         assert notices.received[0][0]["restored"] == "1"
         run_id = result.windows[0].run_id
@@ -329,3 +330,23 @@ def test_late_labels_judge_the_window_quality(store: dict[str, Any]) -> None:
     assert quality_check(base, window, fine, spec, min_rows=50)[0] is None
     few = labels.head(5)  # labels still arriving: not judged yet
     assert quality_check(base, window, few, spec, min_rows=50) == (None, {"labelled_rows": 5})
+
+
+def test_the_monitor_pipeline_runs_a_pass_under_kfp_local(
+    store: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kfp import local
+
+    from pipelines.monitor import monitor_pipeline
+
+    for key, value in store["settings"].child_env().items():
+        monkeypatch.setenv(key, value)
+    write_log(store["home"], "lonely", "1", rows(store["reference"], 250, seed=9), 6e9)
+    policy_file = tmp_path / "monitor.yaml"
+    policy_file.write_text("monitor: {window: {rows: 250}, min_rows: 100}\n")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    task = monitor_pipeline(model_name="lonely", policy_file=str(policy_file))
+    report = json.loads(Path(task.output.path).read_text())
+    assert [w["rows"] for w in report["windows"]] == [250]
+    assert report["windows"][0]["outcome"] == "stable"
+    assert report["windows"][0]["run_id"]  # its Evidently report went to MLflow

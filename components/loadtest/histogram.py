@@ -27,6 +27,10 @@ class LatencyHistogram:
             return 0
         return int(math.log(seconds / _FLOOR_S) / self._log_base) + 1
 
+    def index(self, seconds: float) -> int:
+        """The bucket that ``seconds`` falls in (the last one past the ceiling)."""
+        return min(self._index(seconds), len(self.counts) - 1)
+
     def record(self, seconds: float) -> None:
         self.counts[min(self._index(seconds), len(self.counts) - 1)] += 1
         self.count += 1

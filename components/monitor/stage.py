@@ -25,7 +25,7 @@ from components.datasource import read_frame
 from components.monitor import notify
 from components.monitor.decide import decide
 from components.monitor.drift import Reference, evidently_report
-from components.monitor.rollback import RollbackDone, previous_of, rollback
+from components.monitor.rollback import TAG_REPORT, RollbackDone, previous_of, rollback
 from components.monitor.state import (
     Action,
     MonitorStatus,
@@ -279,6 +279,9 @@ def run_pass(
         if log_reports and record.outcome is not WindowOutcome.INCONCLUSIVE:
             run_id = _log_window(registry, base, frame, record, model)
             result.windows[-1] = result.windows[-1].model_copy(update={"run_id": run_id})
+            if result.rollback is not None and run_id:
+                # written after the rollback (it never waits for a report), then linked
+                registry.set_tag(champion, TAG_REPORT, f"runs:/{run_id}/monitor/drift_report.html")
         if result.rollback is not None:
             break  # a new champion: its own log, its own reference, from the next pass
     return result

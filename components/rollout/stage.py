@@ -17,6 +17,7 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,13 @@ from components.loadtest.server import Launch, free_port, package_launch, served
 from components.loadtest.stage import bodies, champion_package
 from components.package.stage import OUTPUT as PACKAGE_OUTPUT
 from components.rollout import report
-from components.rollout.controller import Controller
+from components.rollout.cluster import CustomObjects, Deployable, load_api
+from components.rollout.controller import Controller, PredictionSource, RolloutRegistry
 from components.rollout.decide import Decision
+from components.rollout.kubernetes import router_for
 from components.rollout.local import GatewayRouter
+from components.rollout.prometheus import PrometheusMetrics
+from components.rollout.router import Weights
 from components.rollout.state import AnalysisOutcome, Phase, RolloutStatus, StatusStore
 from components.verdict import Check, ModelState, Verdict
 from modelship.errors import StageError
@@ -155,12 +160,7 @@ def run(
         return Verdict.from_checks(STAGE, [check])
     rollout = policy.rollout
     if rollout.target != "local":
-        raise StageError(
-            f"rollout.target {rollout.target}: the controller's metric source on Kubernetes "
-            "(Prometheus) is not built yet",
-            hint=f"`modelship deploy {ref.name} --target k8s --dry-run` prints the manifests; "
-            "use rollout.target: local to roll out on this machine",
-        )
+        return _on_kubernetes(ref, champion, policy, registry, deployment, home, events)
     old, why_not = champion_package(registry, ref)
     if old is None:
         raise StageError(
@@ -247,6 +247,70 @@ def run(
         deployment.log_verdict(verdict)
         for path in report.write(status, snapshot, workdir):
             deployment.log_file(path, "rollout")
+    return verdict
+
+
+def deployable(registry: Registry, ref: ModelRef) -> Deployable:
+    """A version as a cluster serves it: its image (KServe), its artifact's URI (Seldon)."""
+    from components.package.stage import TAG_IMAGE
+
+    tags = registry.client.get_model_version(ref.name, ref.version).tags
+    return Deployable(ref.name, ref.version, image=tags.get(TAG_IMAGE) or None,
+                      storage_uri=ref.source, artifact_format="mlflow")  # fmt: skip
+
+
+def kubernetes_controller(
+    policy: Policy,
+    champion: Deployable,
+    challenger: Deployable,
+    store: StatusStore,
+    registry: RolloutRegistry,
+    api: CustomObjects,
+    on_change: Callable[[RolloutStatus, Decision], None] = lambda s, d: None,
+) -> Controller:
+    """The same controller, driving Seldon Core v2 or KServe: the objects applied at weight 0,
+    metrics from Prometheus, predictions from the inference log where it is shared storage."""
+    rollout = policy.rollout
+    k8s = rollout.kubernetes
+    router = router_for(rollout.target, api, k8s.namespace, champion, challenger)
+    router.apply(router.manifests(Weights(0)))
+    metrics = PrometheusMetrics(k8s.prometheus_url, {"champion": champion.version,
+                                                     "challenger": challenger.version},
+                                k8s.selector)  # fmt: skip
+    uri = policy.package.inference_log.uri
+    # pods write their logs where the cluster can reach; a local folder is not that
+    shared = bool(uri) and "://" in str(uri) and not str(uri).startswith("file://")
+    predictions: PredictionSource = InferenceLogs(str(uri), champion.model) if shared else NoLogs()
+    return Controller(store, router, metrics, predictions, registry, rollout,
+                      on_change=on_change)  # fmt: skip
+
+
+def _on_kubernetes(
+    ref: ModelRef, champion: ModelRef, policy: Policy, registry: Registry,
+    deployment: DeploymentRun | None, home: Path, events: EventSink,
+) -> Verdict:  # fmt: skip
+    t0 = time.perf_counter()
+    store = StatusStore(home / "rollouts", ref.name)
+    policy_hash = hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:16]
+
+    def show(status: RolloutStatus, decision: Decision) -> None:
+        events.emit(STAGE, "step", step=status.reason)
+
+    controller = kubernetes_controller(
+        policy, deployable(registry, champion), deployable(registry, ref), store,
+        MlflowRollouts(registry), load_api(), show,
+    )  # fmt: skip
+    status = controller.begin(ref.name, champion.version, ref.version, policy_hash)
+    try:
+        status = controller.run(status)
+    except BaseException as e:
+        status = _abandon(store, controller, f"{type(e).__name__}: {e}")
+        raise
+    verdict = Verdict.from_checks(STAGE, _checks(status), duration_s=time.perf_counter() - t0)
+    if verdict.passed:
+        verdict = verdict.model_copy(update={"reason": status.reason})
+    if deployment is not None:
+        deployment.log_verdict(verdict)
     return verdict
 
 

@@ -1,0 +1,127 @@
+"""The same controller driving KServe and Seldon Core v2: a fake cluster API (no cluster runs
+here), and a real HTTP server speaking Prometheus' query API with the services' own metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.rollout.cluster import Deployable
+from components.rollout.prometheus import PrometheusMetrics
+from components.rollout.stage import kubernetes_controller
+from components.rollout.state import Phase, StatusStore
+from policies.schema import Policy
+from tests.servers.controller import FileRegistry
+from tests.test_kubernetes import FakeCustomObjects
+
+
+class FakePrometheus:
+    """Answers the two queries the metric source sends; traffic grows with every query."""
+
+    def __init__(self, versions: list[str], challenger_errors: float = 0.0) -> None:
+        self.versions = versions
+        self.challenger_errors = challenger_errors
+        self.served = dict.fromkeys(versions, 0)
+        self.queries: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)["query"][0]
+                outer.queries.append(query)
+                body = json.dumps({"status": "success",
+                                   "data": {"resultType": "vector", "result": outer.answer(query)}})  # fmt: skip
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, query: str) -> list[dict[str, Any]]:
+        rows = []
+        if query.startswith("sum by (version, outcome)"):
+            for v in self.versions:
+                self.served[v] += 200
+            for i, v in enumerate(self.versions):
+                bad = int(self.served[v] * self.challenger_errors) if i == 1 else 0
+                for outcome, n in (("ok", self.served[v] - bad), ("http_500", bad)):
+                    rows.append({"metric": {"version": v, "outcome": outcome},
+                                 "value": [0, str(n)]})  # fmt: skip
+        else:
+            for v in self.versions:
+                n = self.served[v]
+                for le, share in (("0.005", 0.9), ("0.01", 1.0), ("+Inf", 1.0)):
+                    rows.append({"metric": {"version": v, "le": le},
+                                 "value": [0, str(int(n * share))]})  # fmt: skip
+        return rows
+
+
+@pytest.fixture()
+def prometheus() -> Iterator[FakePrometheus]:
+    p = FakePrometheus(["1", "2"])
+    yield p
+    p.server.shutdown()
+
+
+def policy(target: str, url: str) -> Policy:
+    return Policy.model_validate({"rollout": {
+        "target": target, "kubernetes": {"namespace": "models", "prometheus_url": url,
+                                         "selector": 'namespace="models"'},
+        "steps": [{"weight": 20, "pause_s": 0.1}, {"weight": 100, "pause_s": 0}],
+        "analysis": {"min_requests": 50}, "tick_s": 0.05}})  # fmt: skip
+
+
+CHAMPION = Deployable("m", "1", image="registry.local/m:v1", storage_uri="s3://models/m/1")
+CHALLENGER = Deployable("m", "2", image="registry.local/m:v2", storage_uri="s3://models/m/2")
+
+
+def test_the_controller_promotes_on_kserve(prometheus: FakePrometheus, tmp_path: Path) -> None:
+    api = FakeCustomObjects()
+    book = FileRegistry(tmp_path / "registry.log")
+    controller = kubernetes_controller(policy("kserve", prometheus.url), CHAMPION, CHALLENGER,
+                                       StatusStore(tmp_path, "m"), book, api)  # fmt: skip
+    status = controller.run(controller.begin("m", "1", "2", "h"))
+    assert status.phase is Phase.PROMOTED, status.reason
+    isvc = api.one("InferenceService")
+    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]  # the challenger took over
+    assert "registry.local/m:v2" in json.dumps(isvc["spec"]["predictor"])
+    patched = [c for c in api.calls if c[0] == "patch"]
+    assert len(patched) >= 3  # weight 20, weight 100, promotion
+    assert all('namespace="models"' in q and 'version=~"1|2"' in q for q in prometheus.queries)
+    assert [a.outcome for a in status.analyses] == ["successful", "successful"]
+    assert (tmp_path / "registry.log").read_text().split()[-2:] == ["promoted", "2"]
+
+
+def test_errors_seen_in_prometheus_abort_on_seldon(tmp_path: Path) -> None:
+    failing = FakePrometheus(["1", "2"], challenger_errors=0.2)
+    try:
+        api = FakeCustomObjects()
+        book = FileRegistry(tmp_path / "registry.log")
+        controller = kubernetes_controller(policy("seldon", failing.url), CHAMPION, CHALLENGER,
+                                           StatusStore(tmp_path, "m"), book, api)  # fmt: skip
+        status = controller.run(controller.begin("m", "1", "2", "h"))
+    finally:
+        failing.server.shutdown()
+    assert status.phase is Phase.ABORTED and "error rate 20.00%" in status.reason
+    experiment = api.one("Experiment")
+    assert experiment["spec"]["candidates"] == [{"name": "m-v1", "weight": 100}]
+    assert (tmp_path / "registry.log").read_text().startswith("started 2\nrolled_back 2")
+
+
+def test_prometheus_unreachable_is_an_error_not_a_failure(tmp_path: Path) -> None:
+    metrics = PrometheusMetrics("http://127.0.0.1:9", {"champion": "1", "challenger": "2"})
+    with pytest.raises(Exception, match="could not query Prometheus"):
+        metrics.snapshot()
