@@ -42,8 +42,11 @@ def send(settings: Settings, model: str, command: Command, wait_s: float) -> str
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        if not files.command_path.exists():
-            now = load_status(settings, model)
+        if files.command_path.exists():
+            continue  # not taken yet
+        # taken: the controller saves the status once it has applied the command
+        now = load_status(settings, model)
+        if now.updated_at > status.updated_at:
             return f"{command}: done · {now.phase} · {now.reason}"
     return (
         f"{command}: sent, not yet taken: the controller reads it on its next tick "

@@ -270,9 +270,14 @@ class Analysis(Strict):
     max_p99_ratio: Positive = 1.5
     #: ... or this much worse, whichever is larger: sub-10 ms gaps are noise on shared machines
     p99_floor_ms: Annotated[float, Field(ge=0.0)] = 10.0
-    #: share of prediction columns (label, class probabilities) that Evidently may call drifted
-    #: between the challenger's and the champion's answers before the step fails
+    #: share of prediction columns that Evidently may call drifted between the challenger's and
+    #: the champion's answers before the step fails
     prediction_drift_share: Fraction = 0.5
+    #: a distance, not a significance test: two models always differ a little, and with enough
+    #: traffic any difference is "significant" (a Z-test failed 1 canary in 10 of the demo's)
+    prediction_drift_method: Literal["jensenshannon", "psi", "wasserstein"] = "jensenshannon"
+    #: the distance above which the predictions count as drifted
+    prediction_drift_threshold: Positive = 0.1
     #: fewer challenger requests than this in a step: inconclusive (the rollout pauses)
     min_requests: Annotated[int, Field(ge=0)] = 100
 

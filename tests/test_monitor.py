@@ -103,12 +103,12 @@ SECRET = "notice-secret"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Two registered forests: v2 champion, v1 previous; and a model with no previous."""
+    """Two registered forests: v2 champion, v1 previous; and two models with no previous."""
     home = tmp_path_factory.mktemp("monitor-home")
     settings = settings_for(home)
     data = breast_cancer()
     registry = Registry()
-    for name in ("watched", "lonely"):
+    for name in ("watched", "lonely", "piped"):
         versions = [
             register_forest(settings, name, data) for _ in range(2 if name == "watched" else 1)
         ]
@@ -341,12 +341,12 @@ def test_the_monitor_pipeline_runs_a_pass_under_kfp_local(
 
     for key, value in store["settings"].child_env().items():
         monkeypatch.setenv(key, value)
-    write_log(store["home"], "lonely", "1", rows(store["reference"], 250, seed=9), 6e9)
+    write_log(store["home"], "piped", "1", rows(store["reference"], 250, seed=9), 6e9)
     policy_file = tmp_path / "monitor.yaml"
     policy_file.write_text("monitor: {window: {rows: 250}, min_rows: 100}\n")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
-    task = monitor_pipeline(model_name="lonely", policy_file=str(policy_file))
+    task = monitor_pipeline(model_name="piped", policy_file=str(policy_file))
     report = json.loads(Path(task.output.path).read_text())
     assert [w["rows"] for w in report["windows"]] == [250]
-    assert report["windows"][0]["outcome"] == "stable"
+    assert report["windows"][0]["outcome"] == "stable", report
     assert report["windows"][0]["run_id"]  # its Evidently report went to MLflow

@@ -263,8 +263,8 @@ def test_modelship_serve_starts_the_versions_bento(
 def test_modelship_serve_without_a_bento_says_what_to_run(home: Path, deployed: Any) -> None:
     proc = cli(home, "serve", MODEL, "--version", "99")
     assert proc.returncode == 2
-    proc = cli(home, "serve", MODEL)  # no champion was promoted in this registry
-    assert proc.returncode == 2 and "champion" in proc.stderr
+    proc = cli(home, "serve", "never-deployed")  # no champion to serve
+    assert proc.returncode == 2 and "no champion" in proc.stderr
 
 
 def test_a_model_without_onnx_is_packaged_and_served_natively(

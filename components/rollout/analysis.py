@@ -31,8 +31,13 @@ class PredictionDrift:
     challenger_rows: int
 
 
-def prediction_drift(champion: pd.DataFrame, challenger: pd.DataFrame) -> PredictionDrift:
-    """Evidently's per-column drift tests on the ``prediction`` column of both logs."""
+def prediction_drift(
+    champion: pd.DataFrame,
+    challenger: pd.DataFrame,
+    method: str = "jensenshannon",
+    threshold: float = 0.1,
+) -> PredictionDrift:
+    """Evidently's drift test ``method`` on the ``prediction`` column of both logs."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -50,7 +55,8 @@ def prediction_drift(champion: pd.DataFrame, challenger: pd.DataFrame) -> Predic
             data[column] = data[column].astype(str)
         return Dataset.from_pandas(data, data_definition=definition)
 
-    snapshot = Report([DataDriftPreset()]).run(dataset(challenger), dataset(champion))
+    preset = DataDriftPreset(method=method, threshold=threshold)
+    snapshot = Report([preset]).run(dataset(challenger), dataset(champion))
     share = 0.0
     columns: dict[str, dict[str, Any]] = {}
     for metric in snapshot.dict()["metrics"]:

@@ -203,7 +203,10 @@ class Controller:
             return error("the challenger's inference log has no rows for this step yet")
         elif len(theirs) and len(ours):
             try:
-                drift = analysis.prediction_drift(ours, theirs)
+                rules = self.policy.analysis
+                drift = analysis.prediction_drift(
+                    ours, theirs, rules.prediction_drift_method, rules.prediction_drift_threshold
+                )
             except Exception as e:  # Evidently raising is a failed analysis run, not drift
                 return error(f"Evidently's drift test failed to run: {e}")
         else:
