@@ -6,6 +6,7 @@ clear message and exit 2 or 3, and leave the champion and the other versions' ta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -151,6 +152,19 @@ def test_better_version_passes_against_the_champion(home: Path, versions: dict[s
     assert {"rollout/rollout.json", "rollout/rollout.png"} <= files
 
 
+def _stop_tree(proc: subprocess.Popen[str]) -> None:
+    """A deploy left running by a failed assertion takes its servers with it."""
+    import psutil
+
+    if proc.poll() is not None:
+        return
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    for p in [*tree, psutil.Process(proc.pid)]:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    proc.wait(30)
+
+
 def test_a_rollout_aborted_by_hand_leaves_the_champion(
     home: Path, versions: dict[str, str], tmp_path: Path
 ) -> None:
@@ -171,18 +185,21 @@ def test_a_rollout_aborted_by_hand_leaves_the_champion(
         [MODELSHIP, "deploy", MODEL, "--version", versions["forest"], "--policy", str(policy),
          "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    store = StatusStore(home / "rollouts", MODEL)
-    deadline = time.monotonic() + 240
-    while not (
-        (s := store.load()) and s.challenger == versions["forest"] and s.phase is Phase.PAUSED
-    ):
-        assert deploy.poll() is None and time.monotonic() < deadline, deploy.communicate()
-        time.sleep(0.5)
-    assert Registry().resolve(MODEL, alias="challenger").version == versions["forest"]
-    aborted = cli(home, "rollout", "abort", MODEL)
-    assert aborted.returncode == 0 and "aborted by hand" in aborted.stdout, aborted.stderr
-    out, err = deploy.communicate(timeout=120)
-    assert deploy.returncode == 3, err
+    try:
+        store = StatusStore(home / "rollouts", MODEL)
+        deadline = time.monotonic() + 240
+        while not (
+            (s := store.load()) and s.challenger == versions["forest"] and s.phase is Phase.PAUSED
+        ):
+            assert deploy.poll() is None and time.monotonic() < deadline, deploy.communicate()
+            time.sleep(0.5)
+        assert Registry().resolve(MODEL, alias="challenger").version == versions["forest"]
+        aborted = cli(home, "rollout", "abort", MODEL)
+        assert aborted.returncode == 0 and "aborted by hand" in aborted.stdout, aborted.stderr
+        out, err = deploy.communicate(timeout=120)
+        assert deploy.returncode == 3, err
+    finally:
+        _stop_tree(deploy)
     summary = json.loads(out)
     assert summary["rejected_at"] == "rollout" and "aborted by hand" in summary["reason"]
     assert aliases(MODEL)["champion"] == champion and "challenger" not in aliases(MODEL)
