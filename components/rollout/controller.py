@@ -22,7 +22,6 @@ from components.rollout.router import TrafficRouter, Weights
 from components.rollout.state import (
     AnalysisOutcome,
     AnalysisRecord,
-    Phase,
     RolloutStatus,
     StatusStore,
     plan,
@@ -215,7 +214,3 @@ class Controller:
             status.step, champion, challenger, drift, self.policy.analysis, now,
             drift_skipped=skipped,
         )  # fmt: skip
-
-
-def finished(status: RolloutStatus | None) -> bool:
-    return status is not None and status.phase in (Phase.PROMOTED, Phase.ABORTED)

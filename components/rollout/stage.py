@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -327,8 +326,3 @@ def _abandon(store: StatusStore, controller: Controller, why: str) -> RolloutSta
     with contextlib.suppress(Exception):
         controller.registry.rolled_back(status.model, status.challenger, reason)
     return status
-
-
-def rollout_status(home: Path, model: str) -> dict[str, Any] | None:
-    status = StatusStore(home / "rollouts", model).load()
-    return None if status is None else status.model_dump(mode="json")
