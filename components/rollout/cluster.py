@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from modelship.errors import InputError, StageError
 
@@ -363,3 +363,32 @@ class Cluster:
                     hint=f"this target applies {', '.join(r.kind for r in resources)}",
                 )
             self.create_or_patch(by_kind[key], manifest, patch_for(manifest))
+
+
+class ClusterRouter:
+    """What both Kubernetes routers share: the pair they route between and the cluster."""
+
+    def __init__(
+        self,
+        api: CustomObjects,
+        namespace: str,
+        champion: Deployable | None,
+        challenger: Deployable,
+    ) -> None:
+        check_pair(champion, challenger)
+        self.cluster = Cluster(api, namespace)
+        self.champion = champion
+        self.challenger = challenger
+
+    @classmethod
+    def from_kubeconfig(
+        cls,
+        namespace: str,
+        champion: Deployable | None,
+        challenger: Deployable,
+        *,
+        config_file: str | None = None,
+        context: str | None = None,
+    ) -> Self:
+        api = load_api(config_file=config_file, context=context)
+        return cls(api, namespace, champion, challenger)

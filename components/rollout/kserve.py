@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from components.rollout.cluster import (
     ANNOTATION_PREFIX,
     NAME_MAX,
-    Cluster,
+    ClusterRouter,
     CustomObjects,
     CustomResource,
     Deployable,
@@ -26,7 +26,6 @@ from components.rollout.cluster import (
     check_pair,
     dig,
     k8s_name,
-    load_api,
     metadata,
     with_nulls,
 )
@@ -130,7 +129,7 @@ def _patch_for(manifest: Manifest) -> Manifest:
     return with_nulls(manifest, _CANARY, ("metadata", "annotations", _CHAMPION_ANNOTATION))
 
 
-class KServeRouter:
+class KServeRouter(ClusterRouter):
     """Moves traffic by patching the InferenceService's ``canaryTrafficPercent``."""
 
     def __init__(
@@ -140,24 +139,8 @@ class KServeRouter:
         champion: Deployable | None,
         challenger: Deployable,
     ) -> None:
-        check_pair(champion, challenger)
-        self.cluster = Cluster(api, namespace)
-        self.champion = champion
-        self.challenger = challenger
+        super().__init__(api, namespace, champion, challenger)
         self.name = isvc_name(challenger.model)
-
-    @classmethod
-    def from_kubeconfig(
-        cls,
-        namespace: str,
-        champion: Deployable | None,
-        challenger: Deployable,
-        *,
-        config_file: str | None = None,
-        context: str | None = None,
-    ) -> KServeRouter:
-        api = load_api(config_file=config_file, context=context)
-        return cls(api, namespace, champion, challenger)
 
     def manifests(self, weights: Weights) -> list[Manifest]:
         return kserve_manifests(self.champion, self.challenger, weights, self.cluster.namespace)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from components.rollout.cluster import (
-    Cluster,
+    ClusterRouter,
     CustomObjects,
     CustomResource,
     Deployable,
@@ -25,7 +25,6 @@ from components.rollout.cluster import (
     check_pair,
     dig,
     k8s_name,
-    load_api,
     metadata,
     with_nulls,
 )
@@ -136,7 +135,7 @@ def weights_of(experiment: Manifest, challenger: str) -> Weights:
     return Weights(challenger=share, mirror=mirrored)
 
 
-class SeldonRouter:
+class SeldonRouter(ClusterRouter):
     """Moves traffic by patching the model's Experiment."""
 
     def __init__(
@@ -146,24 +145,8 @@ class SeldonRouter:
         champion: Deployable | None,
         challenger: Deployable,
     ) -> None:
-        check_pair(champion, challenger)
-        self.cluster = Cluster(api, namespace)
-        self.champion = champion
-        self.challenger = challenger
+        super().__init__(api, namespace, champion, challenger)
         self.experiment = experiment_name(challenger.model)
-
-    @classmethod
-    def from_kubeconfig(
-        cls,
-        namespace: str,
-        champion: Deployable | None,
-        challenger: Deployable,
-        *,
-        config_file: str | None = None,
-        context: str | None = None,
-    ) -> SeldonRouter:
-        api = load_api(config_file=config_file, context=context)
-        return cls(api, namespace, champion, challenger)
 
     def manifests(self, weights: Weights) -> list[Manifest]:
         return seldon_manifests(self.champion, self.challenger, weights, self.cluster.namespace)
