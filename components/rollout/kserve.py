@@ -85,8 +85,8 @@ def predictor(challenger: Deployable, percent: int | None) -> Manifest:
     if not challenger.image:
         raise ManifestError(
             f"{challenger.model} version {challenger.version} has no image for KServe to run",
-            hint="package it first (modelship deploy builds and pushes the image), or pass the "
-            "image reference",
+            hint="deploy it with package.image: always (the package stage builds the image; "
+            "push it to a registry the cluster can pull from), or use --router seldon",
         )
     container = {
         # KServe looks up the serving container of a custom predictor by this name
