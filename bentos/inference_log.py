@@ -193,11 +193,28 @@ class InferenceLog:
         self.written_files += 1
 
 
-def read(uri: str) -> pa.Table:
-    """Every row logged under ``uri`` (a version's folder), oldest file first."""
+#: clocks of a writer and a store may disagree: parts this close to the cut are read anyway
+_CLOCK_SLACK_US = 60_000_000
+
+
+def parts(uri: str, after_us: int = 0) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
+    """The Parquet parts under ``uri`` (a version's folder), oldest first. With ``after_us``
+    (UTC µs), parts last written before it are left out: a part is written after every row in
+    it, so a reader that only wants newer rows need not open the whole history each time."""
     fs, root = pafs.FileSystem.from_uri(uri)
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    files = sorted(i.path for i in infos if i.base_name.startswith("part-"))
+    found = [i for i in infos if i.base_name.startswith("part-")]
+    if after_us:
+        cut = after_us - _CLOCK_SLACK_US
+        found = [i for i in found if i.mtime_ns is None or i.mtime_ns // 1000 > cut]
+    return fs, sorted(found, key=lambda i: i.path)
+
+
+def read(uri: str, after_us: int = 0) -> pa.Table:
+    """The rows logged under ``uri``, oldest file first; with ``after_us``, at least every row
+    logged after it (rows of a part that straddles the cut come too)."""
+    fs, found = parts(uri, after_us)
+    files = [i.path for i in found]
     if not files:
         return pa.table({})
     return pa.concat_tables(

@@ -86,3 +86,28 @@ def test_rows_the_fast_path_parsed_are_logged_without_parsing_again(tmp_path: Pa
     assert table["request_id"].tolist() == ["fast-1", "fast-1", "req-7"]
     assert table["a"].tolist() == [1.5, 3.5, 7.0] and table["row"].tolist() == [0, 1, 0]
     assert table["prediction"].tolist() == [1, 0, 1]
+
+
+def test_readers_after_a_time_skip_parts_written_before_it(tmp_path: Path) -> None:
+    import os
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bentos.inference_log import parts
+
+    now = time.time()
+    for name, written in (("part-old.parquet", now - 3600), ("part-new.parquet", now)):
+        stamp = int(written * 1e6)
+        pq.write_table(pa.table({"timestamp": pa.array([stamp], pa.timestamp("us", tz="UTC"))}),
+                       tmp_path / name)  # fmt: skip
+        os.utime(tmp_path / name, (written, written))
+    everything = [i.base_name for i in parts(str(tmp_path))[1]]
+    assert everything == ["part-new.parquet", "part-old.parquet"]
+    after = int((now - 600) * 1e6)
+    assert [i.base_name for i in parts(str(tmp_path), after)[1]] == ["part-new.parquet"]
+    assert read(str(tmp_path), after).num_rows == 1 and read(str(tmp_path)).num_rows == 2
+    # within a minute of the cut, a part is read anyway: clocks may disagree
+    close = int((now - 3600 + 30) * 1e6)
+    assert len(parts(str(tmp_path), close)[1]) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import threading
 import time
 import uuid
@@ -133,7 +134,11 @@ def write_log(home: Path, model: str, version: str, frame: pd.DataFrame, start: 
         "timestamp": pa.array(stamps, pa.timestamp("us", tz="UTC")),
         "prediction": pa.array(np.zeros(len(frame), dtype=np.int64)),
     })  # fmt: skip
-    pq.write_table(table, folder / f"part-{start:.6f}-{uuid.uuid4().hex[:6]}.parquet")
+    path = folder / f"part-{start:.6f}-{uuid.uuid4().hex[:6]}.parquet"
+    pq.write_table(table, path)
+    # as the service does it: a part is written once its rows have arrived
+    written = stamps[-1] / 1e6 + 1
+    os.utime(path, (written, written))
 
 
 def rows(reference: pd.DataFrame, n: int, shift: float = 0.0, seed: int = 0) -> pd.DataFrame:
@@ -210,7 +215,9 @@ def test_corrupt_log_records_are_skipped_and_counted(store: dict[str, Any]) -> N
     bad = rows(store["reference"], 210, seed=3)
     bad.iloc[:10, 0] = np.nan
     write_log(store["home"], model, version, bad, 3e9)
-    (folder / "part-9999999999-torn.parquet").write_bytes(b"PAR1 not really parquet")
+    torn = folder / "part-9999999999-torn.parquet"
+    torn.write_bytes(b"PAR1 not really parquet")
+    os.utime(torn, (3e9 + 1, 3e9 + 1))  # torn while that batch was being written
     result = monitor(store, model, policy())
     assert [w.outcome for w in result.windows] == [WindowOutcome.STABLE]
     assert result.windows[0].skipped_rows == 10

@@ -28,15 +28,13 @@ class LogRead:
 def read_log(uri: str, columns: list[str], after_us: int) -> LogRead:
     """Rows logged after ``after_us`` (UTC µs) with the features and the prediction."""
     import pyarrow as pa
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    fs, root = pafs.FileSystem.from_uri(uri)
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    from bentos.inference_log import parts
+
+    fs, found = parts(uri, after_us)
     frames, bad = [], []
-    for info in sorted(infos, key=lambda i: i.path):
-        if not info.base_name.startswith("part-"):
-            continue
+    for info in found:
         try:
             table = pq.read_table(info.path, filesystem=fs)
             stamps = table.column("timestamp").cast(pa.timestamp("us", tz="UTC"))

@@ -77,7 +77,7 @@ class InferenceLogs:
     def predictions(self, version: str, since: float) -> pd.DataFrame | None:
         from bentos.inference_log import read
 
-        table = read(f"{self.root}/{self.model}/v{version}")
+        table = read(f"{self.root}/{self.model}/v{version}", after_us=int(since * 1e6))
         if table.num_rows == 0:
             return pd.DataFrame({"prediction": []})
         frame = table.select(["timestamp", "prediction"]).to_pandas()
