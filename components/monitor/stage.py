@@ -295,29 +295,28 @@ def _act(store: MonitorStore, status: MonitorStatus, record: WindowRecord, mon: 
     store.save(decision.status)
     result.windows.append(record)
     say(f"window of {record.rows} rows: {record.outcome}: {record.reason}")
+
+    def tell(notice: dict[str, Any]) -> None:
+        # an undelivered notice is shown, never a reason to stop
+        problem = notify.send(mon.notify_url, secret, notice)
+        if problem:
+            say(problem)
+
     if decision.action is Action.ROLLBACK:
         try:
             done = rollback(registry, champion, decision.reason, router)
         except RollbackFailed as e:
-            problem = notify.send(mon.notify_url, secret,
-                                  _notice(model, "rollback_failed", str(e)))  # fmt: skip
-            if problem:
-                say(problem)
+            tell(_notice(model, "rollback_failed", str(e)))
             raise
         result.rollback = done
         text = (f"rolled back v{done.rolled_back} to v{done.restored} ({done.switched}"
                 + (f", traffic in {done.traffic_s * 1e3:.0f} ms" if done.traffic_s else "") + ")")  # fmt: skip
         result.actions.append(text)
         say(text)
-        problem = notify.send(mon.notify_url, secret, _notice(
-            model, "rollback", decision.reason, rolled_back=done.rolled_back,
-            restored=done.restored, window=json.loads(record.model_dump_json())))  # fmt: skip
-        if problem:
-            say(problem)
+        tell(_notice(model, "rollback", decision.reason, rolled_back=done.rolled_back,
+                     restored=done.restored, window=json.loads(record.model_dump_json())))  # fmt: skip
     elif decision.action is Action.ALERT:
         result.actions.append(f"alert: {decision.reason}")
         say(f"alert: {decision.reason}")
-        problem = notify.send(mon.notify_url, secret, _notice(model, "alert", decision.reason))
-        if problem:
-            say(problem)
+        tell(_notice(model, "alert", decision.reason))
     return decision.status
