@@ -28,9 +28,9 @@ MODELSHIP = str(Path(sys.executable).parent / "modelship")
 def _setup(home: Path) -> None:
     os.environ["MODELSHIP_HOME"] = str(home)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    from modelship.core.settings import Settings
     from modelship.demo import MODEL, register_version
-    from modelship.settings import Settings
-    from registry.client import Registry
+    from modelship.registry.client import Registry
 
     settings = Settings.from_env()
     settings.prepare()

@@ -30,7 +30,7 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
-from components.monitor.drift import DriftReport, Reference, evidently_report
+from modelship.components.monitor.drift import DriftReport, Reference, evidently_report
 
 T = TypeVar("T")
 COLUMNS = 30

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.optimize.convert import INPUT_NAME, convert
-from components.optimize.timing import Timing, measure
-from components.optimize.variants import SessionSettings, build_variants, open_session
-from components.validate.model_check import read_mlmodel
-from policies.schema import Variant
+from modelship.components.optimize.convert import INPUT_NAME, convert
+from modelship.components.optimize.timing import Timing, measure
+from modelship.components.optimize.variants import SessionSettings, build_variants, open_session
+from modelship.components.validate.model_check import read_mlmodel
+from modelship.policies.schema import Variant
 
 BATCH = 1024
 

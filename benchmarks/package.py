@@ -65,9 +65,9 @@ from mlflow.models import infer_signature
 from sklearn.ensemble import RandomForestClassifier
 from modelship.demo import split
 from modelship.datasets import log_datasets
-from modelship.settings import Settings
-from registry.client import Registry
-from registry.deployments import ensure_experiment
+from modelship.core.settings import Settings
+from modelship.registry.client import Registry
+from modelship.registry.deployments import ensure_experiment
 s = Settings.from_env(); s.prepare()
 x, y, ref, val = split()
 model = RandomForestClassifier(200, random_state=0).fit(x, y["target"])

@@ -38,11 +38,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.package import BIN, _deploy, _port, _wait
-from components.loadtest.loadgen import Phase, run
-from components.monitor.rollback import switch_traffic
-from components.rollout.local import GatewayRouter
-from components.rollout.router import Weights
-from registry.client import ModelRef
+from modelship.components.loadtest.loadgen import Phase, run
+from modelship.components.monitor.rollback import switch_traffic
+from modelship.components.rollout.local import GatewayRouter
+from modelship.components.rollout.router import Weights
+from modelship.registry.client import ModelRef
 
 
 def _start(cmd: list[str], env: dict[str, str], core: int, log: Path) -> subprocess.Popen[bytes]:
@@ -92,7 +92,7 @@ def main() -> None:
                 cmd = [str(BIN / "bentoml"), "serve", tag, "--port", str(ports[name])]
                 procs[name] = _start(cmd, env, 0, home / f"{name}.log")
                 _wait(f"http://127.0.0.1:{ports[name]}/readyz", procs[name])
-            cmd = [sys.executable, "-m", "gateway", "--port", str(ports["gateway"]),
+            cmd = [sys.executable, "-m", "modelship.gateway", "--port", str(ports["gateway"]),
                    "--champion", f"http://127.0.0.1:{ports['champion']}@v1",
                    "--challenger", f"http://127.0.0.1:{ports['challenger']}@v2"]  # fmt: skip
             procs["gateway"] = _start(cmd, {**env, "MODELSHIP_GATEWAY_TOKEN": token}, 1,

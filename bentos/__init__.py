@@ -1,5 +1,4 @@
-"""The Bento that serves a model version: the service, its request parsing and inference log.
+"""Data, not code: the Containerfile of a Bento's image, installed as ``modelship.assets.bentos``.
 
-Everything here runs inside the Bento (and its image), so it imports only what the Bento
-installs: bentoml, numpy, onnxruntime, pyarrow, pydantic. Nothing from the rest of modelship.
+The service itself is ``modelship.bentos`` (src/modelship/bentos/).
 """

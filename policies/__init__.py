@@ -1,6 +1,5 @@
-"""Policies: ``default.yaml``, per-model overrides ``<model>.yaml``, and their schema."""
+"""Data, not code: the shipped policies, installed as ``modelship.assets.policies``.
 
-from policies.loader import LoadedPolicy, load_policy, policy_hash
-from policies.schema import Policy
-
-__all__ = ["LoadedPolicy", "Policy", "load_policy", "policy_hash"]
+``default.yaml`` is the base every policy merges over; ``MODEL.yaml`` overrides it for one model.
+Code that validates and loads them is ``modelship.policies`` (src/modelship/policies/).
+"""

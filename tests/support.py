@@ -18,10 +18,10 @@ from typing import Any
 
 import pandas as pd
 
+from modelship.core.settings import Settings
 from modelship.datasets import log_datasets
-from modelship.settings import Settings
-from registry.client import Registry
-from registry.deployments import ensure_experiment
+from modelship.registry.client import Registry
+from modelship.registry.deployments import ensure_experiment
 
 MODELSHIP = str(Path(sys.executable).parent / "modelship")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from policies.loader import DEFAULT_POLICY
+from modelship.policies.loader import DEFAULT_POLICY
 from tests.support import cli
 
 

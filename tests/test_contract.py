@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.validate.contract import ContractResult, check_contract, learn_specs
-from components.verdict import Check
-from policies.schema import ColumnRule, DataContract, RangeRule
+from modelship.components.validate.contract import ContractResult, check_contract, learn_specs
+from modelship.core.verdict import Check
+from modelship.policies.schema import ColumnRule, DataContract, RangeRule
 
 ROWS = 200
 COLUMNS: list[tuple[str, str | None]] = [("a", "double"), ("b", "double"), ("c", "double")]

@@ -12,17 +12,17 @@ import re
 from collections.abc import Iterator
 from functools import cache
 from itertools import combinations
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.routing import Variant
-from gateway.stats import GatewayStats, Mode, Outcome
+from modelship.gateway.routing import Variant
+from modelship.gateway.stats import GatewayStats, Mode, Outcome
 
-ROOT = Path(__file__).resolve().parent.parent
-DASHBOARD = ROOT / "gateway" / "dashboards" / "modelship-rollout.json"
-SERVICE = ROOT / "bentos" / "service.py"
+DASHBOARD = Path(str(files("modelship.gateway").joinpath("dashboards", "modelship-rollout.json")))
+SERVICE = Path(str(files("modelship.bentos").joinpath("service.py")))
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 ROWS = ["Traffic split", "Errors", "Latency", "Model services"]

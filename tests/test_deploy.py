@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from modelship.core.settings import Settings
 from modelship.demo import _train
-from modelship.settings import Settings
-from registry.client import TAG_DIGEST, TAG_STATE, Registry
+from modelship.registry.client import TAG_DIGEST, TAG_STATE, Registry
 from tests.support import (
     MODELSHIP,
     aliases,
@@ -170,7 +170,7 @@ def test_a_rollout_aborted_by_hand_leaves_the_champion(
 ) -> None:
     import time
 
-    from components.rollout.state import Phase, StatusStore
+    from modelship.components.rollout.state import Phase, StatusStore
 
     champion = aliases(MODEL)["champion"]
     policy = tmp_path / "paused.yaml"

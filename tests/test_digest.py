@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from modelship.errors import DigestMismatch, RegistryError
-from registry.digest import tree_digest, verify
+from modelship.core.errors import DigestMismatch, RegistryError
+from modelship.registry.digest import tree_digest, verify
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.monitor.drift import DriftReport, Reference, evidently_report
+from modelship.components.monitor.drift import DriftReport, Reference, evidently_report
 
 Case = tuple[pd.DataFrame, pd.DataFrame, dict[str, str], dict[str, Any]]
 

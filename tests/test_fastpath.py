@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from bentos.fastpath import GreedyBatcher, Shed
+from modelship.bentos.fastpath import GreedyBatcher, Shed
 
 
 def _model(calls: list[int], delay_s: float = 0.0) -> Any:

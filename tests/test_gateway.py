@@ -1,4 +1,4 @@
-"""The traffic gateway against real processes: two stand-in servers behind `python -m gateway`."""
+"""The traffic gateway against real processes: two stand-in servers behind `python -m modelship.gateway`."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from components.loadtest.loadgen import Phase, run
-from gateway.routing import Variant, bucket, choose, effective_weight
-from gateway.stats import traffic_between
+from modelship.components.loadtest.loadgen import Phase, run
+from modelship.gateway.routing import Variant, bucket, choose, effective_weight
+from modelship.gateway.stats import traffic_between
 from tests.support import free_port, wait_http
 
 TOKEN = "test-token-123"
@@ -59,7 +59,7 @@ class Stack:
 
     def start_gateway(self, *extra: str) -> None:
         log = self.tmp / "gateway.log"
-        cmd = [sys.executable, "-m", "gateway", "--port", str(self.ports["gateway"]),
+        cmd = [sys.executable, "-m", "modelship.gateway", "--port", str(self.ports["gateway"]),
                "--champion", f"http://127.0.0.1:{self.ports['champion']}@v1",
                "--challenger", f"http://127.0.0.1:{self.ports['challenger']}@v2",
                "--health-interval", "0.2", *extra]  # fmt: skip

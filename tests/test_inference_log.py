@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bentos.inference_log import Exchange, InferenceLog, read
+from modelship.bentos.inference_log import Exchange, InferenceLog, read
 
 COLUMNS = ["a", "b"]
 
@@ -95,7 +95,7 @@ def test_readers_after_a_time_skip_parts_written_before_it(tmp_path: Path) -> No
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from bentos.inference_log import parts
+    from modelship.bentos.inference_log import parts
 
     now = time.time()
     for name, written in (("part-old.parquet", now - 3600), ("part-new.parquet", now)):

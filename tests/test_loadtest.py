@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from components.loadtest import gate
-from components.loadtest.histogram import LatencyHistogram
-from components.loadtest.loadgen import Phase
-from components.loadtest.loadgen import run as drive
-from components.loadtest.server import (
+from modelship.components.loadtest import gate
+from modelship.components.loadtest.histogram import LatencyHistogram
+from modelship.components.loadtest.loadgen import Phase
+from modelship.components.loadtest.loadgen import run as drive
+from modelship.components.loadtest.server import (
     NotReady,
     PortInUse,
     bento_launch,
@@ -30,7 +30,7 @@ from components.loadtest.server import (
     port_free,
     served,
 )
-from policies.schema import LoadTest
+from modelship.policies.schema import LoadTest
 from tests.support import (
     background,
     bento_env,
@@ -260,7 +260,7 @@ def test_sigterm_during_a_load_test_still_stops_the_server(
     script = f"""
 import sys
 from pathlib import Path
-from components.loadtest.server import bento_launch, served
+from modelship.components.loadtest.server import bento_launch, served
 from tests.support import bento_env
 launch = bento_launch({deployed["tag"]!r}, {{port}}, bento_env(Path({str(deployed["home"])!r})), None)
 with served(launch, {{port}}, Path({str(tmp_path / "s.log")!r}), 60) as server:

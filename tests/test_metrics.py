@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from components.validate.metrics import Predictions, compute, gate, labels_from
-from components.verdict import Check
-from policies.schema import Direction, MetricGate, MetricName
+from modelship.components.validate.metrics import Predictions, compute, gate, labels_from
+from modelship.core.verdict import Check
+from modelship.policies.schema import Direction, MetricGate, MetricName
 
 # -- compute and labels_from -------------------------------------------------------------------
 

@@ -20,14 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.monitor.decide import decide
-from components.monitor.notify import signature
-from components.monitor.stage import PassResult, run_pass
-from components.monitor.state import Action, MonitorStatus, WindowOutcome, WindowRecord
-from components.rollout.local import GatewayRouter
-from modelship.errors import RollbackFailed
-from policies.schema import Monitor, Policy
-from registry.client import Registry
+from modelship.components.monitor.decide import decide
+from modelship.components.monitor.notify import signature
+from modelship.components.monitor.stage import PassResult, run_pass
+from modelship.components.monitor.state import Action, MonitorStatus, WindowOutcome, WindowRecord
+from modelship.components.rollout.local import GatewayRouter
+from modelship.core.errors import RollbackFailed
+from modelship.policies.schema import Monitor, Policy
+from modelship.registry.client import Registry
 from tests.support import breast_cancer, register_forest, settings_for, version_tags
 from tests.test_gateway import TOKEN, Stack
 
@@ -318,9 +318,9 @@ def test_a_rollback_that_cannot_complete_is_loud_and_changes_nothing(
 
 
 def test_late_labels_judge_the_window_quality(store: dict[str, Any]) -> None:
-    from components.monitor.drift import Reference
-    from components.monitor.stage import Baseline, quality_check
-    from policies.schema import Labels
+    from modelship.components.monitor.drift import Reference
+    from modelship.components.monitor.stage import Baseline, quality_check
+    from modelship.policies.schema import Labels
 
     reference = store["reference"]
     kinds = dict.fromkeys(reference, "num")
@@ -344,7 +344,7 @@ def test_the_monitor_pipeline_runs_a_pass_under_kfp_local(
 ) -> None:
     from kfp import local
 
-    from pipelines.monitor import monitor_pipeline
+    from modelship.pipelines.monitor import monitor_pipeline
 
     for key, value in store["settings"].child_env().items():
         monkeypatch.setenv(key, value)

@@ -10,16 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.optimize import stage as optimize
-from components.optimize.convert import convert
-from components.optimize.equivalence import VariantOutputs, compare
-from components.optimize.variants import SessionSettings, VariantFile
-from components.validate.model_check import read_mlmodel
-from components.verdict import Verdict
-from modelship.settings import Settings
-from policies.loader import load_policy
-from policies.schema import Equivalence, Policy, Variant
-from registry.client import Registry
+from modelship.components.optimize import stage as optimize
+from modelship.components.optimize.convert import convert
+from modelship.components.optimize.equivalence import VariantOutputs, compare
+from modelship.components.optimize.variants import SessionSettings, VariantFile
+from modelship.components.validate.model_check import read_mlmodel
+from modelship.core.settings import Settings
+from modelship.core.verdict import Verdict
+from modelship.policies.loader import load_policy
+from modelship.policies.schema import Equivalence, Policy, Variant
+from modelship.registry.client import Registry
 from tests.support import breast_cancer, register, register_forest, settings_for
 
 MODEL = "breast-cancer"
@@ -187,7 +187,7 @@ def test_does_not_run_without_a_passing_validation(settings: Settings, tmp_path:
 
 
 def test_compare_classifier_and_regressor_limits() -> None:
-    from components.optimize.convert import NativeOutputs
+    from modelship.components.optimize.convert import NativeOutputs
 
     native = NativeOutputs(
         "classification",
@@ -221,7 +221,7 @@ def test_pytorch_mlp_converts_and_gets_int8_variants(settings: Settings, tmp_pat
     from mlflow.models import infer_signature
     from sklearn.datasets import load_digits
 
-    from registry.deployments import ensure_experiment
+    from modelship.registry.deployments import ensure_experiment
 
     digits = load_digits(as_frame=True)
     frame = (digits.data / 16.0).astype("float32")

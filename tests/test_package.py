@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 import requests
 
-from bentos.inference_log import read
-from components.package import image as image_mod
-from components.package import stage as package_stage
-from components.verdict import Check, Verdict
-from modelship.events import NO_EVENTS
-from modelship.settings import Settings
+from modelship.bentos.inference_log import read
+from modelship.components.package import image as image_mod
+from modelship.components.package import stage as package_stage
+from modelship.core.events import NO_EVENTS
+from modelship.core.settings import Settings
+from modelship.core.verdict import Check, Verdict
 from tests.support import (
     MODELSHIP,
     background,
@@ -273,10 +273,10 @@ def test_a_model_without_onnx_is_packaged_and_served_natively(
     """optimize.on_conversion_failure: native -- the Bento serves the MLflow model itself."""
     from sklearn.kernel_ridge import KernelRidge
 
-    from components.optimize import stage as optimize_stage
-    from policies.loader import load_policy
-    from policies.schema import Policy
-    from registry.client import Registry
+    from modelship.components.optimize import stage as optimize_stage
+    from modelship.policies.loader import load_policy
+    from modelship.policies.schema import Policy
+    from modelship.registry.client import Registry
     from tests.support import register
 
     x, y, ref_data, val = data

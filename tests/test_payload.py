@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bentos.payload import BadPayload, to_matrix
+from modelship.bentos.payload import BadPayload, to_matrix
 
 COLUMNS = ["a", "b", "c"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.compile import PIPELINE_DIR, compile_all
+from modelship.pipelines.compile import PIPELINE_DIR, compile_all
 from tests.support import cli
 
 

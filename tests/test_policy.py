@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from modelship.errors import PolicyError
-from policies.loader import DEFAULT_POLICY, POLICY_DIR, LoadedPolicy, load_policy, policy_hash
-from policies.schema import Policy, Variant
+from modelship.core.errors import PolicyError
+from modelship.policies.loader import (
+    DEFAULT_POLICY,
+    POLICY_DIR,
+    LoadedPolicy,
+    load_policy,
+    policy_hash,
+)
+from modelship.policies.schema import Policy, Variant
 
 MODEL = "churn"
 

@@ -8,12 +8,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from components.loadtest.histogram import LatencyHistogram
-from components.rollout.analysis import judge, prediction_drift
-from components.rollout.controller import Controller, RolloutInProgress
-from components.rollout.decide import Action, Observations, decide
-from components.rollout.router import BadWeights, Weights
-from components.rollout.state import (
+from modelship.components.loadtest.histogram import LatencyHistogram
+from modelship.components.rollout.analysis import judge, prediction_drift
+from modelship.components.rollout.controller import Controller, RolloutInProgress
+from modelship.components.rollout.decide import Action, Observations, decide
+from modelship.components.rollout.router import BadWeights, Weights
+from modelship.components.rollout.state import (
     AnalysisOutcome,
     AnalysisRecord,
     Phase,
@@ -21,8 +21,8 @@ from components.rollout.state import (
     StatusStore,
     plan,
 )
-from gateway.stats import Traffic
-from policies.schema import Analysis, CanaryStep, Rollout
+from modelship.gateway.stats import Traffic
+from modelship.policies.schema import Analysis, CanaryStep, Rollout
 
 POLICY = Rollout(
     steps=[

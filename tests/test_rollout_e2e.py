@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from components.loadtest.loadgen import Phase as LoadPhase
-from components.loadtest.loadgen import run as drive
-from components.rollout.controller import Controller
-from components.rollout.local import GatewayRouter
-from components.rollout.state import Phase, StatusStore
-from policies.schema import Analysis, CanaryStep, Rollout
+from modelship.components.loadtest.loadgen import Phase as LoadPhase
+from modelship.components.loadtest.loadgen import run as drive
+from modelship.components.rollout.controller import Controller
+from modelship.components.rollout.local import GatewayRouter
+from modelship.components.rollout.state import Phase, StatusStore
+from modelship.policies.schema import Analysis, CanaryStep, Rollout
 from tests.servers.controller import FileRegistry, NoLogs
 from tests.support import MODELSHIP
 from tests.test_gateway import BODY, TOKEN, Stack

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from components.rollout.cluster import Deployable
-from components.rollout.prometheus import PrometheusMetrics
-from components.rollout.stage import kubernetes_controller
-from components.rollout.state import Phase, StatusStore
-from policies.schema import Policy
+from modelship.components.rollout.cluster import Deployable
+from modelship.components.rollout.prometheus import PrometheusMetrics
+from modelship.components.rollout.stage import kubernetes_controller
+from modelship.components.rollout.state import Phase, StatusStore
+from modelship.policies.schema import Policy
 from tests.servers.controller import FileRegistry
 from tests.test_kubernetes import FakeCustomObjects
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from components.verdict import Check, ModelState, Verdict
-from modelship.errors import GateRejected
+from modelship.core.errors import GateRejected
+from modelship.core.verdict import Check, ModelState, Verdict
 
 PASSED = Check(name="data.a.exists", kind="data", passed=True, reason="ok")
 FAILED_RANGE = Check(

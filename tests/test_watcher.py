@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from modelship.settings import Settings
-from registry.client import TAG_RUN, Registry
-from registry.watcher import (
+from modelship.core.settings import Settings
+from modelship.registry.client import TAG_RUN, Registry
+from modelship.registry.watcher import (
     CursorFile,
     ModelSnapshot,
     RegistryEvent,

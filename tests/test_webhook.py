@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import pytest
 from starlette.testclient import TestClient
 
-from registry.webhook import Delivery, Refused, SeenDeliveries, check, sign
-from registry.webhook_server import GitHubDispatcher, create_app
+from modelship.registry.webhook import Delivery, Refused, SeenDeliveries, check, sign
+from modelship.registry.webhook_server import GitHubDispatcher, create_app
 
 SECRET = "s3cret-value-for-tests"
 NOW = 1_800_000_000.0

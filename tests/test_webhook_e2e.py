@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from registry.client import TAG_RUN, Registry
+from modelship.registry.client import TAG_RUN, Registry
 from tests.support import (
     MODELSHIP,
     background,

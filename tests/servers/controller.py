@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.rollout.controller import Controller
-from components.rollout.local import GatewayRouter
-from components.rollout.state import StatusStore
-from policies.schema import Rollout
+from modelship.components.rollout.controller import Controller
+from modelship.components.rollout.local import GatewayRouter
+from modelship.components.rollout.state import StatusStore
+from modelship.policies.schema import Rollout
 
 
 class FileRegistry:

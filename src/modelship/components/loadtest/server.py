@@ -1,0 +1,254 @@
+"""Start the packaged model as production will, wait until it is ready, and always stop it.
+
+A :class:`Launch` says how to start one server (``bentoml serve TAG``, or the same command
+inside the OCI image with ``buildah run``); :func:`served` starts it in its own session on a
+port checked to be free, waits for ``/readyz``, and on the way out (a failed gate, an error,
+Ctrl-C or SIGTERM) stops the whole process group, removes the container, and checks the port
+is free again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from modelship.core.errors import InputError, ModelshipError
+
+
+class NotReady(ModelshipError):
+    """The server did not become ready: the gate fails with this reason."""
+
+
+class PortInUse(InputError):
+    """The policy names a port something else holds."""
+
+
+@dataclass
+class Launch:
+    what: str
+    cmd: list[str]
+    env: dict[str, str]
+    #: run after the process group is gone (a container to remove)
+    cleanup: Callable[[], None] = field(default=lambda: None)
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    ready_s: float
+    log: Path
+    #: every process the server started, seen so far (BentoML's workers run in their own
+    #: process groups, so a crashed arbiter leaves them behind unless they are known by pid)
+    members: dict[int, Any] = field(default_factory=dict)
+
+    def remember_members(self) -> None:
+        import psutil
+
+        try:
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                self.members.setdefault(child.pid, child)
+        except psutil.Error:
+            pass
+
+    def exited(self) -> str | None:
+        code = self.proc.poll()
+        if code is None:
+            self.remember_members()
+            return None
+        return f"the server exited with code {code} during the load"
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could bind ``port`` now (as servers do, past TIME_WAIT connections)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pick_port(wanted: int | None) -> int:
+    if wanted is None:
+        return free_port()
+    if not port_free(wanted):
+        raise PortInUse(
+            f"port {wanted} (loadtest.port) is already in use by another process",
+            hint="stop what holds it, or leave loadtest.port empty to pick a free port",
+        )
+    return wanted
+
+
+def bento_launch(tag: str, port: int, env: dict[str, str], cpus: list[int] | None) -> Launch:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        tag,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    return Launch(f"Bento {tag}", _pinned(cmd, cpus), env)
+
+
+def image_launch(image: str, port: int, cpus: list[int] | None) -> Launch:
+    from modelship.components.package.image import BUILDAH, remove_container
+
+    container = subprocess.run(
+        [*BUILDAH, "from", image], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    cmd = [*BUILDAH, "run", "--isolation", "chroot", container, "--",
+           "bentoml", "serve", "bentos.service:ModelService", "--host", "127.0.0.1",
+           "--port", str(port)]  # fmt: skip
+    return Launch(f"image {image}", _pinned(cmd, cpus), dict(os.environ),
+                  cleanup=lambda: remove_container(container))  # fmt: skip
+
+
+def package_launch(
+    record: dict[str, Any], port: int, env: dict[str, str], cpus: list[int] | None
+) -> Launch:
+    """Start a packaged version as production will: its image where one was built and buildah
+    is here, else ``bentoml serve`` of its Bento. ``record`` holds ``bento`` and ``image``."""
+    import shutil
+
+    if record.get("image") and shutil.which("buildah"):
+        return image_launch(str(record["image"]), port, cpus)
+    return bento_launch(str(record["bento"]), port, env, cpus)
+
+
+def _pinned(cmd: list[str], cpus: list[int] | None) -> list[str]:
+    if not cpus:
+        return cmd
+    return ["taskset", "-c", ",".join(str(c) for c in cpus), *cmd]
+
+
+def _readiness(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+            return r.status, ""
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")[:300]
+    except OSError as e:
+        return 0, str(e)
+
+
+def _wait_ready(server: Server, timeout_s: float) -> None:
+    started = time.monotonic()
+    last = ""
+    while time.monotonic() - started < timeout_s:
+        code = server.proc.poll()
+        if code is not None:
+            raise NotReady(
+                f"the server exited with code {code} before it was ready: {_tail(server.log)}"
+            )
+        status, detail = _readiness(server.url)
+        if status == 200:
+            server.ready_s = time.monotonic() - started
+            return
+        last = f"/readyz answered {status} {detail}".strip() if status else "not listening yet"
+        time.sleep(0.25)
+    raise NotReady(
+        f"not ready after {timeout_s:.0f} s (loadtest.timeout_ready_s); last: {last}; "
+        f"log: {_tail(server.log)}"
+    )
+
+
+def _tail(log: Path, lines: int = 3) -> str:
+    try:
+        text = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) or "(empty log)"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop(server: Server, grace_s: float = 15.0) -> None:
+    """SIGTERM to the group and every known member (workers flush their logs), then SIGKILL."""
+    import psutil
+
+    proc = server.proc
+    server.remember_members()
+    members = [m for m in server.members.values() if m.is_running()]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    for member in members:
+        with contextlib.suppress(psutil.Error):
+            member.terminate()
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and (
+        proc.poll() is None or _group_alive(proc.pid) or any(m.is_running() for m in members)
+    ):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for member in members:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+class _Interrupted(KeyboardInterrupt):
+    pass
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Interrupted(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def served(launch: Launch, port: int, log: Path, ready_timeout_s: float) -> Iterator[Server]:
+    """The server, ready; stopped and its port freed however the block ends."""
+    previous = None
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(launch.cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    env=launch.env, start_new_session=True)  # fmt: skip
+        server = Server(f"http://127.0.0.1:{port}", port, proc, 0.0, log)
+        try:
+            _wait_ready(server, ready_timeout_s)
+            server.remember_members()
+            yield server
+        finally:
+            _stop(server)
+            launch.cleanup()
+            deadline = time.monotonic() + 10
+            while not port_free(port) and time.monotonic() < deadline:
+                time.sleep(0.2)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,100 @@
+"""Rollback: traffic to the previous champion through the gateway first, then the registry.
+
+The previous champion must be warm behind the gateway (``modelship serve`` keeps it there), so
+the switch is two calls and no server start. With no gateway serving the model on this machine,
+only the registry moves (servers started from then on serve the previous champion). Anything
+that stops a rollback half way raises :class:`RollbackFailed` saying what was done and what a
+person must finish: never a silent half-state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from modelship.components.rollout.local import GatewayRouter
+from modelship.components.rollout.router import Weights
+from modelship.core.errors import ModelshipError, RollbackFailed
+from modelship.core.verdict import ModelState
+from modelship.registry.client import CHAMPION, PREVIOUS, ModelRef, Registry
+
+TAG_REPORT = "modelship.rollback_report"
+
+
+@dataclass(frozen=True)
+class RollbackDone:
+    rolled_back: str
+    restored: str
+    #: "gateway" when live traffic moved, "registry" when only the aliases did
+    switched: str
+    #: from the start of the rollback to all traffic on the previous champion
+    traffic_s: float | None
+
+
+def previous_of(registry: Registry, model: str) -> ModelRef | None:
+    try:
+        return registry.resolve(model, alias=PREVIOUS)
+    except ModelshipError:
+        return None
+
+
+def switch_traffic(router: GatewayRouter, previous: ModelRef) -> None:
+    state = router.describe()
+    standby = state["backends"].get("challenger")
+    if standby is None or standby.get("version") != previous.version:
+        raise RollbackFailed(
+            f"v{previous.version} is not warm behind the gateway at {router.url}: nothing was "
+            "changed",
+            hint="restart `modelship serve MODEL` (it keeps the previous champion warm), or "
+            "move the champion alias by hand",
+        )
+    if not standby.get("healthy"):
+        raise RollbackFailed(
+            f"v{previous.version}'s server behind the gateway fails its health checks: nothing "
+            "was changed",
+            hint="see the server's log under $MODELSHIP_HOME/serving/logs; restart "
+            "`modelship serve MODEL`",
+        )
+    router.set_weights(Weights(100))
+    router.promote()
+
+
+def rollback(
+    registry: Registry,
+    current: ModelRef,
+    reason: str,
+    router: GatewayRouter | None,
+    report: str | None = None,
+) -> RollbackDone:
+    previous = previous_of(registry, current.name)
+    if previous is None:
+        raise RollbackFailed(f"{current.name} has no previous champion to roll back to",
+                             hint="deploy a known-good version, or alert only "
+                             "(monitor.action: alert)")  # fmt: skip
+    started = time.perf_counter()
+    traffic_s = None
+    if router is not None:
+        try:
+            switch_traffic(router, previous)
+        except ModelshipError as e:
+            if isinstance(e, RollbackFailed):
+                raise
+            raise RollbackFailed(f"the gateway did not take the switch: {e}",
+                                 hint="check the gateway; nothing in the registry was changed") from e  # fmt: skip
+        traffic_s = time.perf_counter() - started
+    try:
+        registry.client.set_registered_model_alias(current.name, CHAMPION, previous.version)
+        registry.client.delete_registered_model_alias(current.name, PREVIOUS)
+        registry.set_state(current, ModelState.ROLLED_BACK, reason)
+        if report:
+            registry.set_tag(current, TAG_REPORT, report)
+        registry.set_state(previous, ModelState.PROMOTED,
+                           f"champion again: v{current.version} was rolled back")  # fmt: skip
+    except Exception as e:
+        done = "traffic is on" if router is not None else "nothing moved to"
+        raise RollbackFailed(
+            f"{done} v{previous.version}, but the registry could not be updated: {e}",
+            hint=f"set the alias by hand: champion -> v{previous.version} of {current.name}",
+        ) from e
+    return RollbackDone(current.version, previous.version,
+                        "gateway" if router is not None else "registry", traffic_s)  # fmt: skip

@@ -1,0 +1,134 @@
+"""The package stage: a Bento of the optimized model and, where a builder exists, its image.
+
+Demands a passing optimize verdict. Checks the model's digest again before anything is copied,
+builds the Bento with ``bentoml build``, checks that the files inside it are the ones it was
+given, then builds an OCI image (``package.image``: auto, always, never). Writes
+``package.json`` (Bento tag, path, image) for the load-test stage and records the same on the
+model version and in the deployment run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from modelship.bentos.model import ModelFilesChanged, verify_files
+from modelship.components.package import bento as bento_build
+from modelship.components.package.image import Image, image_ref, pick_builder
+from modelship.components.validate.model_check import read_mlmodel, read_signature
+from modelship.core.errors import PackagingError
+from modelship.core.events import NO_EVENTS, EventSink
+from modelship.core.verdict import Check, ModelState, Verdict
+from modelship.policies.schema import Policy
+from modelship.registry.client import ModelRef, Registry
+from modelship.registry.deployments import DeploymentRun
+from modelship.registry.digest import tree_digest, verify
+
+STAGE = "package"
+TAG_BENTO = "modelship.bento"
+TAG_IMAGE = "modelship.image"
+OUTPUT = "package.json"
+
+
+def _columns(record: dict[str, Any], model_dir: Path) -> list[str]:
+    if record.get("columns"):
+        return [str(c) for c in record["columns"]]
+    return [c for c, _ in read_signature(read_mlmodel(model_dir)).columns]
+
+
+def _image_check(
+    built: bento_build.BuiltBento, mode: str, workdir: Path, events: EventSink
+) -> tuple[Check, Image | None]:
+    if mode == "never":
+        return Check(name="package.image", kind="image", passed=True, skipped=True,
+                     reason="image: skipped (package.image is never)"), None  # fmt: skip
+    builder, why_not = pick_builder()
+    if builder is None:
+        reason = f"image: skipped (no builder: {'; '.join(why_not)})"
+        if mode == "always":
+            return Check(name="package.image", kind="image", passed=False,
+                         reason=reason.replace("skipped", "required by the policy but")), None  # fmt: skip
+        return Check(name="package.image", kind="image", passed=True, skipped=True,
+                     blocking=False, reason=reason), None  # fmt: skip
+    events.emit(STAGE, "step", step=f"image with {builder.name} (minutes the first time)")
+    log = workdir / "image-build.log"
+    image = builder.build(built.path, image_ref(built.name, built.version), log)
+    return Check(name="package.image", kind="image", passed=True, measured=image.ref,
+                 reason=f"{image.ref} built with {image.builder} ({image.size})"), image  # fmt: skip
+
+
+def run(
+    ref: ModelRef,
+    model_dir: Path,
+    digest: str,
+    policy: Policy,
+    previous: Verdict,
+    optimized: Path,
+    *,
+    registry: Registry,
+    deployment: DeploymentRun | None,
+    workdir: Path,
+    out_dir: Path,
+    bentoml_home: Path,
+    events: EventSink = NO_EVENTS,
+) -> Verdict:
+    """Package ``ref`` after a passing optimize verdict; write ``package.json`` to ``out_dir``."""
+    if not previous.passed:
+        return Verdict.not_run(STAGE, previous)
+    t0 = time.perf_counter()
+    verify(model_dir, digest, what=str(ref))
+    record = json.loads((optimized / "optimize.json").read_text())
+    workdir.mkdir(parents=True, exist_ok=True)
+    context = workdir / "bento-context"
+    files, packages = bento_build.assemble(context, optimized, model_dir, record)
+    config = bento_build.serving_config(
+        ref.name, ref.version, digest, record, _columns(record, model_dir), policy.package, files
+    )
+    events.emit(STAGE, "step", step=f"bentoml build ({config.variant})")
+    built = bento_build.build(
+        context, config, packages, bentoml_home=bentoml_home, log=workdir / "bento-build.log",
+        labels={"model": ref.name, "version": ref.version, "digest": digest.removeprefix("sha256:")[:12],
+                "variant": config.variant, "owner": "modelship"},
+    )  # fmt: skip
+    checks = [Check(name="package.bento", kind="bento", passed=True, measured=built.tag,
+                    reason=f"{built.tag} built from {config.variant}")]  # fmt: skip
+    try:
+        verify_files(built.path / "src" / "model", files)
+        checks.append(Check(name="package.bento.files", kind="bento", passed=True,
+                            reason=f"{len(files)} model file(s) in the Bento match their digests"))  # fmt: skip
+    except ModelFilesChanged as e:
+        checks.append(Check(name="package.bento.files", kind="bento", passed=False, reason=str(e)))
+    image: Image | None = None
+    try:
+        image_check, image = _image_check(built, policy.package.image, workdir, events)
+    except PackagingError as e:
+        image_check = Check(name="package.image", kind="image", passed=False, reason=e.message)
+    checks.append(image_check)
+    out = {
+        **bento_build.describe(built),
+        "bento_digest": tree_digest(built.path),
+        "bentoml_home": str(bentoml_home),
+        "image": image.ref if image else None,
+        "image_id": image.image_id if image else None,
+        "image_builder": image.builder if image else None,
+        "image_status": image_check.reason,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / OUTPUT).write_text(json.dumps(out, indent=2))
+    verdict = Verdict.from_checks(STAGE, checks, duration_s=time.perf_counter() - t0)
+    if verdict.passed:
+        registry.set_state(ref, ModelState.PACKAGED, verdict.reason)
+        registry.set_tag(ref, TAG_BENTO, built.tag)
+        if image is not None:
+            registry.set_tag(ref, TAG_IMAGE, image.ref)
+    else:
+        registry.set_state(ref, ModelState.REJECTED, verdict.reason)
+    if deployment is not None:
+        deployment.log_verdict(verdict)
+        deployment.log_text(json.dumps(out, indent=2), "package/package.json")
+        deployment.log_text((context / "bentofile.yaml").read_text(), "package/bentofile.yaml")
+        deployment.set_tags({"modelship.bento": built.tag, "modelship.bento_digest": out["bento_digest"],
+                             "modelship.image": out["image"] or ""})  # fmt: skip
+    return verdict

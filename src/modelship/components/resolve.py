@@ -1,0 +1,65 @@
+"""The first step: resolve the version, load the policy, take the digest, open the record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelship.core.errors import DigestMismatch
+from modelship.core.events import NO_EVENTS, EventSink
+from modelship.core.settings import Settings
+from modelship.core.verdict import ModelState
+from modelship.policies.loader import load_policy
+from modelship.registry.client import ModelRef, Registry
+from modelship.registry.deployments import DeploymentRun
+
+
+@dataclass(frozen=True)
+class Resolved:
+    ref: ModelRef
+    digest: str
+    policy_json: str
+    policy_hash: str
+    run_id: str
+
+
+def run(
+    model: str,
+    version: str | None,
+    alias: str | None,
+    policy_file: Path | None,
+    *,
+    settings: Settings,
+    registry: Registry,
+    dest: Path,
+    events: EventSink = NO_EVENTS,
+) -> Resolved:
+    loaded = load_policy(
+        model, policy_file, policy_dir=settings.policies
+    )  # a bad policy fails before anything is touched
+    ref = registry.resolve(model, version=version, alias=alias)
+    events.emit("resolve", "step", step=f"download {ref}")
+    try:
+        _, digest = registry.checked_download(ref, dest)
+    except DigestMismatch as e:
+        registry.set_state(ref, ModelState.REJECTED, e.message)
+        raise
+    policy_json = loaded.policy.model_dump_json(by_alias=True)
+    run = DeploymentRun.open(
+        registry.client,
+        settings,
+        ref,
+        digest=digest,
+        policy_hash=loaded.digest,
+        policy_json=policy_json,
+    )
+    registry.set_tag(ref, "modelship.deployment_run", run.run_id)
+    events.emit(
+        "resolve",
+        "step",
+        step=f"{ref} digest {digest[:19]}",
+        run_id=run.run_id,
+        version=ref.version,
+        digest=digest,
+    )
+    return Resolved(ref, digest, policy_json, loaded.digest, run.run_id)

@@ -1,0 +1,174 @@
+"""KServe as a traffic router: one ``InferenceService`` per model, its predictor the packaged
+Bento image, the canary split by ``canaryTrafficPercent``.
+
+KServe's canary is revision-based: the latest revision of the predictor spec is the canary and
+gets ``canaryTrafficPercent`` of requests, the previous rolled-out revision keeps the rest. So
+the manifest names only the challenger's image; the champion is whatever ran before it. Abort
+is a percent of 0, promotion removes the percent so the latest revision takes everything.
+Revisions exist only in KServe's Knative mode, which the manifest asks for explicitly, and
+KServe cannot mirror traffic: a mirror share is refused, not silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from modelship.components.rollout.cluster import (
+    ANNOTATION_PREFIX,
+    NAME_MAX,
+    ClusterRouter,
+    CustomObjects,
+    CustomResource,
+    Deployable,
+    KubernetesError,
+    Manifest,
+    ManifestError,
+    check_pair,
+    dig,
+    k8s_name,
+    metadata,
+    with_nulls,
+)
+from modelship.components.rollout.router import Weights
+
+INFERENCE_SERVICE = CustomResource(
+    "serving.kserve.io", "v1beta1", "InferenceService", "inferenceservices"
+)
+
+#: the Bento image's HTTP port and health routes (bentos/)
+PORT = 3000
+READY_PATH = "/readyz"
+LIVE_PATH = "/livez"
+
+#: Knative mode keeps revisions, which the canary split needs. KServe 0.16 made "Standard"
+#: (plain Deployments, no revisions, canaryTrafficPercent ignored) the default and renamed
+#: "Serverless" to "Knative"; a KServe older than 0.16 wants "Serverless" here.
+DEPLOYMENT_MODE = "Knative"
+
+#: KServe names the predictor's Knative service ``<name>-predictor``, and Knative needs that
+#: to be a DNS label of 63 characters at most
+ISVC_NAME_MAX = NAME_MAX - len("-predictor")
+
+_CANARY = ("spec", "predictor", "canaryTrafficPercent")
+_CHAMPION_ANNOTATION = f"{ANNOTATION_PREFIX}/champion-version"
+
+
+class MirrorUnsupported(ManifestError):
+    """A mirror share was asked of KServe, which cannot mirror requests."""
+
+
+def isvc_name(model: str) -> str:
+    return k8s_name(model, max_len=ISVC_NAME_MAX)
+
+
+def canary_percent(champion: Deployable | None, weights: Weights) -> int | None:
+    """``canaryTrafficPercent`` for ``weights``; None (no field) when the latest revision
+    should take all requests, as a first version with no champion does."""
+    if weights.mirror > 0:
+        raise MirrorUnsupported(
+            f"KServe cannot mirror requests, but a mirror share of {weights.mirror:g} was asked",
+            hint="set rollout.target: seldon in the policy to mirror, or rollout.mirror_share: 0 "
+            "to canary on KServe without mirroring",
+        )
+    return None if champion is None else weights.challenger
+
+
+def _probe(path: str, period_s: int, failures: int) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": PORT},
+        "periodSeconds": period_s,
+        "failureThreshold": failures,
+    }
+
+
+def predictor(challenger: Deployable, percent: int | None) -> Manifest:
+    if not challenger.image:
+        raise ManifestError(
+            f"{challenger.model} version {challenger.version} has no image for KServe to run",
+            hint="deploy it with package.image: always (the package stage builds the image; "
+            "push it to a registry the cluster can pull from), or use --router seldon",
+        )
+    container = {
+        # KServe looks up the serving container of a custom predictor by this name
+        "name": "kserve-container",
+        "image": challenger.image,
+        # Knative routes to the one declared port; "http1" tells it the protocol
+        "ports": [{"containerPort": PORT, "name": "http1", "protocol": "TCP"}],
+        "readinessProbe": _probe(READY_PATH, period_s=5, failures=3),
+        # lenient: a slow model load must not look like a dead process
+        "livenessProbe": _probe(LIVE_PATH, period_s=10, failures=6),
+    }
+    spec: Manifest = {
+        # no scale to zero: a cold start during the canary would count against the challenger
+        "minReplicas": 1,
+        "containers": [container],
+    }
+    if percent is not None:
+        spec["canaryTrafficPercent"] = percent
+    return spec
+
+
+def kserve_manifests(
+    champion: Deployable | None, challenger: Deployable, weights: Weights, namespace: str
+) -> list[Manifest]:
+    check_pair(champion, challenger)
+    meta = metadata(isvc_name(challenger.model), namespace, challenger.model, challenger.version)
+    meta["annotations"]["serving.kserve.io/deploymentMode"] = DEPLOYMENT_MODE
+    if champion is not None:
+        meta["annotations"][_CHAMPION_ANNOTATION] = champion.version
+    isvc = {
+        "apiVersion": INFERENCE_SERVICE.api_version,
+        "kind": INFERENCE_SERVICE.kind,
+        "metadata": meta,
+        "spec": {"predictor": predictor(challenger, canary_percent(champion, weights))},
+    }
+    return [isvc]
+
+
+def _patch_for(manifest: Manifest) -> Manifest:
+    return with_nulls(manifest, _CANARY, ("metadata", "annotations", _CHAMPION_ANNOTATION))
+
+
+class KServeRouter(ClusterRouter):
+    """Moves traffic by patching the InferenceService's ``canaryTrafficPercent``."""
+
+    def __init__(
+        self,
+        api: CustomObjects,
+        namespace: str,
+        champion: Deployable | None,
+        challenger: Deployable,
+    ) -> None:
+        super().__init__(api, namespace, champion, challenger)
+        self.name = isvc_name(challenger.model)
+
+    def manifests(self, weights: Weights) -> list[Manifest]:
+        return kserve_manifests(self.champion, self.challenger, weights, self.cluster.namespace)
+
+    def apply(self, manifests: Sequence[Manifest]) -> None:
+        self.cluster.apply(manifests, (INFERENCE_SERVICE,), _patch_for)
+
+    def get_weights(self) -> Weights:
+        found = self.cluster.get(INFERENCE_SERVICE, self.name)
+        percent = dig(found, *_CANARY)
+        if percent is None:  # no split: the latest revision, the challenger, serves everything
+            return Weights(challenger=100)
+        if not isinstance(percent, int) or isinstance(percent, bool):
+            raise KubernetesError(
+                f"InferenceService {self.name!r} has canaryTrafficPercent {percent!r}, not a "
+                "whole percent",
+                hint="it was probably edited by hand: re-apply modelship's manifests",
+            )
+        return Weights(challenger=percent)
+
+    def set_weights(self, weights: Weights) -> None:
+        percent = canary_percent(self.champion, weights)
+        # None deletes the field: with no champion the latest revision takes every request
+        body = {"spec": {"predictor": {"canaryTrafficPercent": percent}}}
+        why = f"sending {weights.challenger}% to {self.challenger.model} v{self.challenger.version}"
+        self.cluster.patch(INFERENCE_SERVICE, self.name, body, why)
+
+    def promote(self) -> None:
+        body = {"spec": {"predictor": {"canaryTrafficPercent": None}}}
+        why = f"promoting {self.challenger.model} v{self.challenger.version}"
+        self.cluster.patch(INFERENCE_SERVICE, self.name, body, why)

@@ -1,0 +1,113 @@
+"""The Kubernetes rollout targets, picked by name: manifests for a dry run, routers for the
+controller.
+
+A policy's ``rollout.target`` names the target (``seldon`` or ``kserve``); this module maps
+that name to the pure manifest generator and to the :class:`TrafficRouter` that applies and
+moves traffic with the kubernetes client. ``modelship deploy --dry-run`` prints
+:func:`dry_run`'s YAML, so what would be applied can be read (or ``kubectl apply``-ed) before
+anything touches a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import yaml
+
+from modelship.components.rollout.cluster import (
+    CustomObjects,
+    Deployable,
+    KubernetesError,
+    Manifest,
+    ManifestError,
+    load_api,
+)
+from modelship.components.rollout.kserve import KServeRouter, MirrorUnsupported, kserve_manifests
+from modelship.components.rollout.router import TrafficRouter, Weights
+from modelship.components.rollout.seldon import SeldonRouter, seldon_manifests
+
+__all__ = [
+    "K8S_MANIFESTS",
+    "K8S_ROUTERS",
+    "CustomObjects",
+    "Deployable",
+    "KServeRouter",
+    "KubernetesError",
+    "KubernetesRouter",
+    "ManifestError",
+    "MirrorUnsupported",
+    "SeldonRouter",
+    "dry_run",
+    "load_api",
+    "manifests_for",
+    "router_for",
+]
+
+
+class KubernetesRouter(TrafficRouter, Protocol):
+    """A traffic router that can also create the objects it routes between."""
+
+    def manifests(self, weights: Weights) -> list[Manifest]: ...
+
+    def apply(self, manifests: Sequence[Manifest]) -> None:
+        """Create each object, or merge-patch it where it exists."""
+
+
+ManifestGenerator = Callable[[Deployable | None, Deployable, Weights, str], list[Manifest]]
+RouterFactory = Callable[[CustomObjects, str, Deployable | None, Deployable], KubernetesRouter]
+
+K8S_MANIFESTS: dict[str, ManifestGenerator] = {
+    "seldon": seldon_manifests,
+    "kserve": kserve_manifests,
+}
+K8S_ROUTERS: dict[str, RouterFactory] = {
+    "seldon": SeldonRouter,
+    "kserve": KServeRouter,
+}
+
+
+def _unknown(target: str) -> ManifestError:
+    return ManifestError(
+        f"{target!r} is not a Kubernetes rollout target",
+        hint=f"set rollout.target to one of {', '.join(K8S_ROUTERS)} "
+        "(local serves with the embedded gateway and has no manifests)",
+    )
+
+
+def manifests_for(
+    target: str,
+    champion: Deployable | None,
+    challenger: Deployable,
+    weights: Weights,
+    namespace: str,
+) -> list[Manifest]:
+    """The objects ``target`` needs to serve ``challenger`` beside ``champion`` at ``weights``;
+    with no champion, the challenger alone at 100%."""
+    if target not in K8S_MANIFESTS:
+        raise _unknown(target)
+    return K8S_MANIFESTS[target](champion, challenger, weights, namespace)
+
+
+def router_for(
+    target: str,
+    api: CustomObjects,
+    namespace: str,
+    champion: Deployable | None,
+    challenger: Deployable,
+) -> KubernetesRouter:
+    if target not in K8S_ROUTERS:
+        raise _unknown(target)
+    return K8S_ROUTERS[target](api, namespace, champion, challenger)
+
+
+def dry_run(
+    target: str,
+    champion: Deployable | None,
+    challenger: Deployable,
+    weights: Weights,
+    namespace: str,
+) -> str:
+    """The manifests as one multi-document YAML string, in the order they would be applied."""
+    manifests = manifests_for(target, champion, challenger, weights, namespace)
+    return yaml.safe_dump_all(manifests, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,174 @@
+"""Seldon Core v2 as a traffic router: one ``Model`` per version and one ``Experiment`` that
+splits the model's requests between them.
+
+Each version is its own ``Model`` (``breast-cancer-v3``, ``breast-cancer-v4``), loaded by a
+Seldon server from the version's artifact in object storage. The ``Experiment`` is named after
+the model (``breast-cancer``) and stays for the model's whole life: clients that address it
+(``breast-cancer.experiment``) keep working across promotions, and because its ``default`` is
+the champion, clients that call the champion's own name during a canary are split as well.
+Promotion leaves the challenger as the experiment's only candidate and default; the old
+champion's ``Model`` stays loaded as the rollback target until someone deletes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from modelship.components.rollout.cluster import (
+    ClusterRouter,
+    CustomObjects,
+    CustomResource,
+    Deployable,
+    KubernetesError,
+    Manifest,
+    ManifestError,
+    check_pair,
+    dig,
+    k8s_name,
+    metadata,
+    with_nulls,
+)
+from modelship.components.rollout.router import Weights
+
+MODEL = CustomResource("mlops.seldon.io", "v1alpha1", "Model", "models")
+EXPERIMENT = CustomResource("mlops.seldon.io", "v1alpha1", "Experiment", "experiments")
+
+#: the server capability each artifact format needs. ONNX is the optimize stage's output and
+#: Seldon's Triton server advertises ``onnx``: it serves ``<storageUri>/1/model.onnx`` and
+#: derives the model config from the graph. The other two go to MLServer: ``sklearn`` loads a
+#: ``model.joblib``, ``mlflow`` loads the registry's MLflow model folder as it is.
+REQUIREMENTS: dict[str, list[str]] = {
+    "onnx": ["onnx"],
+    "sklearn": ["sklearn"],
+    "mlflow": ["mlflow"],
+}
+
+
+def model_name(version: Deployable) -> str:
+    return k8s_name(version.model, f"v{version.version}")
+
+
+def experiment_name(model: str) -> str:
+    return k8s_name(model)
+
+
+def model_manifest(version: Deployable, namespace: str) -> Manifest:
+    if not version.storage_uri:
+        raise ManifestError(
+            f"{version.model} version {version.version} has no storage URI for Seldon to load",
+            hint="pass the artifact's object-storage location, e.g. s3://models/<name>/<version>",
+        )
+    return {
+        "apiVersion": MODEL.api_version,
+        "kind": MODEL.kind,
+        "metadata": metadata(model_name(version), namespace, version.model, version.version),
+        "spec": {
+            "storageUri": version.storage_uri,
+            "requirements": list(REQUIREMENTS[version.artifact_format]),
+        },
+    }
+
+
+def traffic(champion: Deployable | None, challenger: Deployable, weights: Weights) -> Manifest:
+    """The Experiment's routing: candidates, default and mirror, for ``weights``.
+
+    A challenger at 0 is left out of the candidates rather than listed with weight 0, so an
+    aborted canary never relies on how the data plane treats a zero weight; the champion stays
+    listed even at 0 because Seldon requires the default to be a candidate. With no champion
+    the challenger takes everything and there is nothing to mirror from.
+    """
+    new = model_name(challenger)
+    if champion is None:
+        return {"default": new, "candidates": [{"name": new, "weight": 100}]}
+    old = model_name(champion)
+    candidates = [{"name": old, "weight": weights.champion}]
+    if weights.challenger:
+        candidates.append({"name": new, "weight": weights.challenger})
+    spec: Manifest = {"default": old, "candidates": candidates}
+    if weights.mirror > 0:
+        # Seldon mirrors whole percents; a share under 0.5% still mirrors rather than nothing
+        spec["mirror"] = {"name": new, "percent": max(1, round(weights.mirror * 100))}
+    return spec
+
+
+def experiment_manifest(
+    champion: Deployable | None, challenger: Deployable, weights: Weights, namespace: str
+) -> Manifest:
+    return {
+        "apiVersion": EXPERIMENT.api_version,
+        "kind": EXPERIMENT.kind,
+        "metadata": metadata(experiment_name(challenger.model), namespace, challenger.model),
+        "spec": traffic(champion, challenger, weights),
+    }
+
+
+def seldon_manifests(
+    champion: Deployable | None, challenger: Deployable, weights: Weights, namespace: str
+) -> list[Manifest]:
+    """The Models first, then the Experiment that routes to them (it waits for its candidates)."""
+    check_pair(champion, challenger)
+    models = [model_manifest(v, namespace) for v in (champion, challenger) if v is not None]
+    return [*models, experiment_manifest(champion, challenger, weights, namespace)]
+
+
+def _patch_for(manifest: Manifest) -> Manifest:
+    if manifest["kind"] == EXPERIMENT.kind:
+        return with_nulls(manifest, ("spec", "mirror"))
+    return manifest
+
+
+def weights_of(experiment: Manifest, challenger: str) -> Weights:
+    """Read back what :func:`traffic` wrote, as the challenger's share of the total weight."""
+    candidates = dig(experiment, "spec", "candidates") or []
+    try:
+        by_name = {str(c["name"]): int(c["weight"]) for c in candidates}
+        mirror = dig(experiment, "spec", "mirror") or {}
+        mirrored = int(mirror["percent"]) / 100 if mirror.get("name") == challenger else 0.0
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise KubernetesError(
+            f"Experiment {dig(experiment, 'metadata', 'name')!r} has a spec modelship cannot "
+            f"read: {e!r}",
+            hint="it was probably edited by hand: re-apply modelship's manifests",
+        ) from e
+    total = sum(by_name.values())
+    share = round(100 * by_name.get(challenger, 0) / total) if total else 0
+    return Weights(challenger=share, mirror=mirrored)
+
+
+class SeldonRouter(ClusterRouter):
+    """Moves traffic by patching the model's Experiment."""
+
+    def __init__(
+        self,
+        api: CustomObjects,
+        namespace: str,
+        champion: Deployable | None,
+        challenger: Deployable,
+    ) -> None:
+        super().__init__(api, namespace, champion, challenger)
+        self.experiment = experiment_name(challenger.model)
+
+    def manifests(self, weights: Weights) -> list[Manifest]:
+        return seldon_manifests(self.champion, self.challenger, weights, self.cluster.namespace)
+
+    def apply(self, manifests: Sequence[Manifest]) -> None:
+        self.cluster.apply(manifests, (MODEL, EXPERIMENT), _patch_for)
+
+    def get_weights(self) -> Weights:
+        found = self.cluster.get(EXPERIMENT, self.experiment)
+        return weights_of(found, model_name(self.challenger))
+
+    def set_weights(self, weights: Weights) -> None:
+        # the whole routing is written each time, so a step re-run after a restart, or one that
+        # follows a hand edit, converges on the same spec
+        spec = with_nulls(
+            {"spec": traffic(self.champion, self.challenger, weights)}, ("spec", "mirror")
+        )
+        why = f"sending {weights.challenger}% to {self.challenger.model} v{self.challenger.version}"
+        self.cluster.patch(EXPERIMENT, self.experiment, spec, why)
+
+    def promote(self) -> None:
+        new = model_name(self.challenger)
+        spec = {"default": new, "candidates": [{"name": new, "weight": 100}], "mirror": None}
+        why = f"promoting {self.challenger.model} v{self.challenger.version}"
+        self.cluster.patch(EXPERIMENT, self.experiment, {"spec": spec}, why)

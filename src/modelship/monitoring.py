@@ -1,0 +1,51 @@
+"""``modelship monitor MODEL --once | --watch``: the drift monitor on this machine's champion."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from modelship.components.monitor.notify import SECRET_ENV
+from modelship.components.monitor.stage import PassResult, run_pass
+from modelship.components.rollout.stage import log_root
+from modelship.core.settings import Settings
+from modelship.policies.loader import load_policy
+from modelship.registry.client import Registry
+from modelship.serving import live_router
+
+
+def monitor_once(
+    settings: Settings,
+    model: str,
+    policy_file: Path | None = None,
+    *,
+    log_reports: bool = True,
+    say: Callable[[str], None] = print,
+) -> PassResult:
+    policy = load_policy(model, policy_file, policy_dir=settings.policies).policy
+    live = live_router(settings, model)
+    if live is None:
+        say(f"no `modelship serve {model}` running here: a rollback would move the aliases only")
+    return run_pass(
+        model,
+        policy,
+        registry=Registry(),
+        home=settings.home,
+        bentoml_home=settings.bentoml_home,
+        log_root=log_root(policy, dict(os.environ), settings.home),
+        router=live[1] if live else None,
+        secret=os.environ.get(SECRET_ENV, ""),
+        log_reports=log_reports,
+        say=say,
+    )
+
+
+def watch(settings: Settings, model: str, policy_file: Path | None, interval_s: float,
+          log_reports: bool, say: Callable[[str], None]) -> None:  # fmt: skip
+    while True:
+        result = monitor_once(settings, model, policy_file, log_reports=log_reports, say=say)
+        if result.waiting_rows:
+            say(f"{result.waiting_rows} rows wait for the next whole window")
+        time.sleep(interval_s)

@@ -1,0 +1,116 @@
+"""The deployment record: one MLflow run per pipeline run, in experiment ``modelship-deployments``.
+
+Params say what was deployed under which policy; each stage adds its verdict, figures and
+reports. Runs are addressed by id, never through MLflow's process-global active run, because
+stages run in separate processes.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+
+from modelship.core.errors import RegistryError
+from modelship.core.settings import Settings
+from modelship.core.verdict import Verdict
+from modelship.registry.client import ModelRef
+
+EXPERIMENT = "modelship-deployments"
+
+
+def ensure_experiment(client: MlflowClient, settings: Settings, name: str) -> str:
+    """The experiment's id, creating it (with its artifacts under MODELSHIP_HOME) when missing."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    location = None
+    if settings.artifact_root is not None:
+        location = Path(settings.artifact_root, name).as_uri()
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except MlflowException:
+        # another process created it between our read and our write
+        again = client.get_experiment_by_name(name)
+        if again is None:
+            raise
+        return str(again.experiment_id)
+
+
+class DeploymentRun:
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    @classmethod
+    def open(
+        cls,
+        client: MlflowClient,
+        settings: Settings,
+        ref: ModelRef,
+        *,
+        digest: str,
+        policy_hash: str,
+        policy_json: str,
+    ) -> DeploymentRun:
+        try:
+            exp = ensure_experiment(client, settings, EXPERIMENT)
+            run = client.create_run(
+                exp,
+                run_name=f"{ref.name}-v{ref.version}",
+                tags={"modelship.model": ref.name, "modelship.version": ref.version},
+            )
+        except MlflowException as e:
+            raise RegistryError(f"could not open the deployment run for {ref}: {e}") from e
+        self = cls(client, run.info.run_id)
+        for key, value in {
+            "model": ref.name,
+            "version": ref.version,
+            "digest": digest,
+            "policy_hash": policy_hash,
+            "source_run": ref.run_id or "",
+        }.items():
+            client.log_param(self.run_id, key, value)
+        self.log_text(policy_json, "policy.json")
+        return self
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def log_verdict(self, verdict: Verdict) -> None:
+        stage = verdict.stage
+        for key, value in verdict.figures.items():
+            self.client.log_metric(self.run_id, f"{stage}.{key}", float(value))
+        self.client.log_metric(self.run_id, f"{stage}.passed", 1.0 if verdict.passed else 0.0)
+        self.client.log_metric(self.run_id, f"{stage}.duration_s", verdict.duration_s)
+        self.client.set_tag(
+            self.run_id, f"modelship.{stage}", "passed" if verdict.passed else "failed"
+        )
+        self.log_text(verdict.model_dump_json(indent=2), f"verdicts/{stage}.json")
+
+    def finish(self, *, passed: bool, summary: dict[str, object]) -> None:
+        self.log_text(json.dumps(summary, indent=2), "summary.json")
+        self.client.set_tag(self.run_id, "modelship.outcome", str(summary.get("outcome", "")))
+        status = RunStatus.to_string(RunStatus.FINISHED if passed else RunStatus.FAILED)
+        self.client.set_terminated(self.run_id, status)
+
+    def fail(self, error: str) -> None:
+        """Close a run whose pipeline crashed, with the error that ended it."""
+        self.client.set_tag(self.run_id, "modelship.outcome", "error")
+        self.client.set_tag(self.run_id, "modelship.error", error[:4000])
+        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
+def scratch_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"modelship-{prefix}-"))

@@ -1,0 +1,78 @@
+"""``modelship rollout status|promote|abort``: read a rollout's saved status, send it commands."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from modelship.components.rollout.state import Command, Phase, RolloutStatus, StatusStore
+from modelship.core.errors import InputError
+from modelship.core.settings import Settings
+
+
+def store(settings: Settings, model: str) -> StatusStore:
+    return StatusStore(settings.home / "rollouts", model)
+
+
+def load_status(settings: Settings, model: str) -> RolloutStatus:
+    status = store(settings, model).load()
+    if status is None:
+        raise InputError(
+            f"no rollout of {model!r} was ever started under {settings.home}",
+            hint=f"`modelship deploy {model}` starts one once a version passes its gates",
+        )
+    return status
+
+
+def send(settings: Settings, model: str, command: Command, wait_s: float) -> str:
+    """Hand ``command`` to the running controller; what it did, once it took it."""
+    status = load_status(settings, model)
+    if status.phase.is_terminal:
+        raise InputError(
+            f"the rollout of {model} v{status.challenger} is over ({status.phase}): "
+            f"{status.reason}",
+            hint="a new rollout starts with the next `modelship deploy`",
+        )
+    files = store(settings, model)
+    files.send(command)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        if files.command_path.exists():
+            continue  # not taken yet
+        # taken: the controller saves the status once it has applied the command
+        now = load_status(settings, model)
+        if now.updated_at > status.updated_at:
+            return f"{command}: done · {now.phase} · {now.reason}"
+    return (
+        f"{command}: sent, not yet taken: the controller reads it on its next tick "
+        f"(is `modelship deploy {model}` still running?)"
+    )
+
+
+def _when(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp, UTC).strftime("%H:%M:%S")
+
+
+def render_rollout(status: RolloutStatus) -> Group:
+    color = {Phase.PROMOTED: "green", Phase.ABORTED: "red", Phase.PAUSED: "yellow"}.get(
+        status.phase, "cyan"
+    )
+    head = Text.assemble(
+        (f"{status.model} v{status.challenger}", "bold"),
+        f" against champion v{status.champion} · {status.strategy} · ",
+        (str(status.phase), f"bold {color}"),
+        f" · step {status.step + 1} · challenger {status.weight}%",
+        f", mirror {status.mirror:.0%}" if status.mirror else "",
+    )
+    analyses = Table("step", "outcome", "reason", title="analyses", title_justify="left")
+    for a in status.analyses:
+        analyses.add_row(str(a.step + 1), str(a.outcome), a.reason)
+    history = Text("\n".join(
+        f"{_when(float(e.split(' ', 1)[0]))}  {e.split(' ', 1)[1]}" for e in status.events[-12:]
+    ))  # fmt: skip
+    return Group(head, Text(status.reason, style="dim"), analyses, history)
