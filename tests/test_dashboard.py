@@ -11,8 +11,8 @@ import json
 import re
 from collections.abc import Iterator
 from functools import cache
-from itertools import combinations
 from importlib.resources import files
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
