@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv image-tools demo test lint bench compile lock clean
+.PHONY: venv image-tools demo test test-fast lint bench compile lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,9 +31,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: lint image-tools
 	$(VENV)/bin/pytest
+
+# everything but the tests marked slow (real servers, pipeline runs, deploys as processes)
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/deploy.py

@@ -38,10 +38,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.package import BIN, _deploy, _port, _wait
-from modelship.components.loadtest.loadgen import Phase, run
 from modelship.components.monitor.rollback import switch_traffic
-from modelship.components.rollout.local import GatewayRouter
-from modelship.components.rollout.router import Weights
+from modelship.components.serving.loadgen import Phase, run
+from modelship.components.targets.local import GatewayRouter
+from modelship.core.traffic import Weights
 from modelship.registry.client import ModelRef
 
 

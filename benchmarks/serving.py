@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.package import BIN, MODEL, ROOT, _deploy, _port, _server
-from modelship.components.loadtest.loadgen import Phase, run
+from modelship.components.serving.loadgen import Phase, run
 
 SLO_MS = 100.0
 

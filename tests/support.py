@@ -10,9 +10,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +140,11 @@ def register(
 
 def register_forest(settings: Settings, name: str, data: Any, **log_kwargs: Any) -> str:
     """The demo's random forest (v1), registered with skops' tree type trusted on purpose."""
-    from modelship.demo import _train
+    from modelship.demo import train_model
 
     x, y, ref, val = data
     return register(
-        settings, name, _train("forest", x, y), x, ref, val,
+        settings, name, train_model("forest", x, y), x, ref, val,
         skops_trusted_types=["sklearn.tree._tree.Tree"], **log_kwargs,
     )  # fmt: skip
 
@@ -211,3 +214,102 @@ def bento_server(
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/readyz" if ready else f"{url}/healthz", proc, log)
         yield url, proc
+
+
+# -- a gateway with two stand-in servers, HTTP stand-ins in a thread -----------------------------
+
+
+#: the admin token the test gateways run with (MODELSHIP_GATEWAY_TOKEN)
+TOKEN = "test-token-123"
+#: a request body the stand-in servers answer
+BODY = b'{"inputs": [[1.0]]}'
+
+
+def call(
+    url: str, method: str = "GET", body: Any = None, token: str | None = TOKEN,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    """A JSON request (with the admin token unless told otherwise): the status and the answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if token:
+        request.add_header("authorization", f"Bearer {token}")
+    request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+class Stack:
+    """Two stand-in model servers (tests/servers/variant.py) and a gateway, on free ports."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.ports = {"champion": free_port(), "challenger": free_port(), "gateway": free_port()}
+        self.url = f"http://127.0.0.1:{self.ports['gateway']}"
+
+    def start_backend(self, name: str, *extra: str) -> None:
+        port = self.ports[name]
+        log = self.tmp / f"{name}.log"
+        cmd = [sys.executable, "-m", "tests.servers.variant", str(port), name, *extra]
+        self.procs[name] = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        wait_http(f"http://127.0.0.1:{port}/readyz", self.procs[name], log, timeout=30)
+
+    def start_gateway(self, *extra: str) -> None:
+        log = self.tmp / "gateway.log"
+        cmd = [sys.executable, "-m", "modelship.gateway", "--port", str(self.ports["gateway"]),
+               "--champion", f"http://127.0.0.1:{self.ports['champion']}@v1",
+               "--challenger", f"http://127.0.0.1:{self.ports['challenger']}@v2",
+               "--health-interval", "0.2", *extra]  # fmt: skip
+        env = os.environ | {"MODELSHIP_GATEWAY_TOKEN": TOKEN}
+        self.procs["gateway"] = subprocess.Popen(
+            cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env
+        )
+        wait_http(f"{self.url}/readyz", self.procs["gateway"], log, timeout=30)
+
+    def weights(self, **body: Any) -> dict[str, Any]:
+        status, answer = call(f"{self.url}/admin/weights", "PUT", body)
+        assert status == 200, answer
+        return answer
+
+    def predict(self, headers: dict[str, str] | None = None) -> str:
+        status, answer = call(f"{self.url}/predict", "POST", {"inputs": [[1.0]]}, None, headers)
+        assert status == 200, answer
+        return str(answer["variant"])
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextlib.contextmanager
+def gateway_stack(tmp: Path, *gateway_args: str) -> Iterator[Stack]:
+    """Both stand-in servers and a gateway in front (``gateway_args`` added), stopped after."""
+    s = Stack(tmp)
+    try:
+        s.start_backend("champion")
+        s.start_backend("challenger")
+        s.start_gateway(*gateway_args)
+        yield s
+    finally:
+        s.stop()
+
+
+@contextlib.contextmanager
+def http_stub(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served from a thread on a free loopback port: its URL; shut down afterwards."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()

@@ -19,39 +19,24 @@ import pandas as pd
 import pytest
 
 from modelship.core.settings import Settings
-from modelship.demo import _train
-from modelship.registry.client import TAG_DIGEST, TAG_STATE, Registry
+from modelship.core.tags import TAG_DIGEST, TAG_STATE
+from modelship.demo import train_model
+from modelship.registry.client import Registry
 from tests.support import (
     MODELSHIP,
     aliases,
     artifact_dir,
-    breast_cancer,
     cli,
     deploy_json,
     register,
     register_forest,
-    settings_for,
     version_tags,
 )
 
+pytestmark = pytest.mark.slow
 MODEL = "breast-cancer"  # picks up policies/breast-cancer.yaml, as a user's model would
 TREE = ["sklearn.tree._tree.Tree"]
 NO_LOADTEST = str(Path(__file__).parent / "policies" / "no-loadtest.yaml")
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.DataFrame]:
-    return breast_cancer()
-
-
-@pytest.fixture(scope="module")
-def settings(home: Path) -> Settings:
-    return settings_for(home)
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +45,12 @@ def versions(settings: Settings, data: Any) -> dict[str, str]:
     x, y, ref, val = data
     out = {
         "forest": register(
-            settings, MODEL, _train("forest", x, y), x, ref, val, skops_trusted_types=TREE
+            settings, MODEL, train_model("forest", x, y), x, ref, val, skops_trusted_types=TREE
         ),
         "lightgbm": register(
-            settings, MODEL, _train("lightgbm", x, y), x, ref, val, flavor="lightgbm"
+            settings, MODEL, train_model("lightgbm", x, y), x, ref, val, flavor="lightgbm"
         ),
-        "noisy": register(settings, MODEL, _train("noisy-logreg", x, y), x, ref, val),
+        "noisy": register(settings, MODEL, train_model("noisy-logreg", x, y), x, ref, val),
     }
     return out
 
@@ -301,7 +286,7 @@ def test_pickled_model_is_refused_before_loading(
     version = register(
         settings,
         MODEL,
-        _train("noisy-logreg", x, y),
+        train_model("noisy-logreg", x, y),
         x,
         ref,
         val,

@@ -2,104 +2,26 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from modelship.components.loadtest.loadgen import Phase, run
+from modelship.components.serving.loadgen import Phase, run
 from modelship.gateway.routing import Variant, bucket, choose, effective_weight
 from modelship.gateway.stats import traffic_between
-from tests.support import free_port, wait_http
-
-TOKEN = "test-token-123"
-BODY = b'{"inputs": [[1.0]]}'
-
-
-def call(
-    url: str, method: str = "GET", body: Any = None, token: str | None = TOKEN,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, Any]]:  # fmt: skip
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    if token:
-        request.add_header("authorization", f"Bearer {token}")
-    request.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-class Stack:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.ports = {"champion": free_port(), "challenger": free_port(), "gateway": free_port()}
-        self.url = f"http://127.0.0.1:{self.ports['gateway']}"
-
-    def start_backend(self, name: str, *extra: str) -> None:
-        port = self.ports[name]
-        log = self.tmp / f"{name}.log"
-        cmd = [sys.executable, "-m", "tests.servers.variant", str(port), name, *extra]
-        self.procs[name] = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-        wait_http(f"http://127.0.0.1:{port}/readyz", self.procs[name], log, timeout=30)
-
-    def start_gateway(self, *extra: str) -> None:
-        log = self.tmp / "gateway.log"
-        cmd = [sys.executable, "-m", "modelship.gateway", "--port", str(self.ports["gateway"]),
-               "--champion", f"http://127.0.0.1:{self.ports['champion']}@v1",
-               "--challenger", f"http://127.0.0.1:{self.ports['challenger']}@v2",
-               "--health-interval", "0.2", *extra]  # fmt: skip
-        env = os.environ | {"MODELSHIP_GATEWAY_TOKEN": TOKEN}
-        self.procs["gateway"] = subprocess.Popen(
-            cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env
-        )
-        wait_http(f"{self.url}/readyz", self.procs["gateway"], log, timeout=30)
-
-    def weights(self, **body: Any) -> dict[str, Any]:
-        status, answer = call(f"{self.url}/admin/weights", "PUT", body)
-        assert status == 200, answer
-        return answer
-
-    def predict(self, headers: dict[str, str] | None = None) -> str:
-        status, answer = call(f"{self.url}/predict", "POST", {"inputs": [[1.0]]}, None, headers)
-        assert status == 200, answer
-        return str(answer["variant"])
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+from tests.support import BODY, Stack, call, gateway_stack
 
 
 @pytest.fixture()
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path)
-    try:
-        s.start_backend("champion")
-        s.start_backend("challenger")
-        s.start_gateway("--sticky-header", "x-user")
+    with gateway_stack(tmp_path, "--sticky-header", "x-user") as s:
         yield s
-    finally:
-        s.stop()
 
 
 # -- pure routing ------------------------------------------------------------------------------
@@ -124,6 +46,7 @@ def test_an_ejected_backend_gives_its_share_to_the_other() -> None:
 # -- real processes ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_weights_split_and_sticky_users(stack: Stack) -> None:
     assert Counter(stack.predict() for _ in range(30)) == {"champion": 30}
     stack.weights(challenger=30)
@@ -136,6 +59,7 @@ def test_weights_split_and_sticky_users(stack: Stack) -> None:
     assert Counter(stack.predict() for _ in range(30)) == {"challenger": 30}
 
 
+@pytest.mark.slow
 def test_mirror_copies_to_the_challenger_and_discards_its_answers(stack: Stack) -> None:
     stack.weights(challenger=0, mirror=1.0)
     assert Counter(stack.predict() for _ in range(50)) == {"champion": 50}
@@ -145,6 +69,7 @@ def test_mirror_copies_to_the_challenger_and_discards_its_answers(stack: Stack) 
     assert "challenger/live" not in snap
 
 
+@pytest.mark.slow
 def test_admin_api_needs_the_token_and_sane_weights(stack: Stack) -> None:
     for token in (None, "wrong"):
         status, answer = call(f"{stack.url}/admin/weights", "PUT", {"challenger": 50}, token)
@@ -158,6 +83,7 @@ def test_admin_api_needs_the_token_and_sane_weights(stack: Stack) -> None:
     assert status == 200 and answer["challenger"] == 0  # nothing above took effect
 
 
+@pytest.mark.slow
 def test_metrics_and_stats_count_each_variant(stack: Stack) -> None:
     _, before = call(f"{stack.url}/stats")
     stack.weights(challenger=50)
@@ -175,6 +101,7 @@ def test_metrics_and_stats_count_each_variant(stack: Stack) -> None:
     assert 'modelship_gateway_weight{variant="challenger"} 50' in text
 
 
+@pytest.mark.slow
 def test_weight_changes_under_load_fail_no_request(stack: Stack) -> None:
     changes = [10, 50, 100, 0, 25, 75, 0]
 
@@ -191,6 +118,7 @@ def test_weight_changes_under_load_fail_no_request(stack: Stack) -> None:
     assert not result.errors, result.errors
 
 
+@pytest.mark.slow
 def test_a_crashing_challenger_is_ejected_without_client_errors(stack: Stack) -> None:
     stack.weights(challenger=50)
     killer = threading.Timer(1.0, lambda: stack.procs["challenger"].send_signal(signal.SIGKILL))
@@ -208,6 +136,7 @@ def test_a_crashing_challenger_is_ejected_without_client_errors(stack: Stack) ->
     assert snap["retried"]["challenger"] >= 1
 
 
+@pytest.mark.slow
 def test_promote_makes_the_challenger_the_only_backend(stack: Stack) -> None:
     stack.weights(challenger=10)
     status, answer = call(f"{stack.url}/admin/promote", "POST", {})

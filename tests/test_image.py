@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from modelship.components.loadtest.server import image_launch, pick_port, port_free, served
+from modelship.components.serving.server import image_launch, pick_port, port_free, served
 from tests.support import breast_cancer, deploy_json, register_forest, settings_for
 
 pytestmark = [

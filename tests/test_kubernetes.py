@@ -23,9 +23,9 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 
-from modelship.components.rollout.cluster import KubernetesError, Manifest, ManifestError, k8s_name
-from modelship.components.rollout.kserve import ISVC_NAME_MAX, KServeRouter, kserve_manifests
-from modelship.components.rollout.kubernetes import (
+from modelship.components.targets.cluster import KubernetesError, Manifest, ManifestError, k8s_name
+from modelship.components.targets.kserve import ISVC_NAME_MAX, KServeRouter, kserve_manifests
+from modelship.components.targets.kubernetes import (
     K8S_ROUTERS,
     Deployable,
     KubernetesRouter,
@@ -34,9 +34,9 @@ from modelship.components.rollout.kubernetes import (
     manifests_for,
     router_for,
 )
-from modelship.components.rollout.router import TrafficRouter, Weights
-from modelship.components.rollout.seldon import SeldonRouter, seldon_manifests
+from modelship.components.targets.seldon import SeldonRouter, seldon_manifests
 from modelship.core.errors import InputError, StageError
+from modelship.core.traffic import TrafficRouter, Weights
 
 CHAMPION = Deployable(
     "breast-cancer", "3", image="ghcr.io/acme/breast-cancer:3", storage_uri="s3://models/bc/3"

@@ -19,10 +19,9 @@ import numpy as np
 import pytest
 
 from modelship.components.loadtest import gate
-from modelship.components.loadtest.histogram import LatencyHistogram
-from modelship.components.loadtest.loadgen import Phase
-from modelship.components.loadtest.loadgen import run as drive
-from modelship.components.loadtest.server import (
+from modelship.components.serving.loadgen import Phase
+from modelship.components.serving.loadgen import run as drive
+from modelship.components.serving.server import (
     NotReady,
     PortInUse,
     bento_launch,
@@ -30,6 +29,8 @@ from modelship.components.loadtest.server import (
     port_free,
     served,
 )
+from modelship.core.histogram import LatencyHistogram
+from modelship.core.settings import Settings
 from modelship.policies.schema import LoadTest
 from tests.support import (
     background,
@@ -38,7 +39,6 @@ from tests.support import (
     deploy_json,
     free_port,
     register_forest,
-    settings_for,
     wait_http,
 )
 
@@ -107,6 +107,7 @@ def test_find_max_doubles_then_bisects() -> None:
     assert gate.next_probe(None, 200, policy, 200) == 100
 
 
+@pytest.mark.slow
 def test_open_loop_charges_a_stall_to_every_request_queued_behind_it(tmp_path: Path) -> None:
     """A closed-loop client would see one slow request; an honest one sees the queue."""
     port = free_port()
@@ -124,11 +125,9 @@ def test_open_loop_charges_a_stall_to_every_request_queued_behind_it(tmp_path: P
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def deployed(home: Path, settings: Settings, data: Any) -> dict[str, Any]:
     """One version through the whole pipeline, load test included."""
-    home = tmp_path_factory.mktemp("home")
-    settings = settings_for(home)
-    version = register_forest(settings, MODEL, breast_cancer())
+    version = register_forest(settings, MODEL, data)
     code, summary, err = deploy_json(home, MODEL, "--version", version)
     assert code == 0, err
     assert summary is not None
@@ -253,6 +252,7 @@ def test_a_port_in_use_is_refused_before_anything_starts() -> None:
     assert pick_port(None) > 0
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_load_test_still_stops_the_server(
     deployed: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -260,7 +260,7 @@ def test_sigterm_during_a_load_test_still_stops_the_server(
     script = f"""
 import sys
 from pathlib import Path
-from modelship.components.loadtest.server import bento_launch, served
+from modelship.components.serving.server import bento_launch, served
 from tests.support import bento_env
 launch = bento_launch({deployed["tag"]!r}, {{port}}, bento_env(Path({str(deployed["home"])!r})), None)
 with served(launch, {{port}}, Path({str(tmp_path / "s.log")!r}), 60) as server:

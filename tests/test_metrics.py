@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from modelship.components.validate.metrics import Predictions, compute, gate, labels_from
+from modelship.components.metrics import Predictions, compute, gate, labels_from
 from modelship.core.verdict import Check
 from modelship.policies.schema import Direction, MetricGate, MetricName
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from modelship.demo import _train
+from modelship.demo import train_model
 from tests.support import aliases, breast_cancer, deploy_json, mlflow_server, register, settings_for
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,9 @@ def test_deploy_against_a_tracking_server(server: str, tmp_path: Path) -> None:
     assert not settings.embedded
     x, y, ref, val = breast_cancer()
     model = "breast-cancer"
-    version = register(settings, model, _train("lightgbm", x, y), x, ref, val, flavor="lightgbm")
+    version = register(
+        settings, model, train_model("lightgbm", x, y), x, ref, val, flavor="lightgbm"
+    )
     code, summary, err = deploy_json(
         tmp_path / "home", model, "--version", version, env={"MLFLOW_TRACKING_URI": server}
     )

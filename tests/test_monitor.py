@@ -24,12 +24,12 @@ from modelship.components.monitor.decide import decide
 from modelship.components.monitor.notify import signature
 from modelship.components.monitor.stage import PassResult, run_pass
 from modelship.components.monitor.state import Action, MonitorStatus, WindowOutcome, WindowRecord
-from modelship.components.rollout.local import GatewayRouter
+from modelship.components.targets.local import GatewayRouter
 from modelship.core.errors import RollbackFailed
+from modelship.core.settings import Settings
 from modelship.policies.schema import Monitor, Policy
 from modelship.registry.client import Registry
-from tests.support import breast_cancer, register_forest, settings_for, version_tags
-from tests.test_gateway import TOKEN, Stack
+from tests.support import TOKEN, Stack, register_forest, version_tags
 
 POLICY = Monitor(consecutive_windows=2, cooldown_s=600)
 
@@ -103,11 +103,8 @@ SECRET = "notice-secret"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def store(home: Path, settings: Settings, data: Any) -> dict[str, Any]:
     """Two registered forests: v2 champion, v1 previous; and two models with no previous."""
-    home = tmp_path_factory.mktemp("monitor-home")
-    settings = settings_for(home)
-    data = breast_cancer()
     registry = Registry()
     for name in ("watched", "lonely", "piped"):
         versions = [
@@ -253,6 +250,7 @@ def test_no_previous_champion_alerts_instead_of_rolling_back(
     assert notices.actions() == ["alert"] and champion("lonely") == "1"
 
 
+@pytest.mark.slow
 def test_drift_rolls_back_through_the_gateway(
     store: dict[str, Any], notices: Notices, tmp_path: Path
 ) -> None:
@@ -296,6 +294,7 @@ def test_drift_rolls_back_through_the_gateway(
         stack.stop()
 
 
+@pytest.mark.slow
 def test_a_rollback_that_cannot_complete_is_loud_and_changes_nothing(
     store: dict[str, Any], notices: Notices, tmp_path: Path
 ) -> None:
@@ -339,6 +338,7 @@ def test_late_labels_judge_the_window_quality(store: dict[str, Any]) -> None:
     assert quality_check(base, window, few, spec, min_rows=50) == (None, {"labelled_rows": 5})
 
 
+@pytest.mark.slow
 def test_the_monitor_pipeline_runs_a_pass_under_kfp_local(
     store: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

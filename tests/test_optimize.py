@@ -10,30 +10,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from modelship.components.mlmodel import read_mlmodel
 from modelship.components.optimize import stage as optimize
 from modelship.components.optimize.convert import convert
 from modelship.components.optimize.equivalence import VariantOutputs, compare
 from modelship.components.optimize.variants import SessionSettings, VariantFile
-from modelship.components.validate.model_check import read_mlmodel
 from modelship.core.settings import Settings
+from modelship.core.tags import TAG_VARIANT
 from modelship.core.verdict import Verdict
 from modelship.policies.loader import load_policy
 from modelship.policies.schema import Equivalence, Policy, Variant
 from modelship.registry.client import Registry
-from tests.support import breast_cancer, register, register_forest, settings_for
+from tests.support import register, register_forest
 
 MODEL = "breast-cancer"
 PASSED = Verdict(stage="validate", passed=True, reason="all checks passed")
-
-
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return settings_for(tmp_path_factory.mktemp("home"))
-
-
-@pytest.fixture(scope="module")
-def data() -> Any:
-    return breast_cancer()
 
 
 def _policy(**optimize: Any) -> Policy:
@@ -78,7 +69,7 @@ def test_tree_ensemble_becomes_a_faster_equivalent_onnx_model(
     assert (tmp_path / "work" / "latency.png").read_bytes()[:4] == b"\x89PNG"
     assert verdict.figures["speedup_p50"] > 10  # against MLflow pyfunc predict, same process
     tags = Registry().resolve(MODEL, version=version).tags
-    assert tags["modelship.state"] == "optimized" and tags[optimize.TAG_VARIANT] == "fp32"
+    assert tags["modelship.state"] == "optimized" and tags[TAG_VARIANT] == "fp32"
 
 
 def test_neural_network_gets_int8_variants_judged_by_equivalence(

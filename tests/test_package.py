@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import requests
 
@@ -29,33 +28,15 @@ from tests.support import (
     background,
     bento_env,
     bento_server,
-    breast_cancer,
     cli,
     deploy_json,
     free_port,
     register_forest,
-    settings_for,
     version_tags,
     wait_http,
 )
 
-pytestmark = pytest.mark.slow
 MODEL = "breast-cancer"
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.DataFrame]:
-    return breast_cancer()
-
-
-@pytest.fixture(scope="module")
-def settings(home: Path) -> Settings:
-    return settings_for(home)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +64,7 @@ def _post(url: str, body: Any, **kw: Any) -> requests.Response:
                          headers={"content-type": "application/json", **kw.pop("headers", {})}, **kw)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_deploy_builds_a_bento_of_the_chosen_variant(home: Path, deployed: dict[str, Any]) -> None:
     assert deployed["stage"]["passed"] and not deployed["stage"]["skipped"]
     tag = deployed["tag"]
@@ -98,6 +80,7 @@ def test_deploy_builds_a_bento_of_the_chosen_variant(home: Path, deployed: dict[
     assert image["skipped"] and "package.image is never" in image["reason"]
 
 
+@pytest.mark.slow
 def test_predictions_are_the_packaged_models_in_every_input_shape(server: str, data: Any) -> None:
     import mlflow.pyfunc
 
@@ -115,6 +98,7 @@ def test_predictions_are_the_packaged_models_in_every_input_shape(server: str, d
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_response_names_the_model_version_digest_and_request(
     server: str, deployed: dict[str, Any], data: Any
 ) -> None:
@@ -132,6 +116,7 @@ def _row(data: Any) -> dict[str, float]:
     return row
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make", "status", "message"),
     [
@@ -160,6 +145,7 @@ def test_bad_requests_get_a_4xx_that_names_the_fault(
     assert _post(server, {"inputs": [_row(data)]}).status_code == 200, "one bad request hurt others"
 
 
+@pytest.mark.slow
 def test_metrics_count_requests_latency_batches_and_errors(server: str, data: Any) -> None:
     for _ in range(5):
         _post(server, {"inputs": [_row(data)]})
@@ -175,6 +161,7 @@ def test_metrics_count_requests_latency_batches_and_errors(server: str, data: An
         assert name in text, f"{name} missing from /metrics"
 
 
+@pytest.mark.slow
 def test_every_request_under_concurrency_reaches_the_log_by_sigterm(
     home: Path, deployed: dict[str, Any], data: Any, tmp_path: Path
 ) -> None:
@@ -202,6 +189,7 @@ def test_every_request_under_concurrency_reaches_the_log_by_sigterm(
     assert logged["prediction"] in (0, 1)
 
 
+@pytest.mark.slow
 def test_a_bento_whose_model_changed_is_never_ready_and_says_why(
     home: Path, deployed: dict[str, Any], tmp_path: Path, data: Any
 ) -> None:
@@ -248,6 +236,7 @@ def test_no_builder_skips_the_image_unless_the_policy_demands_one(
     assert not always.passed and "required by the policy" in always.reason
 
 
+@pytest.mark.slow
 def test_modelship_serve_starts_the_versions_bento(
     home: Path, deployed: dict[str, Any], data: Any, tmp_path: Path
 ) -> None:
@@ -260,6 +249,7 @@ def test_modelship_serve_starts_the_versions_bento(
         assert _post(url, {"inputs": [_row(data)]}).status_code == 200
 
 
+@pytest.mark.slow
 def test_modelship_serve_without_a_bento_says_what_to_run(home: Path, deployed: Any) -> None:
     proc = cli(home, "serve", MODEL, "--version", "99")
     assert proc.returncode == 2
@@ -267,6 +257,7 @@ def test_modelship_serve_without_a_bento_says_what_to_run(home: Path, deployed: 
     assert proc.returncode == 2 and "no champion" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_model_without_onnx_is_packaged_and_served_natively(
     home: Path, settings: Settings, deployed: Any, data: Any, tmp_path: Path
 ) -> None:
@@ -309,6 +300,7 @@ def test_a_model_without_onnx_is_packaged_and_served_natively(
     np.testing.assert_allclose(got, model.predict(features), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bentomls_own_request_path_answers_the_same_and_names_faults(
     home: Path, deployed: dict[str, Any], data: Any, tmp_path: Path
 ) -> None:

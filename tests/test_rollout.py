@@ -8,11 +8,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from modelship.components.loadtest.histogram import LatencyHistogram
 from modelship.components.rollout.analysis import judge, prediction_drift
 from modelship.components.rollout.controller import Controller, RolloutInProgress
 from modelship.components.rollout.decide import Action, Observations, decide
-from modelship.components.rollout.router import BadWeights, Weights
 from modelship.components.rollout.state import (
     AnalysisOutcome,
     AnalysisRecord,
@@ -21,8 +19,11 @@ from modelship.components.rollout.state import (
     StatusStore,
     plan,
 )
+from modelship.core.histogram import LatencyHistogram
+from modelship.core.traffic import BadWeights, Weights
 from modelship.gateway.stats import Traffic
 from modelship.policies.schema import Analysis, CanaryStep, Rollout
+from tests.servers.controller import NoLogs
 
 POLICY = Rollout(
     steps=[
@@ -228,11 +229,6 @@ class FakeGateway:
 
     def challenger_healthy(self) -> bool:
         return self.healthy
-
-
-class NoLogs:
-    def predictions(self, version: str, since: float) -> pd.DataFrame | None:
-        return None
 
 
 class Book:

@@ -14,27 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from modelship.components.loadtest.loadgen import Phase as LoadPhase
-from modelship.components.loadtest.loadgen import run as drive
 from modelship.components.rollout.controller import Controller
-from modelship.components.rollout.local import GatewayRouter
 from modelship.components.rollout.state import Phase, StatusStore
+from modelship.components.serving.loadgen import Phase as LoadPhase
+from modelship.components.serving.loadgen import run as drive
+from modelship.components.targets.local import GatewayRouter
 from modelship.policies.schema import Analysis, CanaryStep, Rollout
 from tests.servers.controller import FileRegistry, NoLogs
-from tests.support import MODELSHIP
-from tests.test_gateway import BODY, TOKEN, Stack
+from tests.support import BODY, MODELSHIP, TOKEN, Stack, gateway_stack
 
 
 @pytest.fixture()
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path)
-    try:
-        s.start_backend("champion")
-        s.start_backend("challenger")
-        s.start_gateway()
+    with gateway_stack(tmp_path) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def controller_process(home: Path, stack: Stack, policy: Rollout) -> subprocess.Popen[bytes]:
@@ -51,6 +44,7 @@ def wait_for(predicate: object, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_crashing_challenger_aborts_the_rollout_without_client_errors(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -76,6 +70,7 @@ def test_a_crashing_challenger_aborts_the_rollout_without_client_errors(
     assert (tmp_path / "registry.log").read_text().splitlines()[-1].startswith("rolled_back 2")
 
 
+@pytest.mark.slow
 def test_a_killed_controller_resumes_its_step(stack: Stack, tmp_path: Path) -> None:
     policy = Rollout(steps=[CanaryStep(weight=30, pause_s=4, analysis=False),
                             CanaryStep(weight=100, pause_s=0, analysis=False)],
@@ -99,6 +94,7 @@ def test_a_killed_controller_resumes_its_step(stack: Stack, tmp_path: Path) -> N
     assert stack.predict() == "challenger"  # the gateway now sends everything to v2
 
 
+@pytest.mark.slow
 def test_a_paused_rollout_waits_for_the_cli(stack: Stack, tmp_path: Path) -> None:
     policy = Rollout(steps=[CanaryStep(weight=20, pause_s=None),
                             CanaryStep(weight=60, pause_s=None)], tick_s=0.1)  # fmt: skip

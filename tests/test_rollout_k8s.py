@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from modelship.components.rollout.cluster import Deployable
-from modelship.components.rollout.prometheus import PrometheusMetrics
 from modelship.components.rollout.stage import kubernetes_controller
 from modelship.components.rollout.state import Phase, StatusStore
+from modelship.components.targets.cluster import Deployable
+from modelship.components.targets.prometheus import PrometheusMetrics
 from modelship.policies.schema import Policy
 from tests.servers.controller import FileRegistry
 from tests.test_kubernetes import FakeCustomObjects

@@ -8,15 +8,14 @@ the real client's requests: the compiled pipeline spec and the run's parameters.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from tests.support import cli
+from tests.support import cli, http_stub
 
 
 class _KfpApi(BaseHTTPRequestHandler):
@@ -61,11 +60,8 @@ class _KfpApi(BaseHTTPRequestHandler):
 @pytest.fixture()
 def kfp_api() -> Iterator[str]:
     _KfpApi.runs = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _KfpApi)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with http_stub(_KfpApi) as url:
+        yield url
 
 
 def test_submit_starts_the_compiled_pipeline_with_the_parameters(

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from modelship.core.settings import Settings
-from modelship.registry.client import TAG_RUN, Registry
+from modelship.core.tags import TAG_RUN
+from modelship.registry.client import Registry
 from modelship.registry.watcher import (
     CursorFile,
     ModelSnapshot,
@@ -58,6 +59,7 @@ def test_handled_events_do_not_come_back() -> None:
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
+    """A fresh home per test (tmp_path/home, where the CLI runs too), not conftest's per module."""
     return settings_for(tmp_path / "home")
 
 

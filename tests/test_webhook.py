@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,6 +15,7 @@ from starlette.testclient import TestClient
 
 from modelship.registry.webhook import Delivery, Refused, SeenDeliveries, check, sign
 from modelship.registry.webhook_server import GitHubDispatcher, create_app
+from tests.support import http_stub
 
 SECRET = "s3cret-value-for-tests"
 NOW = 1_800_000_000.0
@@ -180,10 +180,8 @@ class _GitHubApi(BaseHTTPRequestHandler):
 @pytest.fixture()
 def github_api() -> Iterator[str]:
     _GitHubApi.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _GitHubApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with http_stub(_GitHubApi) as url:
+        yield url
 
 
 def test_github_dispatch_sends_repository_dispatch(

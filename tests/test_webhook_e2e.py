@@ -10,7 +10,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from modelship.registry.client import TAG_RUN, Registry
+from modelship.core.tags import TAG_RUN
+from modelship.registry.client import Registry
 from tests.support import (
     MODELSHIP,
     background,

@@ -235,8 +235,8 @@ def serve(model: str, version: str | None, host: str, port: int) -> None:
     import os
     import shutil
 
-    from modelship.components.package.stage import TAG_BENTO
     from modelship.core.errors import InputError
+    from modelship.core.tags import TAG_BENTO
     from modelship.registry.client import Registry
 
     settings = Settings.from_env()
@@ -289,7 +289,7 @@ def monitor(
     traffic (through `modelship serve`'s gateway) and the champion alias to the previous
     champion. Reports go to MLflow (experiment modelship-monitoring).
     """
-    from modelship.monitoring import monitor_once, watch
+    from modelship.components.monitor.passes import monitor_once, watch
 
     settings = Settings.from_env()
     settings.prepare()

@@ -43,7 +43,17 @@ def split() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return x_train, pd.DataFrame({"target": y_train}), reference, validation
 
 
-def _train(kind: str, x: pd.DataFrame, y: pd.Series) -> Any:
+#: the models the demo trains, one per version, in the order it registers them
+MODEL_KINDS = ("forest", "lightgbm", "noisy-logreg")
+
+
+def train_model(kind: str, x: pd.DataFrame, y: pd.Series) -> Any:
+    """Fit one of the demo's models (a kind in :data:`MODEL_KINDS`) on ``x`` and ``y``; seeded.
+
+    ``forest``: a small scikit-learn random forest (v1, good); ``lightgbm``: a LightGBM booster
+    (v2, better); ``noisy-logreg``: a scaled logistic regression trained with 30% of the labels
+    flipped (v3, degraded). Raises ValueError for any other kind.
+    """
     if kind == "forest":
         from sklearn.ensemble import RandomForestClassifier
 
@@ -69,7 +79,7 @@ def _train(kind: str, x: pd.DataFrame, y: pd.Series) -> Any:
         return make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=500)).fit(
             x, flipped
         )
-    raise ValueError(kind)
+    raise ValueError(f"unknown model kind {kind!r}; one of {', '.join(MODEL_KINDS)}")
 
 
 def register_version(kind: str, settings: Settings, description: str) -> str:
@@ -83,7 +93,7 @@ def register_version(kind: str, settings: Settings, description: str) -> str:
 
     x_train, y_frame, reference, validation = split()
     y_train = y_frame["target"]
-    model = _train(kind, x_train, y_train)
+    model = train_model(kind, x_train, y_train)
     registry = Registry()
     experiment = ensure_experiment(registry.client, settings, f"{MODEL}-training")
     with mlflow.start_run(experiment_id=experiment, run_name=f"{MODEL}-{kind}"):
@@ -191,7 +201,7 @@ def _send(url: str, frame: pd.DataFrame, rate: float) -> int:
     """One row a request through the gateway, open loop; the number of failed requests."""
     import json
 
-    from modelship.components.loadtest.loadgen import Phase, run
+    from modelship.components.serving.loadgen import Phase, run
 
     bodies = [json.dumps({"inputs": [row]}).encode() for row in frame.to_dict(orient="records")]
     result = run(f"{url}/predict", bodies, [Phase(rate, len(bodies) / rate)], connections=32)
@@ -205,9 +215,9 @@ def _production(settings: Settings, console: Console) -> None:
     import sys
     import time
 
-    from modelship.components.loadtest.server import free_port
-    from modelship.monitoring import monitor_once
-    from modelship.serving import live_router
+    from modelship.components.monitor.passes import monitor_once
+    from modelship.components.serving.local import live_router
+    from modelship.components.serving.server import free_port
 
     console.rule(f"production: serve {MODEL}, watch it drift")
     validation = split()[3].drop(columns=["target"])
@@ -220,7 +230,7 @@ def _production(settings: Settings, console: Console) -> None:
                                  stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 180
-        while (live := live_router(settings, MODEL)) is None:
+        while (live := live_router(settings.home, MODEL)) is None:
             if serve.poll() is not None or time.monotonic() > deadline:
                 raise InputError("`modelship serve` did not start", hint=f"see {logs}/serve.out")
             time.sleep(0.5)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelship.components.rollout.kubernetes import dry_run
-from modelship.components.rollout.router import Weights
 from modelship.components.rollout.stage import deployable
 from modelship.components.rollout.state import plan
+from modelship.components.targets.kubernetes import dry_run
+from modelship.core.traffic import Weights
 from modelship.policies.loader import load_policy
 from modelship.registry.client import Registry
 

@@ -16,60 +16,21 @@ import os
 import secrets
 import signal
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from modelship.components.loadtest.server import free_port, package_launch, pick_port, served
-from modelship.components.package.stage import TAG_BENTO, TAG_IMAGE
-from modelship.components.rollout.local import GatewayRouter
-from modelship.components.rollout.stage import gateway_launch
+from modelship.components.serving.local import ServingRecord, gateway_launch, serving_paths
+from modelship.components.serving.packaged import packaged_version
+from modelship.components.serving.server import free_port, package_launch, pick_port, served
 from modelship.core.errors import InputError
+from modelship.core.records import PackagedModel
 from modelship.core.settings import Settings
 from modelship.registry.client import PREVIOUS, ModelRef, Registry
 
 
-@dataclass(frozen=True)
-class ServingRecord:
-    model: str
-    gateway: str
-    pid: int
-    champion: str
-    standby: str | None
-
-    def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
-def _paths(settings: Settings, model: str) -> tuple[Path, Path]:
-    folder = settings.home / "serving"
-    return folder / f"{model}.json", folder / f"{model}.token"
-
-
-def live_router(settings: Settings, model: str) -> tuple[ServingRecord, GatewayRouter] | None:
-    """The gateway serving ``model`` on this machine, if one is running."""
-    record_path, token_path = _paths(settings, model)
-    try:
-        record = ServingRecord(**json.loads(record_path.read_text()))
-        token = token_path.read_text().strip()
-    except (FileNotFoundError, ValueError, TypeError):
-        return None
-    if not record.alive():
-        return None  # left behind by a serve that was killed
-    return record, GatewayRouter(record.gateway, token)
-
-
-def _package(registry: Registry, ref: ModelRef) -> dict[str, Any] | None:
-    tags = registry.client.get_model_version(ref.name, ref.version).tags
-    if not tags.get(TAG_BENTO):
-        return None
-    return {"bento": tags[TAG_BENTO], "image": tags.get(TAG_IMAGE), "version": ref.version}
+def _package(registry: Registry, ref: ModelRef) -> PackagedModel | None:
+    return packaged_version(registry, ref)[0]
 
 
 def serve(settings: Settings, model: str, host_port: int, log_dir: Path,
@@ -91,7 +52,7 @@ def serve(settings: Settings, model: str, host_port: int, log_dir: Path,
     env = settings.child_env()
     port = pick_port(host_port)
     token = secrets.token_urlsafe(24)
-    record_path, token_path = _paths(settings, model)
+    record_path, token_path = serving_paths(settings.home, model)
     record_path.parent.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,12 +64,12 @@ def serve(settings: Settings, model: str, host_port: int, log_dir: Path,
                 continue
             p = free_port()
             say(
-                f"starting v{package['version']} ({'standby' if variant != 'champion' else 'champion'})"
+                f"starting v{package.version} ({'standby' if variant != 'champion' else 'champion'})"
             )
             server = stack.enter_context(
-                served(package_launch(package, p, env, None), p, log_dir / f"v{package['version']}.log", 120)
+                served(package_launch(package, p, env, None), p, log_dir / f"v{package.version}.log", 120)
             )  # fmt: skip
-            backends[variant] = (server.url, str(package["version"]))
+            backends[variant] = (server.url, package.version)
         gateway = stack.enter_context(
             served(gateway_launch(port, token, backends, None, env), port,
                    log_dir / "gateway.log", 30)
@@ -116,11 +77,11 @@ def serve(settings: Settings, model: str, host_port: int, log_dir: Path,
         token_path.write_text(token)
         token_path.chmod(0o600)
         record = ServingRecord(model, gateway.url, os.getpid(), champion.version,
-                               standby["version"] if standby else None)  # fmt: skip
+                               standby.version if standby else None)  # fmt: skip
         record_path.write_text(json.dumps(asdict(record)))
         stack.callback(record_path.unlink, missing_ok=True)
         stack.callback(token_path.unlink, missing_ok=True)
         say(f"serving {model} v{champion.version} on {gateway.url}/predict"
-            + (f" (v{standby['version']} warm for rollback)" if standby else ""))  # fmt: skip
+            + (f" (v{standby.version} warm for rollback)" if standby else ""))  # fmt: skip
         while not stop.wait(1.0):
             pass

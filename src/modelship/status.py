@@ -6,7 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
-from modelship.registry.client import TAG_DIGEST, TAG_REASON, TAG_RUN, TAG_STATE, Registry
+from modelship.core.tags import TAG_DIGEST, TAG_REASON, TAG_RUN, TAG_STATE
+from modelship.registry.client import Registry
 
 
 def model_status(model: str, registry: Registry | None = None) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from modelship.components.rollout.controller import Controller
-from modelship.components.rollout.local import GatewayRouter
 from modelship.components.rollout.state import StatusStore
+from modelship.components.targets.local import GatewayRouter
 from modelship.policies.schema import Rollout
 
 

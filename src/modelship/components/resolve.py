@@ -8,6 +8,7 @@ from pathlib import Path
 from modelship.core.errors import DigestMismatch
 from modelship.core.events import NO_EVENTS, EventSink
 from modelship.core.settings import Settings
+from modelship.core.tags import TAG_RUN
 from modelship.core.verdict import ModelState
 from modelship.policies.loader import load_policy
 from modelship.registry.client import ModelRef, Registry
@@ -53,7 +54,7 @@ def run(
         policy_hash=loaded.digest,
         policy_json=policy_json,
     )
-    registry.set_tag(ref, "modelship.deployment_run", run.run_id)
+    registry.set_tag(ref, TAG_RUN, run.run_id)
     events.emit(
         "resolve",
         "step",

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from modelship.components.rollout.router import BadWeights, Weights
+from modelship.core.traffic import BadWeights, Weights
 from modelship.gateway.routing import Variant, choose, effective_weight
 from modelship.gateway.stats import GatewayStats, Mode, Outcome, outcome_of
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from modelship.components.loadtest.histogram import LatencyHistogram, sparse_minus
+from modelship.core.histogram import LatencyHistogram, sparse_minus
 
 #: Prometheus buckets (seconds) for the dashboard; analysis uses the fine histogram
 PROMETHEUS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

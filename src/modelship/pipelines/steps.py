@@ -254,7 +254,7 @@ def monitor_step(model_name: str, policy_file: str, report_path: str) -> str:
     """One monitor pass; the windows and actions as JSON; the last window's outcome."""
     import json
 
-    from modelship.monitoring import monitor_once
+    from modelship.components.monitor.passes import monitor_once
 
     settings, _ = _setup()
 

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from modelship.core.errors import RegistryError
+from modelship.core.tags import TAG_DIGEST, TAG_REASON, TAG_STATE
 from modelship.core.verdict import ModelState
 from modelship.registry.digest import tree_digest, verify
 
@@ -24,10 +25,6 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
 
-TAG_STATE = "modelship.state"
-TAG_REASON = "modelship.reason"
-TAG_DIGEST = "modelship.digest"
-TAG_RUN = "modelship.deployment_run"
 
 #: MLflow tag values are limited; keep reasons readable and within bounds
 _MAX_TAG = 4000

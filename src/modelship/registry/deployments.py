@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from modelship.core.errors import RegistryError
 from modelship.core.settings import Settings
+from modelship.core.tags import RUN_ERROR, RUN_MODEL, RUN_OUTCOME, RUN_VERSION
 from modelship.core.verdict import Verdict
 from modelship.registry.client import ModelRef
 
@@ -62,7 +63,7 @@ class DeploymentRun:
             run = client.create_run(
                 exp,
                 run_name=f"{ref.name}-v{ref.version}",
-                tags={"modelship.model": ref.name, "modelship.version": ref.version},
+                tags={RUN_MODEL: ref.name, RUN_VERSION: ref.version},
             )
         except MlflowException as e:
             raise RegistryError(f"could not open the deployment run for {ref}: {e}") from e
@@ -101,14 +102,14 @@ class DeploymentRun:
 
     def finish(self, *, passed: bool, summary: dict[str, object]) -> None:
         self.log_text(json.dumps(summary, indent=2), "summary.json")
-        self.client.set_tag(self.run_id, "modelship.outcome", str(summary.get("outcome", "")))
+        self.client.set_tag(self.run_id, RUN_OUTCOME, str(summary.get("outcome", "")))
         status = RunStatus.to_string(RunStatus.FINISHED if passed else RunStatus.FAILED)
         self.client.set_terminated(self.run_id, status)
 
     def fail(self, error: str) -> None:
         """Close a run whose pipeline crashed, with the error that ended it."""
-        self.client.set_tag(self.run_id, "modelship.outcome", "error")
-        self.client.set_tag(self.run_id, "modelship.error", error[:4000])
+        self.client.set_tag(self.run_id, RUN_OUTCOME, "error")
+        self.client.set_tag(self.run_id, RUN_ERROR, error[:4000])
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FAILED))
 
 

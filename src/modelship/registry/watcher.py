@@ -8,14 +8,14 @@ written after each event is handled, so a watcher killed mid-way repeats at most
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
+
+from modelship.core.files import write_atomic
 
 #: aliases whose move starts a deployment (champion/previous are moved by modelship itself)
 WATCHED_ALIASES = ("challenger",)
@@ -123,12 +123,8 @@ class CursorFile:
         return data
 
     def save(self, cursor: Cursor) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # write then rename: a watcher killed mid-write leaves the old cursor, never half of one
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".cursor-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(cursor, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        # a watcher killed mid-write leaves the old cursor, never half of one
+        write_atomic(self.path, json.dumps(cursor, indent=2, sort_keys=True))
 
 
 def poll_once(

@@ -8,28 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from modelship.components.loadtest.loadgen import LoadResult
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, out: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    _plt().close(fig)
-    return out
+from modelship.components.charts import pyplot, save
+from modelship.components.serving.loadgen import LoadResult
 
 
 def over_time(runs: dict[str, LoadResult], slo_ms: float, out: Path) -> Path:
     """Per second of the schedule: p50, p99 and max latency (log), and the rate achieved."""
-    plt = _plt()
+    plt = pyplot()
     fig, (lat, rate) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, height_ratios=[3, 1])
     for (name, result), color in zip(
         runs.items(), ["tab:blue", "tab:orange", "tab:green"], strict=False
@@ -51,11 +36,11 @@ def over_time(runs: dict[str, LoadResult], slo_ms: float, out: Path) -> Path:
     rate.set_ylabel("req/s")
     rate.set_xlabel("seconds after warm-up")
     rate.legend(fontsize=7)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def histogram(runs: dict[str, LoadResult], out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))
     for (name, result), color in zip(
         runs.items(), ["tab:blue", "tab:orange", "tab:green"], strict=False
@@ -73,11 +58,11 @@ def histogram(runs: dict[str, LoadResult], out: Path) -> Path:
     ax.set_ylabel("requests")
     ax.set_title("Latency histogram")
     ax.legend(fontsize=8)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def find_max_chart(probes: list[dict[str, Any]], slo_ms: float, out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ordered = sorted(probes, key=lambda p: p["target_rate"])
     ax.plot([p["target_rate"] for p in ordered], [p["latency_ms"]["p99"] for p in ordered],
@@ -92,7 +77,7 @@ def find_max_chart(probes: list[dict[str, Any]], slo_ms: float, out: Path) -> Pa
     ax.set_ylabel("p99 (ms)")
     ax.set_title("Find-max: p99 at each probed rate")
     ax.legend(fontsize=8)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def page(title: str, figures: dict[str, Any], images: list[Path], out: Path) -> Path:

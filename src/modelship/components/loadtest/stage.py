@@ -14,36 +14,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelship.components.datasource import read_frame
 from modelship.components.loadtest import gate, report
-from modelship.components.loadtest.loadgen import LoadResult, Phase, Progress
-from modelship.components.loadtest.loadgen import run as drive
-from modelship.components.loadtest.server import (
+from modelship.components.serving.loadgen import LoadResult, Phase, Progress
+from modelship.components.serving.loadgen import run as drive
+from modelship.components.serving.packaged import bodies, champion_package
+from modelship.components.serving.server import (
     Launch,
     NotReady,
     package_launch,
     pick_port,
     served,
 )
-from modelship.components.package.stage import OUTPUT as PACKAGE_OUTPUT
-from modelship.components.package.stage import TAG_BENTO
 from modelship.core.events import NO_EVENTS, EventSink
+from modelship.core.records import PackagedModel, PackageRecord
 from modelship.core.verdict import Check, ModelState, Verdict
 from modelship.policies.schema import LoadTest, Policy
 from modelship.registry.client import ModelRef, Registry
 from modelship.registry.deployments import DeploymentRun
 
 STAGE = "loadtest"
-MAX_BODIES = 1000
-
-
-def bodies(policy: Policy, ref: ModelRef, columns: list[str]) -> list[bytes]:
-    """One-row request bodies (records) drawn from the validation data, in file order."""
-    data = policy.validate_stage.validation_data
-    context = {"run_id": ref.run_id or "", "model": ref.name, "version": ref.version}
-    frame = read_frame(data.uri, data.format, context)
-    rows = frame[columns].head(MAX_BODIES).to_dict(orient="records")
-    return [json.dumps({"inputs": [row]}).encode() for row in rows]
 
 
 def phases(lt: LoadTest) -> list[Phase]:
@@ -59,8 +48,8 @@ def _bar(p: Progress) -> str:
     return f"[{'#' * filled}{'.' * (20 - filled)}] {share:.0%} · {p.sent} recorded · {what} · {p.errors} errors"
 
 
-def _launch(record: dict[str, Any], port: int, env: dict[str, str], lt: LoadTest) -> Launch:
-    return package_launch(record, port, env, lt.server_cpus or None)
+def _launch(packaged: PackagedModel, port: int, env: dict[str, str], lt: LoadTest) -> Launch:
+    return package_launch(packaged, port, env, lt.server_cpus or None)
 
 
 def _measure(
@@ -125,22 +114,6 @@ def _find_max(
     return probes
 
 
-def champion_package(
-    registry: Registry, ref: ModelRef
-) -> tuple[dict[str, Any] | None, str]:  # fmt: skip
-    """The champion's package record, or why there is none to compare with."""
-    champion = registry.champion(ref.name)
-    if champion is None:
-        return None, "no champion yet"
-    if champion.version == ref.version:
-        return None, "this version is the champion"
-    tags = registry.client.get_model_version(champion.name, champion.version).tags
-    tag = tags.get(TAG_BENTO)
-    if not tag:
-        return None, f"champion v{champion.version} was never packaged (no {TAG_BENTO} tag)"
-    return {"bento": tag, "image": tags.get("modelship.image"), "version": champion.version}, ""
-
-
 def run(
     ref: ModelRef,
     policy: Policy,
@@ -162,14 +135,14 @@ def run(
                                                  skipped=True, reason="loadtest.enabled is false")])  # fmt: skip
     t0 = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
-    record = json.loads((packaged / PACKAGE_OUTPUT).read_text())
-    body = bodies(policy, ref, list(record["serving"]["columns"]))
+    record = PackageRecord.load(packaged)
+    body = bodies(policy, ref, record.columns)
     # load-test traffic never reaches the production inference log
     env = {**env, "MODELSHIP_INFERENCE_LOG": str(workdir / "inference")}
     port = pick_port(lt.port)
     events.emit(STAGE, "step", step=f"starting v{ref.version} ({lt.mode}, {lt.rate:g} req/s)")
     checks, result, probes = _measure(
-        _launch(record, port, env, lt),
+        _launch(record.packaged, port, env, lt),
         port,
         body,
         lt,
@@ -186,16 +159,14 @@ def run(
         champion, why_not = champion_package(registry, ref)
         compared = None
         if champion is not None and all(c.passed for c in checks if c.blocking):
-            events.emit(
-                STAGE, "step", step=f"the champion v{champion['version']} under the same load"
-            )
+            events.emit(STAGE, "step", step=f"the champion v{champion.version} under the same load")
             port = pick_port(lt.port)
             found, champ_result, _ = _measure(
                 _launch(champion, port, env, lt), port, body, lt, workdir / "champion.log",
                 "champion", events,
             )  # fmt: skip
             if champ_result is not None and not champ_result.stopped:
-                runs[f"champion v{champion['version']}"] = champ_result
+                runs[f"champion v{champion.version}"] = champ_result
                 compared = figures["champion"] = champ_result.figures()
             else:
                 why_not = f"the champion's server did not run: {found[-1].reason}"

@@ -12,13 +12,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from modelship.components.rollout.local import GatewayRouter
-from modelship.components.rollout.router import Weights
+from modelship.components.targets.local import GatewayRouter
 from modelship.core.errors import ModelshipError, RollbackFailed
+from modelship.core.tags import TAG_REPORT
+from modelship.core.traffic import Weights
 from modelship.core.verdict import ModelState
 from modelship.registry.client import CHAMPION, PREVIOUS, ModelRef, Registry
-
-TAG_REPORT = "modelship.rollback_report"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from modelship.components.datasource import read_frame
 from modelship.components.monitor import notify
 from modelship.components.monitor.decide import decide
 from modelship.components.monitor.drift import Reference, evidently_report
-from modelship.components.monitor.rollback import TAG_REPORT, RollbackDone, previous_of, rollback
+from modelship.components.monitor.rollback import RollbackDone, previous_of, rollback
 from modelship.components.monitor.state import (
     Action,
     MonitorStatus,
@@ -34,9 +34,9 @@ from modelship.components.monitor.state import (
     WindowRecord,
 )
 from modelship.components.monitor.window import Cut, read_log, windows
-from modelship.components.package.stage import TAG_BENTO
-from modelship.components.rollout.local import GatewayRouter
+from modelship.components.targets.local import GatewayRouter
 from modelship.core.errors import DataError, InputError, RollbackFailed
+from modelship.core.tags import TAG_BENTO, TAG_REPORT
 from modelship.policies.schema import Labels, Monitor, Policy
 from modelship.registry.client import ModelRef, Registry
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from modelship.components.rollout.state import write_atomic
+from modelship.core.files import write_atomic
 
 #: windows kept in the status (the MLflow runs keep them all)
 KEEP_WINDOWS = 50

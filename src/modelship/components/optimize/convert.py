@@ -16,6 +16,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from modelship.core.errors import ModelshipError
+from modelship.core.records import Task
 
 INPUT_NAME = "input"
 
@@ -28,7 +29,7 @@ class ConversionFailed(ModelshipError):
 class NativeOutputs:
     """What the native model says about the validation rows: the reference for equivalence."""
 
-    task: str  # "classification" or "regression"
+    task: Task
     values: NDArray[Any]  # labels or regression values
     scores: NDArray[np.float64] | None = None  # class probabilities, columns in ``classes`` order
     classes: tuple[Any, ...] = ()
@@ -55,7 +56,7 @@ def _flavor(mlmodel: dict[str, Any]) -> str:
     )
 
 
-def _booster_task(booster: Any) -> tuple[str, int]:
+def _booster_task(booster: Any) -> tuple[Task, int]:
     objective = str(booster.params.get("objective", "")) if hasattr(booster, "params") else ""
     dump = booster.dump_model(num_iteration=0) if hasattr(booster, "dump_model") else {}
     objective = objective or str(dump.get("objective", ""))

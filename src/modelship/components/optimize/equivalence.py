@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from modelship.components import metrics
 from modelship.components.optimize.convert import NativeOutputs
-from modelship.components.validate import metrics
 from modelship.core.verdict import Check
 from modelship.policies.schema import Direction, Equivalence, MetricGate
 

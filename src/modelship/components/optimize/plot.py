@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modelship.components.charts import pyplot, save
+
 
 def latency_chart(
     p50_us: dict[str, float], p99_us: dict[str, float], chosen: str | None, out: Path
 ) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(p50_us)
     fig, ax = plt.subplots(figsize=(7, 0.6 * len(names) + 1.2))
     colors = ["tab:green" if n == chosen else "tab:gray" for n in names]
@@ -39,7 +37,4 @@ def latency_chart(
         fontsize=10,
     )
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, out)

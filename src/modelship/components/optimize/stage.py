@@ -8,7 +8,6 @@ record that says to serve the native model.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,6 +18,12 @@ import numpy as np
 import pandas as pd
 
 from modelship.components.datasource import read_frame
+from modelship.components.mlmodel import (
+    artifact_checks,
+    model_inputs,
+    read_mlmodel,
+    read_signature,
+)
 from modelship.components.optimize import equivalence
 from modelship.components.optimize.convert import INPUT_NAME, ConversionFailed, Converted, convert
 from modelship.components.optimize.plot import latency_chart
@@ -29,14 +34,10 @@ from modelship.components.optimize.variants import (
     build_variants,
     open_session,
 )
-from modelship.components.validate.model_check import (
-    artifact_checks,
-    model_inputs,
-    read_mlmodel,
-    read_signature,
-)
 from modelship.core.errors import GateRejected
 from modelship.core.events import NO_EVENTS, EventSink
+from modelship.core.records import OptimizeRecord
+from modelship.core.tags import TAG_SPEEDUP, TAG_VARIANT
 from modelship.core.verdict import Check, ModelState, Verdict
 from modelship.policies.schema import Policy
 from modelship.registry.client import ModelRef, Registry
@@ -44,8 +45,6 @@ from modelship.registry.deployments import DeploymentRun
 from modelship.registry.digest import verify
 
 STAGE = "optimize"
-TAG_VARIANT = "modelship.optimize.variant"
-TAG_SPEEDUP = "modelship.optimize.speedup"
 
 
 @dataclass(frozen=True)
@@ -194,7 +193,7 @@ def run(
             reports.append(VariantReport(str(vf.variant), "passed", "equivalent", timing.as_dict()))
 
     figures: dict[str, float] = {f"native.{k}": v for k, v in native_timing.as_dict().items()}
-    record: dict[str, Any] = {"session": asdict(settings), "batch_sizes": opt.batch_sizes}
+    common: dict[str, Any] = {"session": asdict(settings), "batch_sizes": opt.batch_sizes}
     if timings:
         chosen = _pick(timings, opt.objective, opt.batch_sizes)
         best = timings[chosen]
@@ -214,10 +213,10 @@ def run(
         )
         figures.update({"speedup_p50": speedup, f"speedup_batch_{size}": batch_speedup})
         assert converted is not None
-        record.update(
+        record = OptimizeRecord(
             variant=chosen, input_name=INPUT_NAME, columns=[c for c, _ in signature.columns],
             task=converted.native.task, classes=list(converted.native.classes),
-            p50_us=best.p50_us, speedup_p50=speedup, objective=opt.objective,
+            p50_us=best.p50_us, speedup_p50=speedup, objective=opt.objective, **common,
         )  # fmt: skip
         checks.append(Check(
             name="optimize.selection", kind="selection", passed=True, measured=chosen,
@@ -226,13 +225,16 @@ def run(
             f"for one row, {batch_speedup:.1f}x at batch {size}",
         ))  # fmt: skip
     elif opt.on_conversion_failure == "native":
-        record.update(variant="native", reason="no ONNX variant passed; serving the native model")
+        record = OptimizeRecord(
+            variant="native", reason="no ONNX variant passed; serving the native model", **common
+        )
         checks.append(Check(name="optimize.selection", kind="selection", passed=True, measured="native",
                             reason="no ONNX variant passed; the policy says serve the native model"))  # fmt: skip
     else:
+        record = OptimizeRecord(variant="none", reason="no ONNX variant passed", **common)
         checks.append(Check(name="optimize.selection", kind="selection", passed=False,
                             reason="no ONNX variant passed and optimize.on_conversion_failure is reject"))  # fmt: skip
-    (out_dir / "optimize.json").write_text(json.dumps(record, indent=2))
+    record.save(out_dir)
     verdict = Verdict.from_checks(
         STAGE, checks, figures=figures, duration_s=time.perf_counter() - t0
     )
@@ -241,19 +243,19 @@ def run(
     chart = latency_chart(
         {"native (pyfunc)": native_timing.p50_us, **{v: t.p50_us for v, t in timings.items()}},
         {"native (pyfunc)": native_timing.p99_us, **{v: t.p99_us for v, t in timings.items()}},
-        str(record["variant"]) if timings else None,
+        record.variant if timings else None,
         workdir / "latency.png",
     )
     if verdict.passed:
         registry.set_state(ref, ModelState.OPTIMIZED, verdict.reason)
-        registry.set_tag(ref, TAG_VARIANT, str(record["variant"]))
-        if "speedup_p50" in record:
-            registry.set_tag(ref, TAG_SPEEDUP, f"{record['speedup_p50']:.0f}x p50 vs pyfunc")
+        registry.set_tag(ref, TAG_VARIANT, record.variant)
+        if record.speedup_p50 is not None:
+            registry.set_tag(ref, TAG_SPEEDUP, f"{record.speedup_p50:.0f}x p50 vs pyfunc")
     else:
         registry.set_state(ref, ModelState.REJECTED, verdict.reason)
     if deployment is not None:
         deployment.log_verdict(verdict)
         deployment.log_text(table, "optimize/variants.md")
         deployment.log_file(chart, "optimize")
-        deployment.log_text(json.dumps(record, indent=2), "optimize/optimize.json")
+        deployment.log_text(record.model_dump_json(indent=2), "optimize/optimize.json")
     return verdict

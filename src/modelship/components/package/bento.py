@@ -10,7 +10,6 @@ everything they pull in are the versions installed here, which the deploy's chec
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from importlib import metadata
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -28,6 +26,7 @@ from modelship import bentos
 from modelship.bentos.config import FILENAME, MODEL_DIR, Batching, InferenceLogConfig, ServingConfig
 from modelship.bentos.model import file_digests
 from modelship.core.errors import PackagingError
+from modelship.core.records import OptimizeRecord
 from modelship.policies.schema import Package
 
 #: what every Bento installs beside bentoml (which bentoml pins itself); ``native`` Bentos add
@@ -82,24 +81,24 @@ def _pinned(names: list[str]) -> list[str]:
 
 
 def serving_config(
-    model_name: str, version: str, digest: str, record: dict[str, Any], columns: list[str],
+    model_name: str, version: str, digest: str, record: OptimizeRecord, columns: list[str],
     policy: Package, files: dict[str, str],
 ) -> ServingConfig:  # fmt: skip
     return ServingConfig(
         model_name=model_name, model_version=version, model_digest=digest,
-        variant=str(record["variant"]), task=record.get("task"),
-        classes=list(record.get("classes", [])), columns=columns,
-        input_name=str(record.get("input_name", "input")), files=files,
+        variant=record.variant, task=record.task,
+        classes=list(record.classes), columns=columns,
+        input_name=record.input_name, files=files,
         batching=Batching(**policy.batching.model_dump()),
         max_rows_per_request=policy.max_rows_per_request, max_body_bytes=policy.max_body_bytes,
-        intra_op_threads=int(record.get("session", {}).get("intra_op_threads", 1)),
+        intra_op_threads=record.intra_op_threads,
         inference_log=InferenceLogConfig(**policy.inference_log.model_dump()),
         tracing=policy.tracing, server=policy.server,
     )  # fmt: skip
 
 
 def assemble(
-    context: Path, optimized: Path, model_dir: Path, record: dict[str, Any]
+    context: Path, optimized: Path, model_dir: Path, record: OptimizeRecord
 ) -> tuple[dict[str, str], list[str]]:
     """Copy the service and the model into ``context``; the model files' digests and packages."""
     if context.exists():
@@ -110,7 +109,7 @@ def assemble(
             (context / "bentos" / source.name).write_bytes(source.read_bytes())
     target = context / MODEL_DIR
     packages = list(SERVING_PACKAGES)
-    if record["variant"] == "native":
+    if record.variant == "native":
         shutil.copytree(model_dir, target / "mlflow_model")
         packages += ["mlflow", "pandas", "scikit-learn"]
         reqs = model_dir / "requirements.txt"
@@ -168,11 +167,3 @@ def build(
     if not (path / "bento.yaml").is_file():
         raise PackagingError(f"bentoml build said it built {tag} but {path} holds no Bento")
     return BuiltBento(tag, name, version, path, config)
-
-
-def describe(bento: BuiltBento) -> dict[str, Any]:
-    return {
-        "bento": bento.tag,
-        "bento_path": str(bento.path),
-        "serving": json.loads(bento.config.model_dump_json()),
-    }

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from modelship.components.containers import BUILDAH
 from modelship.core.assets import asset
 from modelship.core.errors import PackagingError
 
 CONTAINERFILE = asset("bentos", "Containerfile")
 BASE_IMAGE = "localhost/modelship-base:bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
-#: buildah on these machines: no overlay support in the kernel's view, no cgroups for runc
-BUILDAH = ["buildah", "--storage-driver", "vfs"]
 
 
 def ca_bundle() -> str | None:
@@ -127,13 +126,6 @@ class Buildah:
         listed = json.loads(_run([*BUILDAH, "images", "--json", tag], log, "buildah images"))
         info = listed[0] if listed else {}
         return Image(tag, str(info.get("digest", "")), self.name, str(info.get("size", "")))
-
-
-def remove_container(container: str) -> None:
-    """Remove a buildah working container (its processes must be stopped first: see
-    ``components.loadtest.server.served``, which tracks them by pid, since ``buildah run``
-    starts them in their own session and stopping buildah does not stop them)."""
-    subprocess.run([*BUILDAH, "rm", container], capture_output=True, check=False)
 
 
 class DockerBuildx:

@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from modelship.bentos.model import ModelFilesChanged, verify_files
+from modelship.components.mlmodel import read_mlmodel, read_signature
 from modelship.components.package import bento as bento_build
 from modelship.components.package.image import Image, image_ref, pick_builder
-from modelship.components.validate.model_check import read_mlmodel, read_signature
 from modelship.core.errors import PackagingError
 from modelship.core.events import NO_EVENTS, EventSink
+from modelship.core.records import OptimizeRecord, PackageRecord
+from modelship.core.tags import RUN_BENTO_DIGEST, TAG_BENTO, TAG_IMAGE
 from modelship.core.verdict import Check, ModelState, Verdict
 from modelship.policies.schema import Policy
 from modelship.registry.client import ModelRef, Registry
@@ -27,14 +28,11 @@ from modelship.registry.deployments import DeploymentRun
 from modelship.registry.digest import tree_digest, verify
 
 STAGE = "package"
-TAG_BENTO = "modelship.bento"
-TAG_IMAGE = "modelship.image"
-OUTPUT = "package.json"
 
 
-def _columns(record: dict[str, Any], model_dir: Path) -> list[str]:
-    if record.get("columns"):
-        return [str(c) for c in record["columns"]]
+def _columns(record: OptimizeRecord, model_dir: Path) -> list[str]:
+    if record.columns:
+        return list(record.columns)
     return [c for c, _ in read_signature(read_mlmodel(model_dir)).columns]
 
 
@@ -79,7 +77,7 @@ def run(
         return Verdict.not_run(STAGE, previous)
     t0 = time.perf_counter()
     verify(model_dir, digest, what=str(ref))
-    record = json.loads((optimized / "optimize.json").read_text())
+    record = OptimizeRecord.load(optimized)
     workdir.mkdir(parents=True, exist_ok=True)
     context = workdir / "bento-context"
     files, packages = bento_build.assemble(context, optimized, model_dir, record)
@@ -106,17 +104,19 @@ def run(
     except PackagingError as e:
         image_check = Check(name="package.image", kind="image", passed=False, reason=e.message)
     checks.append(image_check)
-    out = {
-        **bento_build.describe(built),
-        "bento_digest": tree_digest(built.path),
-        "bentoml_home": str(bentoml_home),
-        "image": image.ref if image else None,
-        "image_id": image.image_id if image else None,
-        "image_builder": image.builder if image else None,
-        "image_status": image_check.reason,
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / OUTPUT).write_text(json.dumps(out, indent=2))
+    out = PackageRecord(
+        version=ref.version,
+        bento=built.tag,
+        bento_path=str(built.path),
+        bento_digest=tree_digest(built.path),
+        bentoml_home=str(bentoml_home),
+        serving=json.loads(built.config.model_dump_json()),
+        image=image.ref if image else None,
+        image_id=image.image_id if image else None,
+        image_builder=image.builder if image else None,
+        image_status=image_check.reason,
+    )
+    out.save(out_dir)
     verdict = Verdict.from_checks(STAGE, checks, duration_s=time.perf_counter() - t0)
     if verdict.passed:
         registry.set_state(ref, ModelState.PACKAGED, verdict.reason)
@@ -127,8 +127,8 @@ def run(
         registry.set_state(ref, ModelState.REJECTED, verdict.reason)
     if deployment is not None:
         deployment.log_verdict(verdict)
-        deployment.log_text(json.dumps(out, indent=2), "package/package.json")
+        deployment.log_text(out.model_dump_json(indent=2), "package/package.json")
         deployment.log_text((context / "bentofile.yaml").read_text(), "package/bentofile.yaml")
-        deployment.set_tags({"modelship.bento": built.tag, "modelship.bento_digest": out["bento_digest"],
-                             "modelship.image": out["image"] or ""})  # fmt: skip
+        deployment.set_tags({TAG_BENTO: built.tag, RUN_BENTO_DIGEST: out.bento_digest,
+                             TAG_IMAGE: out.image or ""})  # fmt: skip
     return verdict

@@ -18,7 +18,6 @@ import pandas as pd
 
 from modelship.components.rollout import analysis
 from modelship.components.rollout.decide import Action, Decision, Observations, decide
-from modelship.components.rollout.router import TrafficRouter, Weights
 from modelship.components.rollout.state import (
     AnalysisOutcome,
     AnalysisRecord,
@@ -27,6 +26,7 @@ from modelship.components.rollout.state import (
     plan,
 )
 from modelship.core.errors import InputError, ModelshipError
+from modelship.core.traffic import TrafficRouter, Weights
 from modelship.gateway.stats import Mode, traffic_between
 from modelship.policies.schema import Rollout
 

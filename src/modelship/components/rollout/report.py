@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from modelship.components.loadtest.report import _plt, _save
+from modelship.components.charts import pyplot, save
 from modelship.components.rollout.state import AnalysisOutcome, RolloutStatus
 
 _COLORS = {
@@ -20,7 +20,7 @@ _COLORS = {
 
 def chart(status: RolloutStatus, out: Path) -> Path:
     """The challenger's share over time (each analysis marked), and p99 of both per analysis."""
-    plt = _plt()
+    plt = pyplot()
     fig, (share, lat) = plt.subplots(2, 1, figsize=(9, 6), height_ratios=[2, 2])
     start = status.started_at
     if status.traffic:
@@ -46,7 +46,7 @@ def chart(status: RolloutStatus, out: Path) -> Path:
     lat.set_xticks(list(x), names)
     lat.set_ylabel("p99 latency (ms)")
     lat.legend(loc="upper left")
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def write(status: RolloutStatus, snapshot: dict[str, Any], workdir: Path) -> list[Path]:

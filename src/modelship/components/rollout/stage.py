@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,22 +20,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from modelship.components.loadtest.loadgen import Phase as LoadPhase
-from modelship.components.loadtest.loadgen import run as drive
-from modelship.components.loadtest.server import Launch, free_port, package_launch, served
-from modelship.components.loadtest.stage import bodies, champion_package
-from modelship.components.package.stage import OUTPUT as PACKAGE_OUTPUT
 from modelship.components.rollout import report
-from modelship.components.rollout.cluster import CustomObjects, Deployable, load_api
 from modelship.components.rollout.controller import Controller, PredictionSource, RolloutRegistry
 from modelship.components.rollout.decide import Decision
-from modelship.components.rollout.kubernetes import router_for
-from modelship.components.rollout.local import GatewayRouter
-from modelship.components.rollout.prometheus import PrometheusMetrics
-from modelship.components.rollout.router import Weights
 from modelship.components.rollout.state import AnalysisOutcome, Phase, RolloutStatus, StatusStore
+from modelship.components.serving.loadgen import Phase as LoadPhase
+from modelship.components.serving.loadgen import run as drive
+from modelship.components.serving.local import gateway_launch, log_root
+from modelship.components.serving.packaged import bodies, champion_package
+from modelship.components.serving.server import free_port, package_launch, served
+from modelship.components.targets.cluster import CustomObjects, Deployable, load_api
+from modelship.components.targets.kubernetes import router_for
+from modelship.components.targets.local import GatewayRouter
+from modelship.components.targets.prometheus import PrometheusMetrics
 from modelship.core.errors import StageError
 from modelship.core.events import NO_EVENTS, EventSink
+from modelship.core.records import PackageRecord
+from modelship.core.tags import TAG_IMAGE
+from modelship.core.traffic import Weights
 from modelship.core.verdict import Check, ModelState, Verdict
 from modelship.policies.schema import Policy
 from modelship.registry.client import CHALLENGER, ModelRef, Registry
@@ -88,25 +88,6 @@ class InferenceLogs:
 class NoLogs:
     def predictions(self, version: str, since: float) -> pd.DataFrame | None:
         return None
-
-
-def log_root(policy: Policy, env: dict[str, str], home: Path) -> str:
-    return (
-        env.get("MODELSHIP_INFERENCE_LOG")
-        or policy.package.inference_log.uri
-        or str(home / "inference")
-    )
-
-
-def gateway_launch(port: int, token: str, backends: dict[str, tuple[str, str]],
-                   sticky_header: str | None, env: dict[str, str]) -> Launch:  # fmt: skip
-    """``python -m modelship.gateway`` in front of ``backends`` (variant: (url, version))."""
-    cmd = [sys.executable, "-m", "modelship.gateway", "--port", str(port)]
-    for variant, (url, version) in backends.items():
-        cmd += [f"--{variant}", f"{url}@v{version}"]
-    if sticky_header:
-        cmd += ["--sticky-header", sticky_header]
-    return Launch("gateway", cmd, {**env, "MODELSHIP_GATEWAY_TOKEN": token})
 
 
 def _checks(status: RolloutStatus) -> list[Check]:
@@ -169,7 +150,7 @@ def run(
         )
     t0 = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
-    record = json.loads((packaged / PACKAGE_OUTPUT).read_text())
+    record = PackageRecord.load(packaged)
     # production traffic: the servers write the production inference log
     env = {k: v for k, v in env.items() if k != "MODELSHIP_INFERENCE_LOG"}
     logs = log_root(policy, os.environ | env, home)
@@ -182,7 +163,7 @@ def run(
     with contextlib.ExitStack() as stack:
         servers = {}
         for variant, what, version in (("champion", old, champion.version),
-                                       ("challenger", record, ref.version)):  # fmt: skip
+                                       ("challenger", record.packaged, ref.version)):  # fmt: skip
             events.emit(STAGE, "step", step=f"starting the {variant} v{version}")
             port = free_port()
             servers[variant] = stack.enter_context(
@@ -210,7 +191,7 @@ def run(
         status = controller.begin(ref.name, champion.version, ref.version, policy_hash)
         done = threading.Event()
         if rollout.load_rate:
-            body = bodies(policy, ref, list(record["serving"]["columns"]))
+            body = bodies(policy, ref, record.columns)
             driver = threading.Thread(
                 target=drive,
                 args=(f"{gateway.url}/predict", body, [LoadPhase(rollout.load_rate, 24 * 3600)]),
@@ -251,7 +232,6 @@ def run(
 
 def deployable(registry: Registry, ref: ModelRef) -> Deployable:
     """A version as a cluster serves it: its image (KServe), its artifact's URI (Seldon)."""
-    from modelship.components.package.stage import TAG_IMAGE
 
     tags = registry.client.get_model_version(ref.name, ref.version).tags
     return Deployable(ref.name, ref.version, image=tags.get(TAG_IMAGE) or None,

@@ -9,14 +9,13 @@ change, so a reader never sees half of one and a killed controller resumes where
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelship.core.files import write_atomic
 from modelship.policies.schema import Rollout
 
 
@@ -155,11 +154,3 @@ class StatusStore:
             return data
         except (FileNotFoundError, ValueError):
             return None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -13,17 +13,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from modelship.components import metrics
 from modelship.components.datasource import read_frame
-from modelship.components.validate import metrics
-from modelship.components.validate.contract import check_contract
-from modelship.components.validate.model_check import (
-    Probe,
+from modelship.components.mlmodel import (
     artifact_checks,
-    behaviour_checks,
     model_inputs,
     read_mlmodel,
     read_signature,
 )
+from modelship.components.validate.contract import check_contract
+from modelship.components.validate.model_check import Probe, behaviour_checks
 from modelship.core.errors import DataError
 from modelship.core.events import NO_EVENTS, EventSink
 from modelship.core.verdict import Check, ModelState, Verdict

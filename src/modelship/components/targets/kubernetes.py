@@ -15,7 +15,7 @@ from typing import Protocol
 
 import yaml
 
-from modelship.components.rollout.cluster import (
+from modelship.components.targets.cluster import (
     CustomObjects,
     Deployable,
     KubernetesError,
@@ -23,9 +23,9 @@ from modelship.components.rollout.cluster import (
     ManifestError,
     load_api,
 )
-from modelship.components.rollout.kserve import KServeRouter, MirrorUnsupported, kserve_manifests
-from modelship.components.rollout.router import TrafficRouter, Weights
-from modelship.components.rollout.seldon import SeldonRouter, seldon_manifests
+from modelship.components.targets.kserve import KServeRouter, MirrorUnsupported, kserve_manifests
+from modelship.components.targets.seldon import SeldonRouter, seldon_manifests
+from modelship.core.traffic import TrafficRouter, Weights
 
 __all__ = [
     "K8S_MANIFESTS",

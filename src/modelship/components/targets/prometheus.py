@@ -18,8 +18,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from modelship.components.loadtest.histogram import LatencyHistogram
-from modelship.components.rollout.local import RouterError
+from modelship.components.targets.local import RouterError
+from modelship.core.histogram import LatencyHistogram
 from modelship.gateway.stats import Outcome
 
 #: the service's outcome label, as the gateway's analysis counts it

@@ -7,8 +7,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from modelship.components.rollout.router import Weights
 from modelship.core.errors import StageError
+from modelship.core.traffic import Weights
 
 
 class RouterError(StageError):

@@ -1,4 +1,5 @@
-"""``modelship monitor MODEL --once | --watch``: the drift monitor on this machine's champion."""
+"""Monitor passes over a model's champion: once (a KFP run, ``modelship monitor --once``) or on a
+loop (``--watch``), acting through the live gateway of ``modelship serve`` where one runs."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from pathlib import Path
 
 from modelship.components.monitor.notify import SECRET_ENV
 from modelship.components.monitor.stage import PassResult, run_pass
-from modelship.components.rollout.stage import log_root
+from modelship.components.serving.local import live_router, log_root
 from modelship.core.settings import Settings
 from modelship.policies.loader import load_policy
 from modelship.registry.client import Registry
-from modelship.serving import live_router
 
 
 def monitor_once(
@@ -25,7 +25,7 @@ def monitor_once(
     say: Callable[[str], None] = print,
 ) -> PassResult:
     policy = load_policy(model, policy_file, policy_dir=settings.policies).policy
-    live = live_router(settings, model)
+    live = live_router(settings.home, model)
     if live is None:
         say(f"no `modelship serve {model}` running here: a rollback would move the aliases only")
     return run_pass(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from modelship.components.rollout.cluster import (
+from modelship.components.targets.cluster import (
     ANNOTATION_PREFIX,
     NAME_MAX,
     ClusterRouter,
@@ -29,7 +29,7 @@ from modelship.components.rollout.cluster import (
     metadata,
     with_nulls,
 )
-from modelship.components.rollout.router import Weights
+from modelship.core.traffic import Weights
 
 INFERENCE_SERVICE = CustomResource(
     "serving.kserve.io", "v1beta1", "InferenceService", "inferenceservices"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from modelship.components.rollout.cluster import (
+from modelship.components.targets.cluster import (
     ClusterRouter,
     CustomObjects,
     CustomResource,
@@ -28,7 +28,7 @@ from modelship.components.rollout.cluster import (
     metadata,
     with_nulls,
 )
-from modelship.components.rollout.router import Weights
+from modelship.core.traffic import Weights
 
 MODEL = CustomResource("mlops.seldon.io", "v1alpha1", "Model", "models")
 EXPERIMENT = CustomResource("mlops.seldon.io", "v1alpha1", "Experiment", "experiments")

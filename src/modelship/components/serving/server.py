@@ -24,7 +24,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from modelship.components.containers import BUILDAH, remove_container
 from modelship.core.errors import InputError, ModelshipError
+from modelship.core.records import PackagedModel
 
 
 class NotReady(ModelshipError):
@@ -116,8 +118,6 @@ def bento_launch(tag: str, port: int, env: dict[str, str], cpus: list[int] | Non
 
 
 def image_launch(image: str, port: int, cpus: list[int] | None) -> Launch:
-    from modelship.components.package.image import BUILDAH, remove_container
-
     container = subprocess.run(
         [*BUILDAH, "from", image], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -129,15 +129,15 @@ def image_launch(image: str, port: int, cpus: list[int] | None) -> Launch:
 
 
 def package_launch(
-    record: dict[str, Any], port: int, env: dict[str, str], cpus: list[int] | None
+    packaged: PackagedModel, port: int, env: dict[str, str], cpus: list[int] | None
 ) -> Launch:
     """Start a packaged version as production will: its image where one was built and buildah
-    is here, else ``bentoml serve`` of its Bento. ``record`` holds ``bento`` and ``image``."""
+    is here, else ``bentoml serve`` of its Bento."""
     import shutil
 
-    if record.get("image") and shutil.which("buildah"):
-        return image_launch(str(record["image"]), port, cpus)
-    return bento_launch(str(record["bento"]), port, env, cpus)
+    if packaged.image and shutil.which("buildah"):
+        return image_launch(packaged.image, port, cpus)
+    return bento_launch(packaged.bento, port, env, cpus)
 
 
 def _pinned(cmd: list[str], cpus: list[int] | None) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from modelship.components.loadtest.histogram import LatencyHistogram
+from modelship.core.histogram import LatencyHistogram
 
 
 @dataclass(frozen=True)

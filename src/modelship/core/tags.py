@@ -1,0 +1,25 @@
+"""The MLflow tags modelship writes: on a model version, and on a deployment's run.
+
+One place, so a person (or a dashboard) can find every name modelship uses, and no stage has to
+import another to read what it wrote.
+"""
+
+from __future__ import annotations
+
+# on a model version
+TAG_STATE = "modelship.state"
+TAG_REASON = "modelship.reason"
+TAG_DIGEST = "modelship.digest"
+TAG_RUN = "modelship.deployment_run"
+TAG_VARIANT = "modelship.optimize.variant"
+TAG_SPEEDUP = "modelship.optimize.speedup"
+TAG_BENTO = "modelship.bento"
+TAG_IMAGE = "modelship.image"
+TAG_REPORT = "modelship.rollback_report"
+
+# on a deployment's MLflow run (experiment ``modelship-deployments``)
+RUN_MODEL = "modelship.model"
+RUN_VERSION = "modelship.version"
+RUN_OUTCOME = "modelship.outcome"
+RUN_ERROR = "modelship.error"
+RUN_BENTO_DIGEST = "modelship.bento_digest"

@@ -1,0 +1,44 @@
+"""Fixtures several test modules share: a private modelship home, its settings, the demo's data.
+
+All three are module-scoped: each module that asks for them gets its own home (its own embedded
+MLflow store) and keeps it for all of its tests, as when each module defined them itself. A
+module that needs something else (a fresh home per test, say) defines its own fixture of the same
+name, which wins over these for that module.
+
+tests.support is imported inside the fixtures: it pulls in MLflow, which the modules that use
+none of these need not pay for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from modelship.core.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MODELSHIP_HOME for the module."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.DataFrame]:
+    """The demo's breast-cancer split: x_train, y_train, reference, validation."""
+    from tests.support import breast_cancer
+
+    return breast_cancer()
+
+
+@pytest.fixture(scope="module")
+def settings(home: Path) -> Settings:
+    """Settings for the module's ``home``, prepared: MLflow points at its embedded store."""
+    from tests.support import settings_for
+
+    return settings_for(home)
