@@ -21,9 +21,11 @@ from typing import Any
 
 import pandas as pd
 
+from modelship.components.contract import StageContext
 from modelship.core.settings import Settings
 from modelship.datasets import log_datasets
-from modelship.registry.client import Registry
+from modelship.policies.schema import Policy
+from modelship.registry.client import ModelRef, Registry
 from modelship.registry.deployments import ensure_experiment
 
 MODELSHIP = str(Path(sys.executable).parent / "modelship")
@@ -86,6 +88,18 @@ def mlflow_server(root: Path, env: Mapping[str, str] | None = None) -> Iterator[
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health", proc, root / "server.log")
         yield url
+
+
+def stage_context(
+    settings: Settings,
+    ref: ModelRef,
+    policy: Policy,
+    workdir: Path,
+    registry: Registry | None = None,
+) -> StageContext:
+    """A stage's context outside a deployment (no MLflow run), as a test calls a stage."""
+    return StageContext(ref=ref, policy=policy, registry=registry or Registry(), deployment=None,
+                        workdir=workdir, settings=settings)  # fmt: skip
 
 
 def settings_for(home: Path, tracking_uri: str | None = None) -> Settings:

@@ -371,7 +371,10 @@ def test_deploy_through_validate_optimize_and_package(installed: Installed, plac
     assert (place.home / "mlflow.db").is_file()
     assert list((place.home / "bentoml" / "bentos").glob(f"modelship-{MODEL}/v1-*/bento.yaml"))
     assert _inside(Path(summary["log"]), place.home)
-    assert not list(place.cwd.iterdir())
+    # nothing in the working folder either (an experiment made without its location under
+    # MODELSHIP_HOME puts the deployment run's artifacts in ./mlruns)
+    written = sorted(str(p.relative_to(place.cwd)) for p in place.cwd.rglob("*"))
+    assert not written, f"deploy wrote into its working folder: {written[:10]}"
 
 
 # -- bad input: exit 2, a clear message, nothing written ---------------------------------------

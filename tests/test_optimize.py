@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from modelship.components.contract import run_stage
 from modelship.components.mlmodel import read_mlmodel
 from modelship.components.optimize import stage as optimize
 from modelship.components.optimize.convert import convert
@@ -21,7 +22,7 @@ from modelship.core.verdict import Verdict
 from modelship.policies.loader import load_policy
 from modelship.policies.schema import Equivalence, Policy, Variant
 from modelship.registry.client import Registry
-from tests.support import register, register_forest
+from tests.support import register, register_forest, stage_context
 
 MODEL = "breast-cancer"
 PASSED = Verdict(stage="validate", passed=True, reason="all checks passed")
@@ -40,9 +41,9 @@ def _run(
     ref = registry.resolve(MODEL, version=version)
     model_dir, digest = registry.checked_download(ref, tmp / "model")
     out = tmp / "optimized"
-    verdict = optimize.run(
-        ref, model_dir, digest, policy, previous,
-        registry=registry, deployment=None, workdir=tmp / "work", out_dir=out,
+    verdict = run_stage(
+        optimize.STAGE, stage_context(settings, ref, policy, tmp / "work", registry),
+        optimize.OptimizeInputs(model_dir, digest, out), previous,
     )  # fmt: skip
     return verdict, out
 
@@ -169,10 +170,9 @@ def test_variant_that_fails_to_load_is_dropped(
 
 def test_does_not_run_without_a_passing_validation(settings: Settings, tmp_path: Path) -> None:
     failed = Verdict(stage="validate", passed=False, reason="metric.accuracy: too low")
-    verdict = optimize.run(
-        None, tmp_path, "sha256:x", _policy(), failed,  # type: ignore[arg-type]
-        registry=Registry(), deployment=None, workdir=tmp_path / "w", out_dir=tmp_path / "o",
-    )  # fmt: skip
+    ctx = stage_context(settings, None, _policy(), tmp_path / "w")  # type: ignore[arg-type]
+    inputs = optimize.OptimizeInputs(tmp_path, "sha256:x", tmp_path / "o")
+    verdict = run_stage(optimize.STAGE, ctx, inputs, failed)
     assert verdict.skipped and not verdict.passed
     assert verdict.reason == "not run: validate did not pass"
 
@@ -247,9 +247,9 @@ def test_pytorch_mlp_converts_and_gets_int8_variants(settings: Settings, tmp_pat
             },
         }
     )
-    verdict = optimize.run(
-        ref, model_dir, digest, policy, PASSED,
-        registry=registry, deployment=None, workdir=tmp_path / "work", out_dir=tmp_path / "out",
+    verdict = run_stage(
+        optimize.STAGE, stage_context(settings, ref, policy, tmp_path / "work", registry),
+        optimize.OptimizeInputs(model_dir, digest, tmp_path / "out"), PASSED,
     )  # fmt: skip
     assert verdict.passed, verdict.reason
     checks = _checks(verdict)

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from modelship.bentos.inference_log import read
+from modelship.components.contract import StageContext, run_stage
 from modelship.components.package import image as image_mod
 from modelship.components.package import stage as package_stage
 from modelship.core.events import NO_EVENTS
@@ -210,11 +211,10 @@ def test_package_does_not_run_without_a_passing_optimize_verdict(tmp_path: Path)
     failed = Verdict.from_checks(
         "optimize", [Check(name="optimize.selection", kind="selection", passed=False, reason="x")]
     )
-    verdict = package_stage.run(
-        None, tmp_path, "", None, failed, tmp_path,  # type: ignore[arg-type]
-        registry=None, deployment=None, workdir=tmp_path, out_dir=tmp_path,  # type: ignore[arg-type]
-        bentoml_home=tmp_path,
-    )  # fmt: skip
+    ctx = StageContext(ref=None, policy=None, registry=None, deployment=None,  # type: ignore[arg-type]
+                       workdir=tmp_path, settings=None)  # type: ignore[arg-type]  # fmt: skip
+    inputs = package_stage.PackageInputs(tmp_path, "", tmp_path, tmp_path)
+    verdict = run_stage(package_stage.STAGE, ctx, inputs, failed)
     assert verdict.skipped and not verdict.passed
 
 
@@ -268,7 +268,7 @@ def test_a_model_without_onnx_is_packaged_and_served_natively(
     from modelship.policies.loader import load_policy
     from modelship.policies.schema import Policy
     from modelship.registry.client import Registry
-    from tests.support import register
+    from tests.support import register, stage_context
 
     x, y, ref_data, val = data
     model = KernelRidge().fit(x, y)
@@ -280,14 +280,15 @@ def test_a_model_without_onnx_is_packaged_and_served_natively(
     ref = registry.resolve(MODEL, version=version)
     model_dir, digest = registry.checked_download(ref, tmp_path / "model")
     passed = Verdict(stage="validate", passed=True, reason="all checks passed")
-    optimized = optimize_stage.run(
-        ref, model_dir, digest, policy, passed, registry=registry, deployment=None,
-        workdir=tmp_path / "opt-work", out_dir=tmp_path / "optimized",
+    optimized = run_stage(
+        optimize_stage.STAGE, stage_context(settings, ref, policy, tmp_path / "opt-work", registry),
+        optimize_stage.OptimizeInputs(model_dir, digest, tmp_path / "optimized"), passed,
     )  # fmt: skip
-    verdict = package_stage.run(
-        ref, model_dir, digest, policy, optimized, tmp_path / "optimized",
-        registry=registry, deployment=None, workdir=tmp_path / "pkg-work",
-        out_dir=tmp_path / "packaged", bentoml_home=home / "bentoml",
+    assert settings.bentoml_home == home / "bentoml"
+    verdict = run_stage(
+        package_stage.STAGE, stage_context(settings, ref, policy, tmp_path / "pkg-work", registry),
+        package_stage.PackageInputs(model_dir, digest, tmp_path / "optimized", tmp_path / "packaged"),
+        optimized,
     )  # fmt: skip
     assert verdict.passed, verdict.reason
     out = json.loads((tmp_path / "packaged" / "package.json").read_text())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelship.components.rollout.stage import deployable
 from modelship.components.rollout.state import plan
+from modelship.components.rollout.targets import deployable
 from modelship.components.targets.kubernetes import dry_run
 from modelship.core.traffic import Weights
 from modelship.policies.loader import load_policy

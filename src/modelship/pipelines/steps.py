@@ -6,20 +6,27 @@ Each step is the entry point of its own process, so this is where settings are r
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from modelship.components import conclude, resolve
+from modelship.components.contract import (
+    ModelInputs,
+    PackagedInputs,
+    Stage,
+    StageContext,
+    run_stage,
+)
 from modelship.components.runtime import run_step
 from modelship.components.validate import stage as validate_stage
-from modelship.core.errors import ModelshipError
 from modelship.core.events import EventSink
 from modelship.core.settings import Settings
 from modelship.core.verdict import Verdict
 from modelship.policies.schema import Policy
 from modelship.registry.client import Registry
 from modelship.registry.deployments import DeploymentRun
+
+I = TypeVar("I")  # noqa: E741  (a stage's inputs)
 
 ResolveOutputs = namedtuple("ResolveOutputs", ["version", "digest", "run_id", "policy"])
 
@@ -31,14 +38,33 @@ def _setup() -> tuple[Settings, Registry]:
 
 
 def _gate(
-    stage: str, body: Callable[[EventSink], Verdict], deployment: DeploymentRun, verdict_path: str
+    stage: Stage[I],
+    inputs: I,
+    *,
+    model_name: str,
+    version: str,
+    run_id: str,
+    policy: str,
+    verdict_path: str,
+    previous_path: str | None = None,
 ) -> bool:
-    """Run a gate's stage; save its verdict for the next step, or close the run on an error."""
-    try:
-        verdict = run_step(stage, body)
-    except ModelshipError as e:
-        deployment.fail(str(e))
-        raise
+    """Run a gate's stage through the shared runner; save its verdict for the next step."""
+    settings, registry = _setup()
+
+    def body(events: EventSink) -> Verdict:
+        ctx = StageContext(
+            ref=registry.resolve(model_name, version=version),
+            policy=Policy.model_validate_json(policy),
+            registry=registry,
+            deployment=DeploymentRun(registry.client, run_id),
+            workdir=Path(verdict_path).parent / f"{stage.name}-work",
+            settings=settings,
+            events=events,
+        )
+        previous = Verdict.load(previous_path) if previous_path else None
+        return run_stage(stage, ctx, inputs, previous)
+
+    verdict = run_step(stage.name, body)
     verdict.save(verdict_path)
     return verdict.passed
 
@@ -73,25 +99,10 @@ def validate_step(
     policy: str,
     verdict_path: str,
 ) -> bool:
-    settings, registry = _setup()
-    deployment = DeploymentRun(registry.client, run_id)
-
-    def body(events: EventSink) -> Verdict:
-        ref = registry.resolve(model_name, version=version)
-        workdir = Path(verdict_path).parent / "validate-work"
-        return validate_stage.run(
-            ref,
-            Path(model_path),
-            digest,
-            Policy.model_validate_json(policy).validate_stage,
-            registry=registry,
-            deployment=deployment,
-            workdir=workdir,
-            env=settings.child_env(),
-            events=events,
-        )
-
-    return _gate("validate", body, deployment, verdict_path)
+    return _gate(
+        validate_stage.STAGE, ModelInputs(Path(model_path), digest), model_name=model_name,
+        version=version, run_id=run_id, policy=policy, verdict_path=verdict_path,
+    )  # fmt: skip
 
 
 def optimize_step(
@@ -107,25 +118,11 @@ def optimize_step(
 ) -> bool:
     from modelship.components.optimize import stage as optimize_stage
 
-    _, registry = _setup()
-    deployment = DeploymentRun(registry.client, run_id)
-
-    def body(events: EventSink) -> Verdict:
-        ref = registry.resolve(model_name, version=version)
-        return optimize_stage.run(
-            ref,
-            Path(model_path),
-            digest,
-            Policy.model_validate_json(policy),
-            Verdict.load(validate_verdict_path),
-            registry=registry,
-            deployment=deployment,
-            workdir=Path(verdict_path).parent / "optimize-work",
-            out_dir=Path(optimized_path),
-            events=events,
-        )
-
-    return _gate("optimize", body, deployment, verdict_path)
+    inputs = optimize_stage.OptimizeInputs(Path(model_path), digest, Path(optimized_path))
+    return _gate(
+        optimize_stage.STAGE, inputs, model_name=model_name, version=version, run_id=run_id,
+        policy=policy, verdict_path=verdict_path, previous_path=validate_verdict_path,
+    )  # fmt: skip
 
 
 def package_step(
@@ -142,27 +139,13 @@ def package_step(
 ) -> bool:
     from modelship.components.package import stage as package_stage
 
-    settings, registry = _setup()
-    deployment = DeploymentRun(registry.client, run_id)
-
-    def body(events: EventSink) -> Verdict:
-        ref = registry.resolve(model_name, version=version)
-        return package_stage.run(
-            ref,
-            Path(model_path),
-            digest,
-            Policy.model_validate_json(policy),
-            Verdict.load(optimize_verdict_path),
-            Path(optimized_path),
-            registry=registry,
-            deployment=deployment,
-            workdir=Path(verdict_path).parent / "package-work",
-            out_dir=Path(packaged_path),
-            bentoml_home=settings.bentoml_home,
-            events=events,
-        )
-
-    return _gate("package", body, deployment, verdict_path)
+    inputs = package_stage.PackageInputs(
+        Path(model_path), digest, Path(optimized_path), Path(packaged_path)
+    )
+    return _gate(
+        package_stage.STAGE, inputs, model_name=model_name, version=version, run_id=run_id,
+        policy=policy, verdict_path=verdict_path, previous_path=optimize_verdict_path,
+    )  # fmt: skip
 
 
 def loadtest_step(
@@ -176,24 +159,11 @@ def loadtest_step(
 ) -> bool:
     from modelship.components.loadtest import stage as loadtest_stage
 
-    settings, registry = _setup()
-    deployment = DeploymentRun(registry.client, run_id)
-
-    def body(events: EventSink) -> Verdict:
-        ref = registry.resolve(model_name, version=version)
-        return loadtest_stage.run(
-            ref,
-            Policy.model_validate_json(policy),
-            Verdict.load(package_verdict_path),
-            Path(packaged_path),
-            registry=registry,
-            deployment=deployment,
-            workdir=Path(verdict_path).parent / "loadtest-work",
-            env=settings.child_env(),
-            events=events,
-        )
-
-    return _gate("loadtest", body, deployment, verdict_path)
+    return _gate(
+        loadtest_stage.STAGE, PackagedInputs(Path(packaged_path)), model_name=model_name,
+        version=version, run_id=run_id, policy=policy, verdict_path=verdict_path,
+        previous_path=package_verdict_path,
+    )  # fmt: skip
 
 
 def rollout_step(
@@ -207,25 +177,11 @@ def rollout_step(
 ) -> bool:
     from modelship.components.rollout import stage as rollout_stage
 
-    settings, registry = _setup()
-    deployment = DeploymentRun(registry.client, run_id)
-
-    def body(events: EventSink) -> Verdict:
-        ref = registry.resolve(model_name, version=version)
-        return rollout_stage.run(
-            ref,
-            Policy.model_validate_json(policy),
-            Verdict.load(loadtest_verdict_path),
-            Path(packaged_path),
-            registry=registry,
-            deployment=deployment,
-            workdir=Path(verdict_path).parent / "rollout-work",
-            env=settings.child_env(),
-            home=settings.home,
-            events=events,
-        )
-
-    return _gate("rollout", body, deployment, verdict_path)
+    return _gate(
+        rollout_stage.STAGE, PackagedInputs(Path(packaged_path)), model_name=model_name,
+        version=version, run_id=run_id, policy=policy, verdict_path=verdict_path,
+        previous_path=loadtest_verdict_path,
+    )  # fmt: skip
 
 
 def conclude_step(

@@ -10,10 +10,10 @@ the production one.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
+from modelship.components.contract import PackagedInputs, Stage, StageContext
 from modelship.components.loadtest import gate, report
 from modelship.components.serving.loadgen import LoadResult, Phase, Progress
 from modelship.components.serving.loadgen import run as drive
@@ -25,14 +25,13 @@ from modelship.components.serving.server import (
     pick_port,
     served,
 )
-from modelship.core.events import NO_EVENTS, EventSink
+from modelship.core.events import EventSink
 from modelship.core.records import PackagedModel, PackageRecord
 from modelship.core.verdict import Check, ModelState, Verdict
-from modelship.policies.schema import LoadTest, Policy
-from modelship.registry.client import ModelRef, Registry
-from modelship.registry.deployments import DeploymentRun
+from modelship.policies.schema import LoadTest
+from modelship.registry.client import ModelRef
 
-STAGE = "loadtest"
+NAME = "loadtest"
 
 
 def phases(lt: LoadTest) -> list[Phase]:
@@ -65,7 +64,7 @@ def _measure(
                                 reason=f"{launch.what} ready in {server.ready_s:.1f} s"))  # fmt: skip
 
             def progress(p: Progress) -> None:
-                events.emit(STAGE, "step", step=f"{label}: {_bar(p)}")
+                events.emit(NAME, "step", step=f"{label}: {_bar(p)}")
 
             if lt.mode == "find_max":
                 return checks, None, _find_max(server.url, body, lt, progress, server.exited)
@@ -114,33 +113,21 @@ def _find_max(
     return probes
 
 
-def run(
-    ref: ModelRef,
-    policy: Policy,
-    previous: Verdict,
-    packaged: Path,
-    *,
-    registry: Registry,
-    deployment: DeploymentRun | None,
-    workdir: Path,
-    env: dict[str, str],
-    events: EventSink = NO_EVENTS,
-) -> Verdict:
-    """Load-test ``ref``'s package after a passing package verdict."""
-    if not previous.passed:
-        return Verdict.not_run(STAGE, previous)
+def run(ctx: StageContext, inputs: PackagedInputs) -> Verdict:
+    """Load-test ``ctx.ref``'s package (the package step's output)."""
+    ref, registry, workdir, events, policy = (
+        ctx.ref, ctx.registry, ctx.workdir, ctx.events, ctx.policy
+    )  # fmt: skip
     lt = policy.loadtest
     if not lt.enabled:
-        return Verdict.from_checks(STAGE, [Check(name="loadtest", kind="loadtest", passed=True,
+        return Verdict.from_checks(NAME, [Check(name="loadtest", kind="loadtest", passed=True,
                                                  skipped=True, reason="loadtest.enabled is false")])  # fmt: skip
-    t0 = time.perf_counter()
-    workdir.mkdir(parents=True, exist_ok=True)
-    record = PackageRecord.load(packaged)
+    record = PackageRecord.load(inputs.packaged)
     body = bodies(policy, ref, record.columns)
     # load-test traffic never reaches the production inference log
-    env = {**env, "MODELSHIP_INFERENCE_LOG": str(workdir / "inference")}
+    env = {**ctx.env, "MODELSHIP_INFERENCE_LOG": str(workdir / "inference")}
     port = pick_port(lt.port)
-    events.emit(STAGE, "step", step=f"starting v{ref.version} ({lt.mode}, {lt.rate:g} req/s)")
+    events.emit(NAME, "step", step=f"starting v{ref.version} ({lt.mode}, {lt.rate:g} req/s)")
     checks, result, probes = _measure(
         _launch(record.packaged, port, env, lt),
         port,
@@ -159,7 +146,7 @@ def run(
         champion, why_not = champion_package(registry, ref)
         compared = None
         if champion is not None and all(c.passed for c in checks if c.blocking):
-            events.emit(STAGE, "step", step=f"the champion v{champion.version} under the same load")
+            events.emit(NAME, "step", step=f"the champion v{champion.version} under the same load")
             port = pick_port(lt.port)
             found, champ_result, _ = _measure(
                 _launch(champion, port, env, lt), port, body, lt, workdir / "champion.log",
@@ -184,16 +171,9 @@ def run(
             reason=f"highest arrival rate with p99 <= {lt.slo.p99_ms:g} ms: {best:g} req/s "
             f"({len(probes)} probes)",
         ))  # fmt: skip
-    verdict = Verdict.from_checks(
-        STAGE, checks, figures=_flat(figures), duration_s=time.perf_counter() - t0
-    )
+    verdict = Verdict.from_checks(NAME, checks, figures=_flat(figures))
     files = _report(ref, figures, runs, probes, lt, workdir)
-    if verdict.passed:
-        registry.set_state(ref, ModelState.LOAD_TESTED, verdict.reason)
-    else:
-        registry.set_state(ref, ModelState.REJECTED, verdict.reason)
-    if deployment is not None:
-        deployment.log_verdict(verdict)
+    if (deployment := ctx.deployment) is not None:
         for path in files:
             deployment.log_file(path, "loadtest")
     return verdict
@@ -229,3 +209,6 @@ def _report(
         images.append(report.find_max_chart(probes, lt.slo.p99_ms, workdir / "find_max.png"))
     page = report.page(f"Load test of {ref}", figures, images, workdir / "loadtest.html")
     return [*files, *images, page]
+
+
+STAGE: Stage[PackagedInputs] = Stage(NAME, ModelState.LOAD_TESTED, run)

@@ -8,7 +8,6 @@ record that says to serve the native model.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from modelship.components.contract import ModelInputs, Stage, StageContext
 from modelship.components.datasource import read_frame
 from modelship.components.mlmodel import (
     artifact_checks,
@@ -35,16 +35,12 @@ from modelship.components.optimize.variants import (
     open_session,
 )
 from modelship.core.errors import GateRejected
-from modelship.core.events import NO_EVENTS, EventSink
 from modelship.core.records import OptimizeRecord
 from modelship.core.tags import TAG_SPEEDUP, TAG_VARIANT
 from modelship.core.verdict import Check, ModelState, Verdict
 from modelship.policies.schema import Policy
-from modelship.registry.client import ModelRef, Registry
-from modelship.registry.deployments import DeploymentRun
-from modelship.registry.digest import verify
 
-STAGE = "optimize"
+NAME = "optimize"
 
 
 @dataclass(frozen=True)
@@ -120,24 +116,18 @@ def _table(reports: list[VariantReport], native: Timing) -> str:
     return "\n".join(lines)
 
 
-def run(
-    ref: ModelRef,
-    model_dir: Path,
-    digest: str,
-    policy: Policy,
-    previous: Verdict,
-    *,
-    registry: Registry,
-    deployment: DeploymentRun | None,
-    workdir: Path,
-    out_dir: Path,
-    events: EventSink = NO_EVENTS,
-) -> Verdict:
-    """Optimize ``ref`` after a passing validation verdict; write the chosen model to ``out_dir``."""
-    if not previous.passed:
-        return Verdict.not_run(STAGE, previous)
-    t0 = time.perf_counter()
-    verify(model_dir, digest, what=str(ref))
+@dataclass(frozen=True)
+class OptimizeInputs(ModelInputs):
+    #: where the chosen model (``model.onnx``) and its :class:`OptimizeRecord` go
+    out_dir: Path
+
+
+def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
+    """Optimize ``ctx.ref``; write the chosen model and its record to ``inputs.out_dir``."""
+    ref, registry, workdir, events, policy = (
+        ctx.ref, ctx.registry, ctx.workdir, ctx.events, ctx.policy
+    )  # fmt: skip
+    model_dir, out_dir = inputs.model_dir, inputs.out_dir
     opt = policy.optimize
     mlmodel = read_mlmodel(model_dir)
     refused = [
@@ -160,12 +150,12 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    events.emit(STAGE, "step", step="native pyfunc baseline")
+    events.emit(NAME, "step", step="native pyfunc baseline")
     native_timing = _native_timing(model_dir, features, opt.batch_sizes)
     checks: list[Check] = []
     reports: list[VariantReport] = []
     timings: dict[str, Timing] = {}
-    events.emit(STAGE, "step", step="convert to ONNX")
+    events.emit(NAME, "step", step="convert to ONNX")
     try:
         converted: Converted | None = convert(model_dir, mlmodel, features)
         checks.append(Check(name="optimize.conversion", kind="conversion", passed=True,
@@ -176,11 +166,11 @@ def run(
         checks.append(Check(name="optimize.conversion", kind="conversion", passed=False, blocking=False,
                             reason=e.message))  # fmt: skip
     if converted is not None:
-        events.emit(STAGE, "step", step=f"variants: {', '.join(map(str, opt.variants))}")
+        events.emit(NAME, "step", step=f"variants: {', '.join(map(str, opt.variants))}")
         for vf in build_variants(
             converted.onnx_bytes, list(opt.variants), workdir / "variants", calibration
         ):
-            events.emit(STAGE, "step", step=f"equivalence and timing: {vf.variant}")
+            events.emit(NAME, "step", step=f"equivalence and timing: {vf.variant}")
             found, session = _try_variant(vf, converted, x, y_true, policy, settings)
             checks += found
             if session is None:
@@ -235,9 +225,7 @@ def run(
         checks.append(Check(name="optimize.selection", kind="selection", passed=False,
                             reason="no ONNX variant passed and optimize.on_conversion_failure is reject"))  # fmt: skip
     record.save(out_dir)
-    verdict = Verdict.from_checks(
-        STAGE, checks, figures=figures, duration_s=time.perf_counter() - t0
-    )
+    verdict = Verdict.from_checks(NAME, checks, figures=figures)
     table = _table(reports, native_timing)
     (workdir / "variants.md").write_text(table + "\n")
     chart = latency_chart(
@@ -247,15 +235,14 @@ def run(
         workdir / "latency.png",
     )
     if verdict.passed:
-        registry.set_state(ref, ModelState.OPTIMIZED, verdict.reason)
         registry.set_tag(ref, TAG_VARIANT, record.variant)
         if record.speedup_p50 is not None:
             registry.set_tag(ref, TAG_SPEEDUP, f"{record.speedup_p50:.0f}x p50 vs pyfunc")
-    else:
-        registry.set_state(ref, ModelState.REJECTED, verdict.reason)
-    if deployment is not None:
-        deployment.log_verdict(verdict)
+    if (deployment := ctx.deployment) is not None:
         deployment.log_text(table, "optimize/variants.md")
         deployment.log_file(chart, "optimize")
         deployment.log_text(record.model_dump_json(indent=2), "optimize/optimize.json")
     return verdict
+
+
+STAGE: Stage[OptimizeInputs] = Stage(NAME, ModelState.OPTIMIZED, run)

@@ -10,24 +10,22 @@ model version and in the deployment run.
 from __future__ import annotations
 
 import json
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from modelship.bentos.model import ModelFilesChanged, verify_files
+from modelship.components.contract import ModelInputs, Stage, StageContext
 from modelship.components.mlmodel import read_mlmodel, read_signature
 from modelship.components.package import bento as bento_build
 from modelship.components.package.image import Image, image_ref, pick_builder
 from modelship.core.errors import PackagingError
-from modelship.core.events import NO_EVENTS, EventSink
+from modelship.core.events import EventSink
 from modelship.core.records import OptimizeRecord, PackageRecord
 from modelship.core.tags import RUN_BENTO_DIGEST, TAG_BENTO, TAG_IMAGE
 from modelship.core.verdict import Check, ModelState, Verdict
-from modelship.policies.schema import Policy
-from modelship.registry.client import ModelRef, Registry
-from modelship.registry.deployments import DeploymentRun
-from modelship.registry.digest import tree_digest, verify
+from modelship.registry.digest import tree_digest
 
-STAGE = "package"
+NAME = "package"
 
 
 def _columns(record: OptimizeRecord, model_dir: Path) -> list[str]:
@@ -50,33 +48,30 @@ def _image_check(
                          reason=reason.replace("skipped", "required by the policy but")), None  # fmt: skip
         return Check(name="package.image", kind="image", passed=True, skipped=True,
                      blocking=False, reason=reason), None  # fmt: skip
-    events.emit(STAGE, "step", step=f"image with {builder.name} (minutes the first time)")
+    events.emit(NAME, "step", step=f"image with {builder.name} (minutes the first time)")
     log = workdir / "image-build.log"
     image = builder.build(built.path, image_ref(built.name, built.version), log)
     return Check(name="package.image", kind="image", passed=True, measured=image.ref,
                  reason=f"{image.ref} built with {image.builder} ({image.size})"), image  # fmt: skip
 
 
-def run(
-    ref: ModelRef,
-    model_dir: Path,
-    digest: str,
-    policy: Policy,
-    previous: Verdict,
-    optimized: Path,
-    *,
-    registry: Registry,
-    deployment: DeploymentRun | None,
-    workdir: Path,
-    out_dir: Path,
-    bentoml_home: Path,
-    events: EventSink = NO_EVENTS,
-) -> Verdict:
-    """Package ``ref`` after a passing optimize verdict; write ``package.json`` to ``out_dir``."""
-    if not previous.passed:
-        return Verdict.not_run(STAGE, previous)
-    t0 = time.perf_counter()
-    verify(model_dir, digest, what=str(ref))
+@dataclass(frozen=True)
+class PackageInputs(ModelInputs):
+    #: the optimize step's output: ``model.onnx`` and its :class:`OptimizeRecord`
+    optimized: Path
+    #: where the :class:`PackageRecord` goes
+    out_dir: Path
+
+
+def run(ctx: StageContext, inputs: PackageInputs) -> Verdict:
+    """Package ``ctx.ref``; write its :class:`PackageRecord` to ``inputs.out_dir``."""
+    ref, registry, workdir, events, policy = (
+        ctx.ref, ctx.registry, ctx.workdir, ctx.events, ctx.policy
+    )  # fmt: skip
+    model_dir, digest, optimized, out_dir = (
+        inputs.model_dir, inputs.digest, inputs.optimized, inputs.out_dir
+    )  # fmt: skip
+    bentoml_home = ctx.settings.bentoml_home
     record = OptimizeRecord.load(optimized)
     workdir.mkdir(parents=True, exist_ok=True)
     context = workdir / "bento-context"
@@ -84,7 +79,7 @@ def run(
     config = bento_build.serving_config(
         ref.name, ref.version, digest, record, _columns(record, model_dir), policy.package, files
     )
-    events.emit(STAGE, "step", step=f"bentoml build ({config.variant})")
+    events.emit(NAME, "step", step=f"bentoml build ({config.variant})")
     built = bento_build.build(
         context, config, packages, bentoml_home=bentoml_home, log=workdir / "bento-build.log",
         labels={"model": ref.name, "version": ref.version, "digest": digest.removeprefix("sha256:")[:12],
@@ -117,18 +112,17 @@ def run(
         image_status=image_check.reason,
     )
     out.save(out_dir)
-    verdict = Verdict.from_checks(STAGE, checks, duration_s=time.perf_counter() - t0)
+    verdict = Verdict.from_checks(NAME, checks)
     if verdict.passed:
-        registry.set_state(ref, ModelState.PACKAGED, verdict.reason)
         registry.set_tag(ref, TAG_BENTO, built.tag)
         if image is not None:
             registry.set_tag(ref, TAG_IMAGE, image.ref)
-    else:
-        registry.set_state(ref, ModelState.REJECTED, verdict.reason)
-    if deployment is not None:
-        deployment.log_verdict(verdict)
+    if (deployment := ctx.deployment) is not None:
         deployment.log_text(out.model_dump_json(indent=2), "package/package.json")
         deployment.log_text((context / "bentofile.yaml").read_text(), "package/bentofile.yaml")
         deployment.set_tags({TAG_BENTO: built.tag, RUN_BENTO_DIGEST: out.bento_digest,
                              TAG_IMAGE: out.image or ""})  # fmt: skip
     return verdict
+
+
+STAGE: Stage[PackageInputs] = Stage(NAME, ModelState.PACKAGED, run)

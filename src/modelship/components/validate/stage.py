@@ -7,13 +7,13 @@ inputs and calls :func:`run`. Tests call :func:`run` directly.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from modelship.components import metrics
+from modelship.components.contract import ModelInputs, Stage, StageContext
 from modelship.components.datasource import read_frame
 from modelship.components.mlmodel import (
     artifact_checks,
@@ -24,14 +24,10 @@ from modelship.components.mlmodel import (
 from modelship.components.validate.contract import check_contract
 from modelship.components.validate.model_check import Probe, behaviour_checks
 from modelship.core.errors import DataError
-from modelship.core.events import NO_EVENTS, EventSink
 from modelship.core.verdict import Check, ModelState, Verdict
 from modelship.policies.schema import Validate
-from modelship.registry.client import ModelRef, Registry
-from modelship.registry.deployments import DeploymentRun
-from modelship.registry.digest import verify
 
-STAGE = "validate"
+NAME = "validate"
 
 
 @dataclass(frozen=True)
@@ -102,21 +98,10 @@ class _Scoring:
             self.probe.cancel()
 
 
-def run(
-    ref: ModelRef,
-    model_dir: Path,
-    digest: str,
-    policy: Validate,
-    *,
-    registry: Registry,
-    deployment: DeploymentRun | None,
-    workdir: Path,
-    env: dict[str, str],
-    events: EventSink = NO_EVENTS,
-) -> Verdict:
-    """Validate ``ref`` (its digest-checked copy in ``model_dir``) against ``policy``."""
-    t0 = time.perf_counter()
-    verify(model_dir, digest, what=str(ref))  # never load what was not checked
+def run(ctx: StageContext, inputs: ModelInputs) -> Verdict:
+    """Validate ``ctx.ref`` (its digest-checked copy in ``inputs.model_dir``) against the policy."""
+    ref, registry, workdir, events = ctx.ref, ctx.registry, ctx.workdir, ctx.events
+    policy, model_dir, env = ctx.policy.validate_stage, inputs.model_dir, ctx.env
     context = {"run_id": ref.run_id or "", "model": ref.name, "version": ref.version}
     validation = read_frame(policy.validation_data.uri, policy.validation_data.format, context)
     reference = read_frame(policy.reference_data.uri, policy.reference_data.format, context)
@@ -135,7 +120,7 @@ def run(
         if champ is not None and champ.version != ref.version:
             champ_dir, _ = registry.checked_download(champ, workdir / "champion-model")
             champion = _Scoring("champion", champ_dir, validation, target, policy, workdir, env)
-        events.emit(STAGE, "step", step="data contract (Great Expectations)")
+        events.emit(NAME, "step", step="data contract (Great Expectations)")
         contract = check_contract(validation, signature.columns, target, reference, policy.contract)
         checks = list(contract.checks)
         reports = workdir / "reports"
@@ -144,13 +129,13 @@ def run(
             json.dumps(contract.ge_json, indent=2, default=str)
         )
         (reports / "data_contract.html").write_text(contract.ge_html)
-        events.emit(STAGE, "step", step=f"model checks: {ref}")
+        events.emit(NAME, "step", step=f"model checks: {ref}")
         scored = candidate.finish()
         checks += scored.checks
         figures: dict[str, float] = {"rows": float(len(validation)), **scored.values}
         champion_values = None
         if scored.values and champion is not None:
-            events.emit(STAGE, "step", step=f"champion on the same data: {champ}")
+            events.emit(NAME, "step", step=f"champion on the same data: {champ}")
             evaluation = champion.finish()
             if evaluation.values:
                 champion_values = evaluation.values
@@ -171,7 +156,7 @@ def run(
         if champion is not None:
             champion.cancel()
     if scored.values or (scored.checks and all(c.passed for c in scored.checks)):
-        events.emit(STAGE, "step", step="metric gate")
+        events.emit(NAME, "step", step="metric gate")
         checks += metrics.gate(policy.metrics, scored.values, champion_values)
         if not policy.metrics:
             checks.append(
@@ -183,17 +168,12 @@ def run(
                     reason="the policy sets no metric gates",
                 )
             )
-    verdict = Verdict.from_checks(
-        STAGE, checks, figures=figures, duration_s=time.perf_counter() - t0
-    )
+    verdict = Verdict.from_checks(NAME, checks, figures=figures)
     verdict.save(reports / "validate.json")
-    registry.set_state(
-        ref,
-        ModelState.VALIDATED if verdict.passed else ModelState.REJECTED,
-        verdict.reason if not verdict.passed else "validation passed",
-    )
-    if deployment is not None:
-        deployment.log_verdict(verdict)
-        deployment.log_file(reports / "data_contract.json", "validate")
-        deployment.log_file(reports / "data_contract.html", "validate")
+    if ctx.deployment is not None:
+        ctx.deployment.log_file(reports / "data_contract.json", "validate")
+        ctx.deployment.log_file(reports / "data_contract.html", "validate")
     return verdict
+
+
+STAGE: Stage[ModelInputs] = Stage(NAME, ModelState.VALIDATED, run)
