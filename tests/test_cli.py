@@ -52,3 +52,50 @@ def test_version_and_alias_together_is_a_usage_error(tmp_path: Path) -> None:
     proc = cli(tmp_path, "deploy", "m", "--version", "1", "--alias", "champion")
     assert proc.returncode == 2
     assert "not both" in proc.stderr
+
+
+def _nothing_written(home: Path) -> None:
+    assert not home.exists() or not any(home.iterdir()), list(home.iterdir())
+
+
+def test_a_policy_folder_that_does_not_exist_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    proc = cli(home, "--policies", str(tmp_path / "nope"), "policy", "check", str(DEFAULT_POLICY))
+    assert proc.returncode == 2
+    assert f"policy folder {tmp_path / 'nope'} does not exist" in proc.stderr
+    assert "MODELSHIP_POLICIES" in proc.stderr
+    _nothing_written(home)
+
+
+def test_a_policy_file_that_is_a_directory_exits_2(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    proc = cli(home, "policy", "check", str(tmp_path))
+    assert proc.returncode == 2
+    assert "is a directory" in proc.stderr or "Is a directory" in proc.stderr
+    _nothing_written(home)
+
+
+def test_a_model_name_that_is_not_a_file_name_exits_2(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    proc = cli(home, "policy", "check", str(DEFAULT_POLICY), "--model", "../default")
+    assert proc.returncode == 2
+    assert "cannot name a policy file" in proc.stderr
+    _nothing_written(home)
+
+
+def test_per_model_policies_come_from_the_folder_named_by_the_option_or_the_env(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "m.yaml").write_text("loadtest:\n  rate: -1\n")
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("{}\n")
+    by_option = cli(tmp_path / "h1", "--policies", str(folder), "policy", "check", str(ok),
+                    "--model", "m")  # fmt: skip
+    by_env = cli(tmp_path / "h2", "policy", "check", str(ok), "--model", "m",
+                 env={"MODELSHIP_POLICIES": str(folder)})  # fmt: skip
+    shipped = cli(tmp_path / "h3", "policy", "check", str(ok), "--model", "m")
+    for proc in (by_option, by_env):
+        assert proc.returncode == 2 and "loadtest.rate" in proc.stderr, proc.stderr
+    assert shipped.returncode == 0, shipped.stderr

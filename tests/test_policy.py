@@ -252,3 +252,30 @@ def test_policy_hash_changes_with_any_value(policy_dir: Path) -> None:
         with_override(policy_dir, "optimize: {variants: [fp32]}\n").digest,
     }
     assert len(hashes) == 4
+
+
+def test_a_policy_folder_without_its_own_default_uses_the_shipped_one(tmp_path: Path) -> None:
+    (tmp_path / f"{MODEL}.yaml").write_text("loadtest:\n  rate: 42\n")
+    loaded = load_policy(MODEL, policy_dir=tmp_path)
+    assert loaded.sources == (DEFAULT_POLICY, tmp_path / f"{MODEL}.yaml")
+    assert loaded.policy.loadtest.rate == 42
+
+
+def test_a_missing_policy_folder_is_named_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError) as info:
+        load_policy(MODEL, policy_dir=tmp_path / "nope")
+    assert str(tmp_path / "nope") in info.value.message
+    assert "MODELSHIP_POLICIES" in (info.value.hint or "")
+
+
+def test_a_policy_file_that_is_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError) as info:
+        load_policy(MODEL, tmp_path)
+    assert "is a directory" in info.value.message
+
+
+@pytest.mark.parametrize("name", ["../default", "a/b", ".hidden", "x\\y"])
+def test_a_model_name_that_cannot_name_a_file_is_refused(name: str, policy_dir: Path) -> None:
+    with pytest.raises(PolicyError) as info:
+        load_policy(name, policy_dir=policy_dir)
+    assert "cannot name a policy file" in info.value.message
