@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from modelship.components.contract import StageContext
+from modelship.core.ports import free_port
 from modelship.core.settings import Settings
 from modelship.datasets import log_datasets
 from modelship.policies.schema import Policy
@@ -29,12 +29,6 @@ from modelship.registry.client import ModelRef, Registry
 from modelship.registry.deployments import ensure_experiment
 
 MODELSHIP = str(Path(sys.executable).parent / "modelship")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, proc: subprocess.Popen[Any], log: Path, timeout: float = 120) -> None:

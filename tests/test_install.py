@@ -21,7 +21,7 @@ import sys
 import time
 import tomllib
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,8 +212,11 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Installed:
-    """A new venv outside the checkout with the wheel and the tested lock installed."""
+def installed(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Iterator[Installed]:
+    """A new venv outside the checkout with the wheel and the tested lock installed.
+
+    Removed afterwards: it is 1.5 GB, and pytest keeps the last three runs' temporary folders.
+    """
     venv = tmp_path_factory.mktemp("install") / "venv"
     assert not _inside(venv, REPO)
     cwd = tmp_path_factory.mktemp("pip-cwd")
@@ -228,7 +231,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Installe
     assert pip.returncode == 0, pip.stderr[-4000:]
     probe = run([str(venv / "bin" / "python"), "-c", PROBE], cwd=cwd, env=env, timeout=120)
     assert probe.returncode == 0, probe.stderr[-4000:]
-    return Installed(venv, Path(json.loads(probe.stdout)["purelib"]))
+    yield Installed(venv, Path(json.loads(probe.stdout)["purelib"]))
+    shutil.rmtree(venv, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from modelship.components.serving.server import (
     served,
 )
 from modelship.core.histogram import LatencyHistogram
+from modelship.core.ports import free_port
 from modelship.core.settings import Settings
 from modelship.policies.schema import LoadTest
 from tests.support import (
@@ -37,7 +38,6 @@ from tests.support import (
     bento_env,
     breast_cancer,
     deploy_json,
-    free_port,
     register_forest,
     wait_http,
 )

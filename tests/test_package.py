@@ -22,6 +22,7 @@ from modelship.components.contract import StageContext, run_stage
 from modelship.components.package import image as image_mod
 from modelship.components.package import stage as package_stage
 from modelship.core.events import NO_EVENTS
+from modelship.core.ports import free_port
 from modelship.core.settings import Settings
 from modelship.core.verdict import Check, Verdict
 from tests.support import (
@@ -31,7 +32,6 @@ from tests.support import (
     bento_server,
     cli,
     deploy_json,
-    free_port,
     register_forest,
     version_tags,
     wait_http,

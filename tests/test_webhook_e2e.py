@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from modelship.core.ports import free_port
 from modelship.core.tags import TAG_RUN
 from modelship.registry.client import Registry
 from tests.support import (
@@ -17,7 +18,6 @@ from tests.support import (
     background,
     breast_cancer,
     cli,
-    free_port,
     mlflow_server,
     register_forest,
     settings_for,

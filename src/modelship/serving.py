@@ -50,7 +50,7 @@ def serve(settings: Settings, model: str, host_port: int, log_dir: Path,
         previous = registry.resolve(model, alias=PREVIOUS)
     standby = _package(registry, previous) if previous is not None else None
     env = settings.child_env()
-    port = pick_port(host_port)
+    port = pick_port(host_port, "--port", "pass another --port")
     token = secrets.token_urlsafe(24)
     record_path, token_path = serving_paths(settings.home, model)
     record_path.parent.mkdir(parents=True, exist_ok=True)

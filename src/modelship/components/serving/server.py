@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +24,24 @@ from types import FrameType
 from typing import Any
 
 from modelship.components.containers import BUILDAH, remove_container
-from modelship.core.errors import InputError, ModelshipError
+from modelship.core.errors import ModelshipError
+from modelship.core.ports import PortInUse, free_port, pick_port, port_free
 from modelship.core.records import PackagedModel
+
+__all__ = [
+    "Launch",
+    "NotReady",
+    "PortInUse",
+    "Server",
+    "free_port",
+    "pick_port",
+    "port_free",
+    "served",
+]
 
 
 class NotReady(ModelshipError):
     """The server did not become ready: the gate fails with this reason."""
-
-
-class PortInUse(InputError):
-    """The policy names a port something else holds."""
 
 
 @dataclass
@@ -72,34 +79,6 @@ class Server:
             self.remember_members()
             return None
         return f"the server exited with code {code} during the load"
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a server could bind ``port`` now (as servers do, past TIME_WAIT connections)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pick_port(wanted: int | None) -> int:
-    if wanted is None:
-        return free_port()
-    if not port_free(wanted):
-        raise PortInUse(
-            f"port {wanted} (loadtest.port) is already in use by another process",
-            hint="stop what holds it, or leave loadtest.port empty to pick a free port",
-        )
-    return wanted
 
 
 def bento_launch(tag: str, port: int, env: dict[str, str], cpus: list[int] | None) -> Launch:
