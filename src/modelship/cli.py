@@ -456,6 +456,8 @@ def policy_check(file: Path, model: str | None) -> None:
         click.echo(f"{file}: {e.message}", err=True)
         for place, message in e.errors:
             click.echo(f"  {place}: {message}", err=True)
+        if e.hint:
+            click.echo(f"  hint: {e.hint}", err=True)
         sys.exit(EXIT_INPUT)
     click.echo(f"{file}: ok (policy hash {loaded.digest})")
 

@@ -42,8 +42,12 @@ class Settings:
         policies = (
             Path(env["MODELSHIP_POLICIES"]).resolve() if env.get("MODELSHIP_POLICIES") else None
         )
+        db = home / "mlflow.db"
+        uri = f"sqlite:///{db}"
         tracking = env.get("MLFLOW_TRACKING_URI", "")
-        if tracking:
+        # MLflow's set_tracking_uri (in prepare) exports the embedded store's URI to child
+        # processes: that is still the embedded store, whose artifacts live under home
+        if tracking and tracking != uri:
             return cls(
                 home=home,
                 tracking_uri=tracking,
@@ -51,8 +55,6 @@ class Settings:
                 artifact_root=None,
                 policies=policies,
             )
-        db = home / "mlflow.db"
-        uri = f"sqlite:///{db}"
         return cls(
             home=home,
             tracking_uri=uri,
