@@ -240,6 +240,9 @@ def test_the_exposition_has_every_gateway_metric() -> None:
         "modelship_gateway_retried_total",
         "modelship_gateway_weight",
         "modelship_gateway_backend_healthy",
+        "modelship_gateway_paired_rows_total",
+        "modelship_gateway_paired_disagreements_total",
+        "modelship_gateway_unpaired_total",
     }
 
 

@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import math
 import signal
 import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from modelship.components.serving.loadgen import Phase, run
+from modelship.core.ports import free_port
+from modelship.core.traffic import Weights
+from modelship.gateway.app import Backend, GatewayConfig, create_app
 from modelship.gateway.routing import Variant, bucket, choose, effective_weight
-from modelship.gateway.stats import traffic_between
+from modelship.gateway.stats import (
+    UNPAIRED,
+    GatewayStats,
+    Paired,
+    compare_answers,
+    compare_rows,
+    paired_between,
+    traffic_between,
+)
 from tests.support import BODY, Stack, call, gateway_stack
 
 
@@ -43,6 +61,192 @@ def test_an_ejected_backend_gives_its_share_to_the_other() -> None:
     assert effective_weight(30, both | {Variant.CHAMPION: False}) == 100
 
 
+# -- pure pairing ------------------------------------------------------------------------------
+
+
+def rows(*predictions: Any) -> list[dict[str, Any]]:
+    return [{"prediction": p} for p in predictions]
+
+
+def answer(body: Any, status: int = 200) -> tuple[int, bytes]:
+    return status, body if isinstance(body, bytes) else json.dumps(body).encode()
+
+
+def test_labels_agree_as_json_values() -> None:
+    paired = compare_rows(rows(1, 1, "a", True, 3.0), rows(1.0, 2, "a", 1, 3))
+    assert paired == Paired(label_rows=5, label_disagreements=2)  # 1 vs 2, true vs 1
+    assert compare_rows(rows("1", False), rows(1, 0)).label_disagreements == 2
+
+
+def test_a_fractional_number_makes_a_score_row() -> None:
+    paired = compare_rows(rows(3.75, 2, 1.0, "3.5"), rows(3.5, 2.5, 1.0, 3.5))
+    assert (paired.score_rows, paired.score_abs_diff_sum) == (2, 0.75)  # 0.25 + 0.5
+    assert (paired.label_rows, paired.label_disagreements) == (2, 1)  # 1.0 = 1.0, "3.5" != 3.5
+    assert paired.rows == 4 and paired.mean_score_diff == 0.375
+
+
+def test_probabilities_count_the_largest_difference_of_a_row() -> None:
+    ours: list[dict[str, Any]] = [{"prediction": 1, "probabilities": [0.25, 0.75]},
+            {"prediction": 0, "probabilities": [0.5, 0.5]},
+            {"prediction": 0, "probabilities": [0.5, 0.5]},
+            {"prediction": 0}]  # fmt: skip
+    theirs: list[dict[str, Any]] = [{"prediction": 0, "probabilities": [0.625, 0.375]},
+              {"prediction": 0, "probabilities": [0.5, 0.25, 0.25]},  # other classes: not compared
+              {"prediction": 0, "probabilities": [0.5, 0.5]},
+              {"prediction": 0, "probabilities": [1.0, 0.0]}]  # fmt: skip
+    paired = compare_rows(ours, theirs)
+    assert paired == Paired(label_rows=4, label_disagreements=1, probability_rows=2,
+                            probability_abs_diff_sum=0.375)  # fmt: skip
+    assert paired.mean_probability_diff == 0.1875
+
+
+@pytest.mark.parametrize(
+    ("champion", "challenger"),
+    [
+        (None, answer(rows(1))),  # the live request did not go to the champion, or failed
+        (answer(rows(1)), None),  # the copy never came back
+        (answer(rows(1), 500), answer(rows(1))),
+        (answer(rows(1)), answer({"error": "boom"}, 503)),
+        (answer(rows(1)), answer(rows(1, 1))),  # another number of rows
+        (answer(rows(1)), answer({"variant": "challenger"})),
+        (answer(rows(1)), answer(b"not json")),
+        (answer(rows(1)), answer(b'[{"prediction": NaN}]')),
+        (answer(rows(1)), answer(b'[{"prediction": 1e999}]')),
+        (answer(rows(1)), answer([{"label": 1}])),
+        (answer(rows(1)), answer(rows(None))),
+        (answer(rows(1)), answer(rows([1, 2]))),
+        (answer(rows(1)), answer(b"[" * 100_000)),
+        (answer(rows(10**400)), answer(rows(0.5))),  # beyond a float: no distance to take
+    ],
+)
+def test_answers_that_cannot_be_compared_are_unpaired(
+    champion: tuple[int, bytes] | None, challenger: tuple[int, bytes] | None
+) -> None:
+    assert compare_answers(champion, challenger) == UNPAIRED
+
+
+def test_answers_compare_their_rows() -> None:
+    ours = answer([{"prediction": "benign", "probabilities": [0.25, 0.75]}, {"prediction": 2.5}])
+    theirs = answer([{"prediction": "malignant", "probabilities": [0.5, 0.5]},
+                     {"prediction": 2.0}], 201)  # fmt: skip
+    assert compare_answers(ours, theirs) == Paired(1, 1, 1, 0.5, 1, 0.25)
+    assert compare_answers(answer([]), answer([])) == Paired()
+
+
+def test_paired_between_takes_the_difference_of_two_snapshots() -> None:
+    stats = GatewayStats()
+    before = stats.snapshot()
+    assert before["paired"] == {
+        "label_rows": 0, "label_disagreements": 0, "score_rows": 0, "score_abs_diff_sum": 0.0,
+        "probability_rows": 0, "probability_abs_diff_sum": 0.0, "unpaired": 0,
+    }  # fmt: skip
+    stats.pair(Paired(label_rows=10, label_disagreements=1, unpaired=2))
+    middle = json.loads(json.dumps(stats.snapshot()))  # as /stats serves it
+    stats.pair(Paired(label_rows=30, label_disagreements=3, score_rows=4, score_abs_diff_sum=2.0))
+    stats.pair(UNPAIRED)
+    after = stats.snapshot()
+    step = paired_between(middle, after)
+    assert step == Paired(label_rows=30, label_disagreements=3, score_rows=4,
+                          score_abs_diff_sum=2.0, unpaired=1)  # fmt: skip
+    assert step.rows == 34 and step.label_disagreement_rate == 0.1 and step.mean_score_diff == 0.5
+    assert math.isnan(step.mean_probability_diff)
+    assert paired_between(before, after).unpaired == 3
+    # a source that pairs nothing (no "paired" key): zeros, not a negative step
+    assert paired_between({}, after).label_rows == 40
+    assert paired_between(after, {}) == Paired()
+    nothing = paired_between({}, {})
+    assert nothing.label_disagreement_rate == 0.0 and math.isnan(nothing.mean_score_diff)
+
+
+def test_pairs_are_counted_in_the_exposition() -> None:
+    stats = GatewayStats()
+    stats.pair(Paired(label_rows=7, label_disagreements=2, score_rows=3, unpaired=1))
+    text = stats.prometheus({}, {})
+    for line in ('modelship_gateway_paired_rows_total{kind="label"} 7',
+                 'modelship_gateway_paired_rows_total{kind="score"} 3',
+                 "modelship_gateway_paired_disagreements_total 2",
+                 "modelship_gateway_unpaired_total 1",
+                 "# TYPE modelship_gateway_unpaired_total counter"):  # fmt: skip
+        assert line in text.splitlines()
+
+
+# -- one event loop: the gateway and stand-in Bentos in this process ---------------------------
+
+
+#: a classifier's answer to two rows, and one that disagrees on both
+LABELS = [{"prediction": "benign", "probabilities": [0.25, 0.75]},
+          {"prediction": "malignant", "probabilities": [0.875, 0.125]}]  # fmt: skip
+FLIPPED = [{"prediction": "malignant", "probabilities": [0.5, 0.5]},
+           {"prediction": "benign", "probabilities": [0.375, 0.625]}]  # fmt: skip
+#: a regressor's answers to two rows, 0.25 and 0.5 apart
+SCORES = [{"prediction": 1.25}, {"prediction": 3.0}]
+OTHER_SCORES = [{"prediction": 1.5}, {"prediction": 2.5}]
+
+
+def slow_bento(delay_s: float, copies: int) -> web.Application:
+    async def predict(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay_s)
+        return web.json_response(LABELS * copies)
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.json_response({"ready": True})
+
+    app = web.Application()
+    app.router.add_post("/predict", predict)
+    app.router.add_get("/readyz", ready)
+    return app
+
+
+async def mirror_once(
+    champion_s: float | None, challenger_s: float, copies: int = 1
+) -> tuple[float, Paired]:
+    """One mirrored request (champion None: not listening): the client's wait, what paired."""
+    async with contextlib.AsyncExitStack() as stack:
+        urls = {}
+        for name, delay in (("champion", champion_s), ("challenger", challenger_s)):
+            if delay is None:
+                urls[name] = f"http://127.0.0.1:{free_port()}"
+                continue
+            server = await stack.enter_async_context(TestServer(slow_bento(delay, copies)))
+            urls[name] = str(server.make_url("")).rstrip("/")
+        config = GatewayConfig("t", Backend(urls["champion"]), Backend(urls["challenger"]),
+                               health_interval_s=60, weights=Weights(0, 1.0))  # fmt: skip
+        app = create_app(config)
+        client = await stack.enter_async_context(TestClient(TestServer(app)))
+        started = time.perf_counter()
+        async with client.post("/predict", json={"inputs": [[1.0], [2.0]]}) as r:
+            assert r.status == 200 and await r.json() == LABELS * copies
+        waited = time.perf_counter() - started
+        stats: GatewayStats = app["gateway"].stats
+        for _ in range(200):
+            if stats.paired != Paired():
+                break
+            await asyncio.sleep(0.02)
+        return waited, stats.paired
+
+
+def test_the_client_does_not_wait_for_the_mirror() -> None:
+    waited, paired = asyncio.run(mirror_once(0.0, 1.0))
+    assert waited < 0.6
+    assert paired == Paired(label_rows=2, probability_rows=2)
+
+
+def test_the_mirror_waits_for_a_slower_champion() -> None:
+    _, paired = asyncio.run(mirror_once(0.5, 0.0))
+    assert paired == Paired(label_rows=2, probability_rows=2)
+
+
+def test_large_answers_are_compared_too() -> None:
+    _, paired = asyncio.run(mirror_once(0.0, 0.0, copies=3000))  # ~400 kB: off the event loop
+    assert paired == Paired(label_rows=6000, probability_rows=6000)
+
+
+def test_a_request_the_champion_did_not_answer_is_unpaired() -> None:
+    # the champion cannot be reached: the challenger answers the client, nothing to compare with
+    _, paired = asyncio.run(mirror_once(None, 0.0))
+    assert paired == UNPAIRED
+
+
 # -- real processes ----------------------------------------------------------------------------
 
 
@@ -59,14 +263,101 @@ def test_weights_split_and_sticky_users(stack: Stack) -> None:
     assert Counter(stack.predict() for _ in range(30)) == {"challenger": 30}
 
 
+def settle(url: str, done: Callable[[dict[str, Any]], bool], timeout: float = 10) -> dict[str, Any]:
+    """/stats once ``done`` holds for it: mirrored copies finish after the answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, snap = call(f"{url}/stats")
+        if done(snap) or time.monotonic() > deadline:
+            return snap
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
-def test_mirror_copies_to_the_challenger_and_discards_its_answers(stack: Stack) -> None:
+def test_mirror_copies_to_the_challenger_and_never_answers_with_it(stack: Stack) -> None:
     stack.weights(challenger=0, mirror=1.0)
     assert Counter(stack.predict() for _ in range(50)) == {"champion": 50}
-    time.sleep(0.3)  # mirrored copies finish after the answers
-    _, snap = call(f"{stack.url}/stats")
+    snap = settle(stack.url, lambda s: s["paired"]["unpaired"] >= 50)
     assert snap["challenger/mirror"]["outcomes"]["ok"] == 50
     assert "challenger/live" not in snap
+    # the stand-ins' {"variant": ...} is not a Bento's rows: nothing to compare
+    assert snap["paired"]["unpaired"] == 50 and snap["paired"]["label_rows"] == 0
+
+
+@pytest.fixture()
+def answering(tmp_path: Path) -> Iterator[Stack]:
+    """A gateway mirroring everything, and stand-ins answering like Bentos, to swap in."""
+    s = Stack(tmp_path)
+    servers = {
+        "champion": ["--answer", json.dumps(LABELS)],
+        "challenger": ["--answer", json.dumps(LABELS)],
+        "flipper": [
+            "--answer",
+            json.dumps(LABELS),
+            "--every",
+            "10",
+            "--other",
+            json.dumps(FLIPPED),
+        ],
+        "scorer": ["--answer", json.dumps(SCORES)],
+        "other-scorer": ["--answer", json.dumps(OTHER_SCORES)],
+        "failing": ["--status", "500"],
+    }
+    try:
+        for name, args in servers.items():
+            s.ports.setdefault(name, free_port())
+            s.start_backend(name, *args)
+        s.start_gateway()
+        s.weights(challenger=0, mirror=1.0)
+        yield s
+    finally:
+        s.stop()
+
+
+def exchange(stack: Stack, n: int, **backends: str) -> Paired:
+    """Point the gateway at ``backends``, send ``n`` two-row requests: what was compared."""
+    if backends:
+        spec = {variant: {"url": f"http://127.0.0.1:{stack.ports[name]}", "version": name}
+                for variant, name in backends.items()}  # fmt: skip
+        status, answer = call(f"{stack.url}/admin/backends", "PUT", spec)
+        assert status == 200, answer
+    _, before = call(f"{stack.url}/stats")
+    for _ in range(n):
+        status, _ = call(f"{stack.url}/predict", "POST", {"inputs": [[1.0], [2.0]]}, None)
+        assert status == 200
+    # each request ends as two rows or as one unpaired request
+    after = settle(stack.url, lambda s: (paired := paired_between(before, s)).rows // 2
+                   + paired.unpaired >= n)  # fmt: skip
+    return paired_between(before, after)
+
+
+@pytest.mark.slow
+def test_mirrored_answers_are_compared_with_the_champions(answering: Stack) -> None:
+    n = 200
+    same = exchange(answering, n)
+    assert same == Paired(label_rows=2 * n, probability_rows=2 * n)
+    assert same.label_disagreement_rate == 0.0 and same.mean_probability_diff == 0.0
+
+    flipped = exchange(answering, n, challenger="flipper")  # each 10th answer, both rows
+    assert (flipped.label_rows, flipped.label_disagreements, flipped.unpaired) == (2 * n, 40, 0)
+    assert flipped.label_disagreement_rate == 0.1
+    assert flipped.mean_probability_diff == pytest.approx((0.25 + 0.5) * 20 / (2 * n))
+
+    scores = exchange(answering, n, champion="scorer", challenger="other-scorer")
+    assert (scores.score_rows, scores.label_rows, scores.unpaired) == (2 * n, 0, 0)
+    assert scores.mean_score_diff == pytest.approx(0.375)
+
+    failing = exchange(answering, n, challenger="failing")
+    assert failing == Paired(unpaired=n)
+    _, snap = call(f"{answering.url}/stats")
+    assert snap["challenger/mirror"]["outcomes"]["error"] == n
+    assert snap["champion/live"]["outcomes"] == {"ok": 4 * n}  # the client saw none of it
+    with urllib.request.urlopen(f"{answering.url}/metrics") as r:
+        text = r.read().decode().splitlines()
+    assert f'modelship_gateway_paired_rows_total{{kind="label"}} {4 * n}' in text
+    assert f'modelship_gateway_paired_rows_total{{kind="score"}} {2 * n}' in text
+    assert "modelship_gateway_paired_disagreements_total 40" in text
+    assert f"modelship_gateway_unpaired_total {n}" in text
 
 
 @pytest.mark.slow

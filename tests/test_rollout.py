@@ -113,16 +113,38 @@ def test_no_traffic_is_inconclusive_and_waits_for_a_person() -> None:
     t.tick()
     assert t.tick(after=30, analysis=AnalysisOutcome.INCONCLUSIVE) is Action.WAIT
     assert t.status.phase is Phase.PAUSED and "inconclusive" in t.status.reason
-    assert t.tick(after=600) is Action.WAIT  # no timer ends a pause
+    assert "modelship rollout promote m" in t.status.reason and "600 s" in t.status.reason
+    assert t.tick(after=599) is Action.WAIT  # within rollout.progress_deadline_s
     assert t.tick(command="promote") is Action.SET_STEP
-    assert (t.status.step, t.status.phase) == (1, Phase.PROGRESSING)
+    assert (t.status.step, t.status.phase, t.status.paused_at) == (1, Phase.PROGRESSING, None)
+
+
+def test_a_rollout_waiting_past_its_progress_deadline_aborts_with_the_reason() -> None:
+    t = Ticker(POLICY.model_copy(update={"progress_deadline_s": 120.0}))
+    t.tick()
+    assert t.tick(after=30, analysis=AnalysisOutcome.INCONCLUSIVE) is Action.WAIT
+    paused_at = t.status.paused_at
+    assert paused_at == 30.0
+    assert t.tick(after=119) is Action.WAIT
+    assert t.tick(after=1) is Action.ABORT
+    assert t.status.phase is Phase.ABORTED and t.status.weight == 0
+    assert "rollout.progress_deadline_s (120 s)" in t.status.reason
+    assert "inconclusive at step 1" in t.status.reason
+
+
+def test_without_a_progress_deadline_a_pause_waits_for_a_person() -> None:
+    t = Ticker(POLICY.model_copy(update={"progress_deadline_s": None}))
+    t.tick()
+    t.tick(after=30, analysis=AnalysisOutcome.INCONCLUSIVE)
+    assert t.tick(after=3600) is Action.WAIT
+    assert t.tick(command="promote") is Action.SET_STEP
 
 
 def test_a_step_without_a_pause_length_waits_for_promote() -> None:
     t = Ticker(Rollout(steps=[CanaryStep(weight=20, pause_s=None), CanaryStep(weight=100)]))
     t.tick()
-    assert t.status.phase is Phase.PAUSED
-    assert t.tick(after=3600) is Action.WAIT
+    assert t.status.phase is Phase.PAUSED and t.status.paused_at == 0.0
+    assert t.tick(after=599) is Action.WAIT
     assert t.tick(command="promote") is Action.SET_STEP and t.status.weight == 100
 
 
@@ -168,7 +190,7 @@ def traffic(requests: int, errors: int = 0, ms: float = 2.0) -> Traffic:
 
 def test_judge_holds_the_challenger_to_the_champion() -> None:
     rules = Analysis(min_requests=50, max_error_rate_increase=0.01, max_p99_ratio=1.5,
-                     p99_floor_ms=5)  # fmt: skip
+                     p99_floor_ms=5, latency_check="p99")  # fmt: skip
     ok = judge(0, traffic(500), traffic(100), None, rules, 0.0)
     assert ok.outcome is AnalysisOutcome.SUCCESSFUL
     assert (
@@ -192,7 +214,7 @@ def test_prediction_drift_between_versions_uses_evidently() -> None:
     assert calm.share == 0.0 and "prediction" in calm.columns
     drifted = prediction_drift(same, flipped)
     assert drifted.share == 1.0
-    rules = Analysis(min_requests=10)
+    rules = Analysis(min_requests=10, prediction_check="distribution")
     verdict = judge(0, traffic(400), traffic(400), drifted, rules, 0.0)
     assert verdict.outcome is AnalysisOutcome.FAILED and "drifted" in verdict.reason
 
@@ -259,8 +281,10 @@ class Clock:
 
 
 def controller(tmp_path: Path, gw: FakeGateway, book: Book, clock: Clock) -> Controller:
+    # the controller's mechanics, no paired answers (the fake gateway pairs nothing)
     policy = Rollout(steps=[CanaryStep(weight=20, pause_s=10), CanaryStep(weight=100, pause_s=0)],
-                     analysis=Analysis(min_requests=10))  # fmt: skip
+                     mirror_share=0.0,
+                     analysis=Analysis(min_requests=10, prediction_check="distribution"))  # fmt: skip
     return Controller(StatusStore(tmp_path, "m"), gw, gw, NoLogs(), book, policy,
                       clock=clock, sleep=clock.sleep)  # fmt: skip
 

@@ -81,7 +81,9 @@ def policy(target: str, url: str) -> Policy:
         "target": target, "kubernetes": {"namespace": "models", "prometheus_url": url,
                                          "selector": 'namespace="models"'},
         "steps": [{"weight": 20, "pause_s": 0.1}, {"weight": 100, "pause_s": 0}],
-        "analysis": {"min_requests": 50}, "tick_s": 0.05}})  # fmt: skip
+        # the pairs come from modelship's gateway: on a cluster, the distributions are compared
+        "mirror_share": 0, "analysis": {"min_requests": 50, "prediction_check": "distribution"},
+        "tick_s": 0.05}})  # fmt: skip
 
 
 CHAMPION = Deployable("m", "1", image="registry.local/m:v1", storage_uri="s3://models/m/1")

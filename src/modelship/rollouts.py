@@ -72,7 +72,15 @@ def render_rollout(status: RolloutStatus) -> Group:
     analyses = Table("step", "outcome", "reason", title="analyses", title_justify="left")
     for a in status.analyses:
         analyses.add_row(str(a.step + 1), str(a.outcome), a.reason)
+    waiting = Text()
+    if status.phase is Phase.PAUSED and status.paused_at is not None:
+        waited = time.time() - status.paused_at
+        waiting = Text.assemble(
+            (f"waits for a person since {_when(status.paused_at)} ({waited:.0f} s): ", "yellow"),
+            f"`modelship rollout promote {status.model}` goes on, "
+            f"`modelship rollout abort {status.model}` stops it",
+        )
     history = Text("\n".join(
         f"{_when(float(e.split(' ', 1)[0]))}  {e.split(' ', 1)[1]}" for e in status.events[-12:]
     ))  # fmt: skip
-    return Group(head, Text(status.reason, style="dim"), analyses, history)
+    return Group(head, Text(status.reason, style="dim"), waiting, analyses, history)

@@ -5,6 +5,9 @@ the next request sees it, requests in flight finish on the backend they were sen
 request whose backend cannot be reached (refused, reset, crashed mid-request) is sent once to
 the other backend, so a crashing challenger costs clients nothing while it is ejected; a
 backend that answers, even with a 5xx, is never retried (its answer is the result).
+
+A mirrored prediction is compared with the champion's answer to the same request once both
+are in, off the client's path: the client never waits for the copy or the comparison.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ from aiohttp import web
 
 from modelship.core.traffic import BadWeights, Weights
 from modelship.gateway.routing import Variant, choose, effective_weight
-from modelship.gateway.stats import GatewayStats, Mode, Outcome, outcome_of
+from modelship.gateway.stats import (
+    UNPAIRED,
+    Answer,
+    GatewayStats,
+    Mode,
+    Outcome,
+    compare_answers,
+    outcome_of,
+)
 
 #: request headers passed on to the backend; everything else stays at the gateway
 _FORWARD = ("content-type", "content-length", "accept", "x-request-id")
@@ -33,6 +44,12 @@ _FORWARD = ("content-type", "content-length", "accept", "x-request-id")
 _RETURN = ("content-type", "x-request-id", "x-modelship-model", "x-modelship-digest")
 #: copies to the challenger in flight at once; more are dropped, never queued
 _MIRROR_LIMIT = 64
+#: the one path whose answers are predictions; the challenger's are compared with the champion's
+_PREDICT = "/predict"
+#: answers larger than this (bytes) are compared in a thread, to keep the event loop free
+_PAIR_INLINE_BYTES = 256 * 1024
+#: past the request timeout, how long a copy's answer waits for the champion's
+_PAIR_GRACE_S = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -77,7 +94,10 @@ class Gateway:
         self.weights = config.weights
         self.stats = GatewayStats()
         self.session: aiohttp.ClientSession | None = None
+        #: copies in flight to the challenger, at most _MIRROR_LIMIT
         self._mirrors: set[asyncio.Task[None]] = set()
+        #: copies answered, waiting for the champion's answer to compare with
+        self._pairs: set[asyncio.Task[None]] = set()
         self._random = random.Random()
         #: changes each start: counts in a snapshot only compare with the same instance's
         self.instance = uuid.uuid4().hex
@@ -100,12 +120,30 @@ class Gateway:
         body = await request.read()
         headers = {k: v for k in _FORWARD if (v := request.headers.get(k)) is not None}
         variant = choose(self.challenger_share(), self._key(request), self._random.random())
+        champion_answer: asyncio.Future[Answer | None] | None = None
         if (
             variant is Variant.CHAMPION
             and self.weights.mirror > 0
             and self._random.random() < self.weights.mirror
         ):
-            self._mirror(request, body, headers)
+            champion_answer = self._mirror(request, body, headers)
+        try:
+            return await self._forward(request, body, headers, variant, started, champion_answer)
+        finally:
+            if champion_answer is not None and not champion_answer.done():
+                # the challenger answered instead, the champion failed, or the client left:
+                # the copy's answer has nothing to be compared with
+                champion_answer.set_result(None)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        body: bytes,
+        headers: dict[str, str],
+        variant: Variant,
+        started: float,
+        champion_answer: asyncio.Future[Answer | None] | None,
+    ) -> web.StreamResponse:
         for attempt in (variant, variant.other):
             backend = self.backends.get(attempt)
             if backend is None or (attempt is not variant and not backend.healthy):
@@ -120,6 +158,8 @@ class Gateway:
                 self.stats.record(attempt, Mode.LIVE, Outcome.ERROR, time.perf_counter() - started)
                 return _error(504, f"the {attempt} did not answer within the gateway's timeout")
             self.stats.record(attempt, Mode.LIVE, outcome_of(status), time.perf_counter() - started)
+            if champion_answer is not None and attempt is Variant.CHAMPION:
+                champion_answer.set_result((status, payload))
             answer_headers["x-modelship-variant"] = str(attempt)
             return web.Response(body=payload, status=status, headers=answer_headers)
         self.stats.record(variant, Mode.LIVE, Outcome.UNREACHABLE, time.perf_counter() - started)
@@ -135,25 +175,62 @@ class Gateway:
             kept = {k: v for k in _RETURN if (v := r.headers.get(k)) is not None}
             return r.status, payload, kept
 
-    def _mirror(self, request: web.Request, body: bytes, headers: dict[str, str]) -> None:
+    def _mirror(
+        self, request: web.Request, body: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[Answer | None] | None:
+        """Send a copy to the challenger; the future to resolve with the champion's answer.
+
+        None where no copy is sent or its answer is not a prediction to compare.
+        """
         backend = self.backends.get(Variant.CHALLENGER)
         if backend is None or not backend.healthy or len(self._mirrors) >= _MIRROR_LIMIT:
-            return
+            return None
+        champion: asyncio.Future[Answer | None] | None = None
+        if request.method == "POST" and request.path == _PREDICT:
+            champion = asyncio.get_running_loop().create_future()
 
         async def send() -> None:
             started = time.perf_counter()
+            answer: Answer | None = None
             try:
-                status, _, _ = await self._send(backend, request, body, headers)
+                status, payload, _ = await self._send(backend, request, body, headers)
                 outcome = outcome_of(status)
+                answer = (status, payload)
             except (aiohttp.ClientError, TimeoutError):
                 outcome = Outcome.UNREACHABLE
             self.stats.record(
                 Variant.CHALLENGER, Mode.MIRROR, outcome, time.perf_counter() - started
             )
+            if champion is not None:
+                # a task of its own: waiting for a slow champion must not hold a mirror slot
+                pair = asyncio.create_task(self._pair(champion, answer))
+                self._pairs.add(pair)
+                pair.add_done_callback(self._pairs.discard)
 
         task = asyncio.create_task(send())
         self._mirrors.add(task)
         task.add_done_callback(self._mirrors.discard)
+        return champion
+
+    async def _pair(
+        self, champion: asyncio.Future[Answer | None], challenger: Answer | None
+    ) -> None:
+        # proxy resolves the future however the live request ends; the bound is for safety
+        try:
+            ours = await asyncio.wait_for(
+                asyncio.shield(champion), self.config.request_timeout_s + _PAIR_GRACE_S
+            )
+        except TimeoutError:
+            ours = None
+        try:
+            size = max(len(ours[1]) if ours else 0, len(challenger[1]) if challenger else 0)
+            if size > _PAIR_INLINE_BYTES:
+                delta = await asyncio.to_thread(compare_answers, ours, challenger)
+            else:
+                delta = compare_answers(ours, challenger)
+        except Exception:  # a fault in the comparison must cost the comparison, nothing more
+            delta = UNPAIRED
+        self.stats.pair(delta)
 
     # -- health --------------------------------------------------------------------------------
 

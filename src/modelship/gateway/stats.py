@@ -4,12 +4,19 @@ The rollout's analysis compares two snapshots taken at the start and the end of 
 counts only ever grow and the latency histogram travels whole (its non-empty buckets): the
 difference of two snapshots is exactly the traffic of the step, with percentiles within half
 a percent. Prometheus gets the same counts with coarse buckets, for dashboards.
+
+Mirrored requests also pair the challenger's answer with the champion's to the same request:
+cumulative counts of rows compared, label disagreements and score differences, so the same
+difference of two snapshots says how far apart the two versions' answers were over a step.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -31,8 +38,12 @@ class Outcome(StrEnum):
 
 class Mode(StrEnum):
     LIVE = "live"
-    #: a copy sent to the challenger, its answer discarded
+    #: a copy sent to the challenger; its answer is only compared with the champion's
     MIRROR = "mirror"
+
+
+#: an HTTP answer: status and body
+Answer = tuple[int, bytes]
 
 
 def outcome_of(status: int) -> Outcome:
@@ -62,11 +73,142 @@ class Series:
             self.buckets[-1] += 1
 
 
+@dataclass(frozen=True)
+class Paired:
+    """Champion and challenger answers to the same mirrored requests, compared row by row.
+
+    Cumulative in a gateway's snapshot; the traffic of a step in ``paired_between``.
+    """
+
+    label_rows: int = 0
+    #: label rows whose two predictions differ
+    label_disagreements: int = 0
+    score_rows: int = 0
+    score_abs_diff_sum: float = 0.0
+    #: rows where both answers carry class probabilities of the same length
+    probability_rows: int = 0
+    #: the largest |p - q| of each such row, summed
+    probability_abs_diff_sum: float = 0.0
+    #: mirrored requests whose answers could not be compared (error, other shape, no champion)
+    unpaired: int = 0
+
+    def __add__(self, other: Paired) -> Paired:
+        return Paired(**{f.name: getattr(self, f.name) + getattr(other, f.name)
+                         for f in fields(self)})  # fmt: skip
+
+    @property
+    def rows(self) -> int:
+        return self.label_rows + self.score_rows
+
+    @property
+    def label_disagreement_rate(self) -> float:
+        return self.label_disagreements / self.label_rows if self.label_rows else 0.0
+
+    @property
+    def mean_score_diff(self) -> float:
+        return self.score_abs_diff_sum / self.score_rows if self.score_rows else math.nan
+
+    @property
+    def mean_probability_diff(self) -> float:
+        if not self.probability_rows:
+            return math.nan
+        return self.probability_abs_diff_sum / self.probability_rows
+
+
+UNPAIRED = Paired(unpaired=1)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: one such row would poison the sums for good
+        raise ValueError(f"{text} is not finite")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def parse_rows(body: bytes) -> list[dict[str, Any]] | None:
+    """A Bento's answer (one ``{"prediction": ..., "probabilities": [...]}`` per row), or None."""
+    try:
+        rows = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(rows, list):
+        return None
+    for row in rows:
+        if not (isinstance(row, dict) and isinstance(row.get("prediction"), str | int | float)):
+            return None
+    return rows
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values: 1 and 1.0 are, true and 1 are not."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return bool(a == b)
+
+
+def _probabilities(row: Mapping[str, Any]) -> list[float] | None:
+    value = row.get("probabilities")
+    if not isinstance(value, list) or not value or not all(_is_number(p) for p in value):
+        return None
+    return [float(p) for p in value]
+
+
+def compare_rows(
+    champion: Sequence[Mapping[str, Any]], challenger: Sequence[Mapping[str, Any]]
+) -> Paired:
+    """Two answers to one request (rows as ``parse_rows`` gives them), compared row by row."""
+    if len(champion) != len(challenger):
+        return UNPAIRED
+    label_rows = disagreements = score_rows = probability_rows = 0
+    score_sum = probability_sum = 0.0
+    for ours, theirs in zip(champion, challenger, strict=True):
+        a, b = ours["prediction"], theirs["prediction"]
+        fractional = any(isinstance(v, float) and not v.is_integer() for v in (a, b))
+        # 3.7 against 3.5 is a distance; a class, or an integral value, is equal or not
+        if _is_number(a) and _is_number(b) and fractional:
+            score_rows += 1
+            score_sum += abs(float(a) - float(b))
+        else:
+            label_rows += 1
+            disagreements += not _same(a, b)
+        p, q = _probabilities(ours), _probabilities(theirs)
+        if p is not None and q is not None and len(p) == len(q):
+            probability_rows += 1
+            probability_sum += max(abs(x - y) for x, y in zip(p, q, strict=True))
+    return Paired(label_rows, disagreements, score_rows, score_sum,
+                  probability_rows, probability_sum)  # fmt: skip
+
+
+def compare_answers(champion: Answer | None, challenger: Answer | None) -> Paired:
+    """The champion's and the challenger's HTTP answers to one request (None: no answer)."""
+    if champion is None or challenger is None:
+        return UNPAIRED
+    if not (200 <= champion[0] < 300 and 200 <= challenger[0] < 300):
+        return UNPAIRED
+    ours, theirs = parse_rows(champion[1]), parse_rows(challenger[1])
+    if ours is None or theirs is None:
+        return UNPAIRED
+    try:
+        return compare_rows(ours, theirs)
+    except OverflowError:  # an integer beyond a float's range against a fractional score
+        return UNPAIRED
+
+
 class GatewayStats:
     def __init__(self) -> None:
         self.series: dict[tuple[str, str], Series] = {}
         #: requests answered by the other backend after their first one could not be reached
         self.retried: Counter[str] = Counter()
+        #: mirrored requests: the challenger's answers compared with the champion's
+        self.paired = Paired()
 
     def record(self, variant: str, mode: Mode, outcome: Outcome, seconds: float) -> None:
         key = (variant, str(mode))
@@ -81,7 +223,10 @@ class GatewayStats:
                 "latency": s.latency.sparse(),
             }
             for (variant, mode), s in self.series.items()
-        } | {"retried": dict(self.retried)}
+        } | {"retried": dict(self.retried), "paired": asdict(self.paired)}
+
+    def pair(self, delta: Paired) -> None:
+        self.paired += delta
 
     def prometheus(self, weights: dict[str, float], healthy: dict[str, bool]) -> str:
         lines = [
@@ -122,6 +267,19 @@ class GatewayStats:
                 f'modelship_gateway_backend_healthy{{variant="{v}"}} {int(ok)}'
                 for v, ok in healthy.items()
             ),
+            "# HELP modelship_gateway_paired_rows_total Mirrored rows compared with the "
+            "champion's answer, by kind (label or score).",
+            "# TYPE modelship_gateway_paired_rows_total counter",
+            f'modelship_gateway_paired_rows_total{{kind="label"}} {self.paired.label_rows}',
+            f'modelship_gateway_paired_rows_total{{kind="score"}} {self.paired.score_rows}',
+            "# HELP modelship_gateway_paired_disagreements_total Mirrored label rows where the "
+            "challenger's prediction differs from the champion's.",
+            "# TYPE modelship_gateway_paired_disagreements_total counter",
+            f"modelship_gateway_paired_disagreements_total {self.paired.label_disagreements}",
+            "# HELP modelship_gateway_unpaired_total Mirrored requests whose answers could not "
+            "be compared with the champion's.",
+            "# TYPE modelship_gateway_unpaired_total counter",
+            f"modelship_gateway_unpaired_total {self.paired.unpaired}",
         ]
         return "\n".join(lines) + "\n"
 
@@ -155,3 +313,12 @@ def traffic_between(
     errors = counts.get(Outcome.ERROR, 0) + counts.get(Outcome.UNREACHABLE, 0)
     latency = LatencyHistogram.from_sparse(sparse_minus(after["latency"], before["latency"]))
     return Traffic(judged, errors, latency)
+
+
+def paired_between(earlier: dict[str, Any], later: dict[str, Any]) -> Paired:
+    """The answers compared between two snapshots of one gateway (zeros where it pairs none)."""
+    after = later.get("paired")
+    if not after:  # a source that pairs nothing (Prometheus on a cluster): nothing compared
+        return Paired()
+    before = earlier.get("paired") or {}
+    return Paired(**{f.name: after.get(f.name, 0) - before.get(f.name, 0) for f in fields(Paired)})

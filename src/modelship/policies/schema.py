@@ -264,14 +264,42 @@ class CanaryStep(Strict):
 
 
 class Analysis(Strict):
+    """How a canary step's challenger is held against the champion.
+
+    Every comparison has an allowed effect and a confidence: a step fails only when the data
+    show, at ``confidence``, that the challenger is worse by more than the effect allowed, so
+    noise on a few requests never fails a model and too few requests are inconclusive.
+    """
+
+    #: how sure a failed comparison must be (one-sided)
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
     #: the challenger's error rate may exceed the champion's by this much (absolute)
     max_error_rate_increase: Fraction = 0.01
-    #: the challenger's p99 may be this many times the champion's ...
+    #: mann_whitney: the challenger's latencies against the champion's scaled by
+    #: max_p99_ratio plus p99_floor_ms (Mann-Whitney U, as Netflix's Kayenta judges); p99: the
+    #: two p99s compared as numbers (no test; noisy on a shared machine)
+    latency_check: Literal["mann_whitney", "p99"] = "mann_whitney"
+    #: the challenger may be this many times slower than the champion ...
     max_p99_ratio: Positive = 1.5
-    #: ... or this much worse, whichever is larger: sub-10 ms gaps are noise on shared machines
-    p99_floor_ms: Annotated[float, Field(ge=0.0)] = 10.0
-    #: share of prediction columns that Evidently may call drifted between the challenger's and
-    #: the champion's answers before the step fails
+    #: ... plus this much (ms): sub-millisecond gaps are the machine, not the model
+    p99_floor_ms: Annotated[float, Field(ge=0.0)] = 1.0
+    #: paired: both versions' answers to the same requests (the gateway mirrors champion
+    #: requests to the challenger, rollout.mirror_share); distribution: the two versions'
+    #: prediction distributions over different requests (Evidently, below); off: not compared
+    prediction_check: Literal["paired", "distribution", "off"] = "paired"
+    #: fewer paired answers than this in a step: inconclusive
+    min_paired: Annotated[int, Field(ge=1)] = 100
+    #: share of paired labels on which the two versions may disagree
+    max_label_disagreement: Fraction = 0.05
+    #: mean of the largest per-row difference between the two versions' class probabilities;
+    #: null: measured and recorded, not judged (a boosted model and a shallow forest calibrate
+    #: differently while agreeing on the labels: the demo's v1 and v2 differ by about 0.3)
+    max_probability_diff: Fraction | None = None
+    #: mean absolute difference between paired regression scores, in the target's units;
+    #: null: measured and recorded, not judged (no scale fits every target)
+    max_score_diff: Annotated[float, Field(ge=0.0)] | None = None
+    #: prediction_check distribution: share of prediction columns that Evidently may call
+    #: drifted between the challenger's and the champion's answers before the step fails
     prediction_drift_share: Fraction = 0.5
     #: a distance, not a significance test: two models always differ a little, and with enough
     #: traffic any difference is "significant" (a Z-test failed 1 canary in 10 of the demo's)
@@ -309,8 +337,9 @@ class Rollout(Strict):
         CanaryStep(weight=100, pause_s=0.0),
     ]
     blue_green: BlueGreen = BlueGreen()
-    #: share of the champion's requests also sent to the challenger during canary steps
-    mirror_share: Fraction = 0.0
+    #: share of the champion's requests also sent to the challenger during canary steps: their
+    #: answers, paired, are what analysis.prediction_check paired compares
+    mirror_share: Fraction = 0.5
     sticky: bool = False
     #: the header that keeps a user on one variant when sticky (else the request id)
     sticky_header: str = "x-user-id"
@@ -324,6 +353,9 @@ class Rollout(Strict):
     #: requests/s the load generator sends through the gateway during the rollout, so a quiet
     #: service still gets a verdict; null: real traffic only
     load_rate: Positive | None = None
+    #: seconds a rollout may wait without progress (paused for a person, or inconclusive for
+    #: lack of traffic) before it aborts, as Argo Rollouts' progressDeadlineSeconds
+    progress_deadline_s: Positive | None = 600.0
     #: how often the controller looks at its status, the gateway and commands
     tick_s: Positive = 0.5
     timeout_ready_s: Positive = 120.0
@@ -335,6 +367,30 @@ class Rollout(Strict):
             raise ValueError("a canary needs at least one step")
         if weights != sorted(weights):
             raise ValueError(f"canary step weights must not decrease, got {weights}")
+        return self
+
+    @model_validator(mode="after")
+    def _paired_answers_need_a_mirror(self) -> Rollout:
+        if self.analysis.prediction_check != "paired":
+            return self
+        if self.target != "local":
+            # the pairs are counted by modelship's gateway; Seldon and KServe expose no such
+            # series (and KServe cannot mirror at all)
+            raise ValueError(
+                f"analysis.prediction_check paired needs modelship's gateway, which pairs the "
+                f"two versions' answers; on {self.target} set analysis.prediction_check: "
+                "distribution (their logged predictions compared as distributions)"
+                + (" and rollout.mirror_share: 0" if self.target == "kserve" else "")
+            )
+        mirror = (
+            self.blue_green.mirror_share if self.strategy == "blue_green" else self.mirror_share
+        )
+        if mirror <= 0:
+            raise ValueError(
+                "analysis.prediction_check paired compares both versions' answers to the same "
+                "requests, which the gateway mirrors: set rollout.mirror_share above 0 (e.g. "
+                "0.5), or analysis.prediction_check: distribution"
+            )
         return self
 
 

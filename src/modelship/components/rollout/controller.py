@@ -27,7 +27,7 @@ from modelship.components.rollout.state import (
 )
 from modelship.core.errors import InputError, ModelshipError
 from modelship.core.traffic import TrafficRouter, Weights
-from modelship.gateway.stats import Mode, traffic_between
+from modelship.gateway.stats import Mode, paired_between, traffic_between
 from modelship.policies.schema import Rollout
 
 
@@ -186,6 +186,12 @@ class Controller:
         challenger = traffic_between(
             before, after, "challenger", Mode.MIRROR if mirrored else Mode.LIVE
         )
+        rules = self.policy.analysis
+        # at 100% the champion answers nothing to pair with; earlier steps judged the pairs
+        paired = paired_between(before, after) if status.weight < 100 else None
+        if rules.prediction_check != "distribution":
+            return analysis.judge(status.step, champion, challenger, None, rules, now,
+                                  paired=paired)  # fmt: skip
         since = float(baseline["at"])
         try:
             theirs = self.predictions.predictions(status.challenger, since)
@@ -202,7 +208,6 @@ class Controller:
             return error("the challenger's inference log has no rows for this step yet")
         elif len(theirs) and len(ours):
             try:
-                rules = self.policy.analysis
                 drift = analysis.prediction_drift(
                     ours, theirs, rules.prediction_drift_method, rules.prediction_drift_threshold
                 )
@@ -211,6 +216,5 @@ class Controller:
         else:
             skipped = "no predictions logged for one of the versions"
         return analysis.judge(
-            status.step, champion, challenger, drift, self.policy.analysis, now,
-            drift_skipped=skipped,
-        )  # fmt: skip
+            status.step, champion, challenger, drift, rules, now, drift_skipped=skipped
+        )

@@ -67,14 +67,15 @@ def _start_step(
     status: RolloutStatus, steps: list[PlannedStep], index: int, now: float
 ) -> Decision:
     step = steps[index]
-    phase = Phase.PAUSED if step.pause_s is None else Phase.PROGRESSING
+    paused = step.pause_s is None
     what = f"step {index + 1}/{len(steps)}: challenger {step.weight}%"
     if step.mirror:
         what += f", mirror {step.mirror:.0%}"
-    if step.pause_s is None:
-        what += ", paused until `modelship rollout promote`"
+    if paused:
+        what += f", paused until `modelship rollout promote {status.model}`"
     new = _with(status, now, what, step=index, step_started_at=now, weight=step.weight,
-                mirror=step.mirror, phase=phase, reason=what,
+                mirror=step.mirror, phase=Phase.PAUSED if paused else Phase.PROGRESSING,
+                paused_at=now if paused else None, reason=what,
                 traffic=_moved(status, now, step.weight, step.mirror))  # fmt: skip
     return Decision(Action.SET_STEP, new)
 
@@ -88,14 +89,14 @@ def _advance(status: RolloutStatus, steps: list[PlannedStep], now: float) -> Dec
 def _promote(status: RolloutStatus, now: float, why: str) -> Decision:
     reason = f"promoted v{status.challenger}: {why}"
     new = _with(status, now, reason, phase=Phase.PROMOTED, weight=100, mirror=0.0, reason=reason,
-                traffic=_moved(status, now, 100, 0.0))  # fmt: skip
+                paused_at=None, traffic=_moved(status, now, 100, 0.0))  # fmt: skip
     return Decision(Action.PROMOTE, new)
 
 
 def _abort(status: RolloutStatus, now: float, why: str) -> Decision:
     reason = f"aborted v{status.challenger}: {why}"
     new = _with(status, now, reason, phase=Phase.ABORTED, weight=0, mirror=0.0, reason=reason,
-                traffic=_moved(status, now, 0, 0.0))  # fmt: skip
+                paused_at=None, traffic=_moved(status, now, 0, 0.0))  # fmt: skip
     return Decision(Action.ABORT, new)
 
 
@@ -123,10 +124,30 @@ def _judge(
                                        f"({record.reason})")  # fmt: skip
         return Decision(Action.WAIT, status, ERROR_RETRY_S)
     reason = (
-        f"inconclusive at step {status.step + 1} ({record.reason}); send traffic and "
-        f"`modelship rollout promote {status.model}`, or abort"
+        f"inconclusive at step {status.step + 1} ({record.reason}); waits for a person: "
+        f"`modelship rollout promote {status.model}` goes on, `modelship rollout abort "
+        f"{status.model}` stops it"
     )
-    return Decision(Action.WAIT, _with(status, now, note, phase=Phase.PAUSED, reason=reason))
+    if policy.progress_deadline_s is not None:
+        reason += f"; aborts after {policy.progress_deadline_s:g} s (rollout.progress_deadline_s)"
+    new = _with(status, now, note, phase=Phase.PAUSED, paused_at=now, reason=reason)
+    return Decision(Action.WAIT, new)
+
+
+def _wait_for_a_person(status: RolloutStatus, policy: Rollout, now: float) -> Decision:
+    """Paused: wait for a command, but no longer than the progress deadline."""
+    deadline = policy.progress_deadline_s
+    if deadline is None:
+        return Decision(Action.WAIT, status, policy.tick_s)
+    # a status saved before paused_at existed: count from its last change
+    since = status.paused_at if status.paused_at is not None else status.updated_at
+    waited = now - since
+    if waited >= deadline:
+        return _abort(
+            status, now, f"no progress for {waited:.0f} s at step {status.step + 1}, past "
+            f"rollout.progress_deadline_s ({deadline:g} s): {status.reason}",
+        )  # fmt: skip
+    return Decision(Action.WAIT, status, min(policy.tick_s, deadline - waited))
 
 
 def decide(
@@ -153,7 +174,7 @@ def decide(
         if command == "promote":
             status = _with(status, now, f"step {status.step + 1} promoted by hand")
             return _advance(status, steps, now)
-        return Decision(Action.WAIT, status, policy.tick_s)
+        return _wait_for_a_person(status, policy, now)
     elapsed = now - started
     if step.pause_s is not None and elapsed < step.pause_s:
         return Decision(Action.WAIT, status, step.pause_s - elapsed)

@@ -98,6 +98,8 @@ class RolloutStatus(BaseModel):
     step_started_at: float | None = None
     weight: int = 0
     mirror: float = 0.0
+    #: since when the rollout waits for a person (paused or inconclusive); None: it does not
+    paused_at: float | None = None
     failed: int = 0
     consecutive_errors: int = 0
     analyses: list[AnalysisRecord] = []
