@@ -142,3 +142,10 @@ def test_a_paired_comparison_without_a_mirror_is_refused_with_the_fix() -> None:
         Rollout(target="kserve")
     with pytest.raises(ValidationError, match="needs modelship's gateway"):
         Rollout(target="seldon")
+
+
+def test_a_comparison_with_its_sample_fails_the_step_even_if_another_lacks_one() -> None:
+    # 30 live requests are too few for error rate and latency, 300 pairs are not too few
+    record = judge(0, traffic(latencies(900, 3, 1)), traffic(latencies(30, 3, 2)), None, RULES,
+                   0.0, paired=paired(300, 30))  # fmt: skip
+    assert record.outcome is AnalysisOutcome.FAILED and "disagree on 10.0%" in record.reason

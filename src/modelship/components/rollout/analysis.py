@@ -236,27 +236,31 @@ def judge(
     def record(outcome: AnalysisOutcome, reason: str) -> AnalysisRecord:
         return AnalysisRecord(step=step, outcome=outcome, reason=reason, at=now, figures=figures)
 
+    # each comparison needs its own sample: one that has it and fails is enough to fail the
+    # step; otherwise one that lacks it makes the step inconclusive
+    findings: dict[str, Finding] = {}
+    lacking: list[str] = []
     if challenger.requests < max(1, policy.min_requests):
-        return record(
-            AnalysisOutcome.INCONCLUSIVE,
+        lacking.append(
             f"only {challenger.requests} requests reached the challenger "
-            f"(rollout.analysis.min_requests: {policy.min_requests})",
+            f"(rollout.analysis.min_requests: {policy.min_requests})"
         )
-    findings = {"error_rate": error_rate_finding(champion, challenger, policy)}
-    # with no champion traffic in the step (at 100%), latency has nothing to be compared with
-    if champion.requests >= max(1, policy.min_requests // 10):
-        findings["latency"] = latency_finding(champion, challenger, policy)
+    else:
+        findings["error_rate"] = error_rate_finding(champion, challenger, policy)
+        # with no champion traffic in the step (at 100%), latency has nothing to compare with
+        if champion.requests >= max(1, policy.min_requests // 10):
+            findings["latency"] = latency_finding(champion, challenger, policy)
     if policy.prediction_check == "paired" and paired is not None:
         found = paired_finding(paired, policy)
         if found is None:
             figures["paired_rows"] = paired.rows
-            return record(
-                AnalysisOutcome.INCONCLUSIVE,
+            lacking.append(
                 f"only {paired.rows} answers of both versions to the same requests "
                 f"(rollout.analysis.min_paired: {policy.min_paired}; more traffic or a larger "
-                "rollout.mirror_share)",
+                "rollout.mirror_share)"
             )
-        findings["predictions"] = found
+        else:
+            findings["predictions"] = found
     elif policy.prediction_check == "distribution" and drift is not None:
         figures["prediction_drift_share"] = drift.share
         figures["prediction_drift"] = drift.columns
@@ -277,6 +281,8 @@ def judge(
     failed = [f.reason for f in findings.values() if f.failed]
     if failed:
         return record(AnalysisOutcome.FAILED, "; ".join(failed))
+    if lacking:
+        return record(AnalysisOutcome.INCONCLUSIVE, "; ".join(lacking))
     versus = f"champion {champion.p(99):.1f} ms" if champion.requests else "champion idle"
     summary = (
         f"{challenger.requests} requests, error rate {challenger.error_rate:.2%}, "

@@ -1,0 +1,71 @@
+"""The canary analysis against real Bentos behind the real gateway: an identical copy of the
+champion is promoted whatever the seed and the weight, a version that flips a tenth of the
+champion's labels is aborted at its first analysed step, and a trickle of traffic pauses the
+rollout (inconclusive) instead of failing it. The versions and canaries: tests/canary.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelship.components.rollout.state import AnalysisOutcome, Phase
+from modelship.core.records import PackageRecord
+from modelship.core.settings import Settings
+from tests.canary import canary, package_versions, serving
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def versions(settings: Settings, data: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return package_versions(settings, data, tmp_path_factory.mktemp("packages"))
+
+
+@pytest.fixture(scope="module")
+def urls(home: Path, versions: dict[str, PackageRecord],
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:  # fmt: skip
+    with serving(home, versions, tmp_path_factory.mktemp("serve")) as out:
+        yield out
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_an_identical_copy_is_promoted_whatever_the_seed_and_weight(
+    urls: dict[str, str], versions: dict[str, PackageRecord], settings: Settings,
+    tmp_path: Path, seed: int,
+) -> None:  # fmt: skip
+    weight = 10 if seed % 2 else 50
+    final, _ = canary(urls, versions, "copy", weight=weight, seed=seed, rate=300, tmp=tmp_path,
+                      settings=settings)  # fmt: skip
+    assert final.phase is Phase.PROMOTED, final.reason
+    first = final.analyses[0]
+    assert first.outcome is AnalysisOutcome.SUCCESSFUL
+    found = first.figures["predictions"]
+    assert found["paired_rows"] >= 100 and found["label_disagreement"] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_version_flipping_a_tenth_of_the_labels_is_aborted_at_its_first_step(
+    urls: dict[str, str], versions: dict[str, PackageRecord], settings: Settings,
+    tmp_path: Path, seed: int,
+) -> None:  # fmt: skip
+    weight = 10 if seed % 2 else 50
+    final, _ = canary(urls, versions, "flipper", weight=weight, seed=seed, rate=300,
+                      tmp=tmp_path, settings=settings)  # fmt: skip
+    assert final.phase is Phase.ABORTED, final.reason
+    (first,) = final.analyses
+    assert first.outcome is AnalysisOutcome.FAILED and "disagree on" in first.reason
+    assert 0.05 < first.figures["predictions"]["label_disagreement"] < 0.2
+    assert (tmp_path / "registry.log").read_text().splitlines()[-1].startswith("rolled_back")
+
+
+def test_a_trickle_of_traffic_pauses_the_rollout_and_never_fails_it(
+    urls: dict[str, str], versions: dict[str, PackageRecord], settings: Settings, tmp_path: Path
+) -> None:
+    final, _ = canary(urls, versions, "flipper", weight=10, seed=0, rate=5, tmp=tmp_path,
+                      settings=settings, deadline_s=3.0)  # fmt: skip
+    assert [a.outcome for a in final.analyses] == [AnalysisOutcome.INCONCLUSIVE]
+    assert final.phase is Phase.ABORTED and "rollout.progress_deadline_s" in final.reason
