@@ -16,6 +16,9 @@ gateway``) and the open-loop generator share core 1. In this one run:
   gateway (as ``modelship serve`` runs it), from the decision to the gateway's acknowledgement,
   then 100 requests checked to reach only the previous champion; 30 times;
 - **crash**: the challenger SIGKILLed at 50% under 200 req/s; client-visible errors counted.
+
+The canary analysis itself (false aborts of an identical copy, detection of a worse version,
+time to decision; paired against unpaired) is ``benchmarks/canary.py``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ and open-loop traffic of validation rows in an order set by its seed.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +30,7 @@ from modelship.components.serving.loadgen import Phase as LoadPhase
 from modelship.components.serving.loadgen import run as drive
 from modelship.components.serving.local import gateway_launch
 from modelship.components.serving.packaged import bodies
-from modelship.components.serving.server import free_port, package_launch, served
+from modelship.components.serving.server import Launch, free_port, package_launch, served
 from modelship.components.targets.local import GatewayRouter
 from modelship.core.records import PackageRecord
 from modelship.core.settings import Settings
@@ -95,6 +97,27 @@ def serving(home: Path, versions: dict[str, PackageRecord], logs: Path) -> Itera
                        logs / f"{name}.log", 120)
             )  # fmt: skip
             urls[name] = server.url
+        yield urls
+
+
+def median_ms(url: str, rows: list[bytes], rate: float = 100.0) -> float:
+    """A server's median latency (ms) for validation rows, open-loop at ``rate`` for 2 s."""
+    figures = drive(f"{url}/predict", rows, [LoadPhase(rate, 2.0)], warmup_s=0.5).figures()
+    return float(figures["latency_ms"]["p50"])
+
+
+@contextlib.contextmanager
+def delayed(upstreams: dict[str, tuple[str, float]], logs: Path) -> Iterator[dict[str, str]]:
+    """A hop (tests/servers/delay.py) in front of each server, adding its delay in ms."""
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for name, (upstream, delay_ms) in upstreams.items():
+            port = free_port()
+            cmd = [sys.executable, "-m", "tests.servers.delay", str(port), upstream, str(delay_ms)]
+            launch = Launch(f"delay {delay_ms:g} ms", cmd, dict(os.environ))
+            urls[name] = stack.enter_context(
+                served(launch, port, logs / f"delay-{name}.log", 30)
+            ).url
         yield urls
 
 

@@ -1,7 +1,8 @@
 """The canary analysis against real Bentos behind the real gateway: an identical copy of the
 champion is promoted whatever the seed and the weight, a version that flips a tenth of the
-champion's labels is aborted at its first analysed step, and a trickle of traffic pauses the
-rollout (inconclusive) instead of failing it. The versions and canaries: tests/canary.py.
+champion's labels is aborted at its first analysed step, a version three times slower is
+aborted and one 5% slower is not, and a trickle of traffic pauses the rollout (inconclusive)
+instead of failing it. The versions and canaries: tests/canary.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from modelship.components.rollout.state import AnalysisOutcome, Phase
 from modelship.core.records import PackageRecord
 from modelship.core.settings import Settings
-from tests.canary import canary, package_versions, serving
+from tests.canary import MODEL, canary, delayed, median_ms, package_versions, serving
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +70,33 @@ def test_a_trickle_of_traffic_pauses_the_rollout_and_never_fails_it(
                       settings=settings, deadline_s=3.0)  # fmt: skip
     assert [a.outcome for a in final.analyses] == [AnalysisOutcome.INCONCLUSIVE]
     assert final.phase is Phase.ABORTED and "rollout.progress_deadline_s" in final.reason
+
+
+@pytest.mark.parametrize(("factor", "promoted"), [(3.0, False), (1.05, True)])
+def test_a_three_times_slower_version_is_aborted_and_five_percent_slower_is_not(
+    urls: dict[str, str], versions: dict[str, PackageRecord], settings: Settings,
+    tmp_path: Path, factor: float, promoted: bool,
+) -> None:  # fmt: skip
+    """The copy answers as the champion does, slowed by a hop that waits (factor - 1) times
+    the champion's own median; the champion has the same hop with no wait."""
+    from modelship.components.serving.packaged import bodies
+    from modelship.policies.loader import load_policy
+    from modelship.registry.client import Registry
+
+    record = versions["champion"]
+    ref = Registry().resolve(MODEL, version=record.version)
+    base = median_ms(urls["champion"], bodies(load_policy(MODEL).policy, ref, record.columns))
+    upstreams = {"champion": (urls["champion"], 0.0), "copy": (urls["copy"], (factor - 1) * base)}
+    with delayed(upstreams, tmp_path) as hops:
+        final, _ = canary(hops, versions, "copy", weight=50, seed=0, rate=300, tmp=tmp_path,
+                          settings=settings)  # fmt: skip
+    first = final.analyses[0]
+    latency = first.figures["latency"]
+    if promoted:
+        assert final.phase is Phase.PROMOTED, final.reason
+        assert not latency["failed"] and latency["median_ratio"] < 1.5
+    else:
+        assert final.phase is Phase.ABORTED, final.reason
+        assert first.outcome is AnalysisOutcome.FAILED and "Mann-Whitney" in first.reason
+        assert latency["failed"] and latency["median_ratio"] > 2
+        assert not first.figures["predictions"]["failed"]  # the answers are the champion's
