@@ -114,6 +114,7 @@ def test_no_traffic_is_inconclusive_and_waits_for_a_person() -> None:
     assert t.tick(after=30, analysis=AnalysisOutcome.INCONCLUSIVE) is Action.WAIT
     assert t.status.phase is Phase.PAUSED and "inconclusive" in t.status.reason
     assert "modelship rollout promote m" in t.status.reason and "600 s" in t.status.reason
+    assert "since 00:00:30 UTC" in t.status.reason and "aborts at 00:10:30 UTC" in t.status.reason
     assert t.tick(after=599) is Action.WAIT  # within rollout.progress_deadline_s
     assert t.tick(command="promote") is Action.SET_STEP
     assert (t.status.step, t.status.phase, t.status.paused_at) == (1, Phase.PROGRESSING, None)

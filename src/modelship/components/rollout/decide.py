@@ -8,6 +8,7 @@ Recomputing from the saved status each tick is what makes a restarted controller
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from modelship.components.rollout.state import (
@@ -48,6 +49,10 @@ class Decision:
     action: Action
     status: RolloutStatus
     wait_s: float = 0.0
+
+
+def _clock(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S UTC")
 
 
 def _moved(
@@ -124,12 +129,14 @@ def _judge(
                                        f"({record.reason})")  # fmt: skip
         return Decision(Action.WAIT, status, ERROR_RETRY_S)
     reason = (
-        f"inconclusive at step {status.step + 1} ({record.reason}); waits for a person: "
-        f"`modelship rollout promote {status.model}` goes on, `modelship rollout abort "
-        f"{status.model}` stops it"
+        f"inconclusive at step {status.step + 1} ({record.reason}); waits for a person since "
+        f"{_clock(now)}: `modelship rollout promote {status.model}` goes on, `modelship rollout "
+        f"abort {status.model}` stops it"
     )
-    if policy.progress_deadline_s is not None:
-        reason += f"; aborts after {policy.progress_deadline_s:g} s (rollout.progress_deadline_s)"
+    if (deadline := policy.progress_deadline_s) is not None:
+        reason += (
+            f"; aborts at {_clock(now + deadline)} ({deadline:g} s, rollout.progress_deadline_s)"
+        )
     new = _with(status, now, note, phase=Phase.PAUSED, paused_at=now, reason=reason)
     return Decision(Action.WAIT, new)
 
