@@ -470,12 +470,17 @@ def policy_check(file: Path, model: str | None) -> None:
     show_default=True,
     help="Folder for the YAML files (in a checkout, the repository's pipelines/ folder).",
 )
+@click.option(
+    "--image",
+    help="Image every task runs: your pushed modelship image, by digest where you have it "
+    "(REGISTRY/modelship@sha256:...); default: the one the components name.",
+)
 @_errors_to_exit_codes
-def compile_(out: Path) -> None:
+def compile_(out: Path, image: str | None) -> None:
     """Compile every pipeline to KFP IR YAML, for upload to the Kubeflow Pipelines UI."""
     from modelship.pipelines.compile import compile_all
 
-    for path in compile_all(out):
+    for path in compile_all(out, image):
         click.echo(f"wrote {path}")
 
 

@@ -12,8 +12,17 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
-#: image with modelship installed (built by the package stage's image builder / CI)
+#: image with modelship installed (built by the package stage's image builder / CI);
+#: ``modelship compile --image REF`` writes another reference into the compiled IR
 IMAGE = "localhost/modelship:0.1.0"
+
+
+def uncached(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+    """Name a task for the UI and turn its cache off: every step writes to MLflow (a verdict,
+    a state tag, an alias), so a cached result would skip what the step is there to do."""
+    task.set_display_name(name)
+    task.set_caching_options(False)
+    return task
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -190,7 +199,7 @@ def deploy_pipeline(
     resolved = resolve_model(
         model_name=model_name, version=version, alias=alias, policy_file=policy_file
     )
-    resolved.set_display_name("resolve")
+    uncached(resolved, "resolve")
     # what every later step is told about the deployment it belongs to
     record = {
         "model_name": model_name,
@@ -201,7 +210,7 @@ def deploy_pipeline(
     gate = validate_model(
         model=resolved.outputs["model"], policy=resolved.outputs["policy"], **record
     )
-    gate.set_display_name("validate")
+    uncached(gate, "validate")
     # Each later stage takes the verdict before it and, when that did not pass, records that it
     # did not run: the DAG stays linear and conclude always sees every stage.
     optimized = optimize_model(
@@ -210,7 +219,7 @@ def deploy_pipeline(
         validate_verdict=gate.outputs["verdict"],
         **record,
     )
-    optimized.set_display_name("optimize")
+    uncached(optimized, "optimize")
     packaged = package_model(
         model=resolved.outputs["model"],
         policy=resolved.outputs["policy"],
@@ -218,21 +227,21 @@ def deploy_pipeline(
         optimized=optimized.outputs["optimized"],
         **record,
     )
-    packaged.set_display_name("package")
+    uncached(packaged, "package")
     loaded = loadtest_model(
         policy=resolved.outputs["policy"],
         package_verdict=packaged.outputs["verdict"],
         packaged=packaged.outputs["packaged"],
         **record,
     )
-    loaded.set_display_name("load-test")
+    uncached(loaded, "load-test")
     rolled = rollout_model(
         policy=resolved.outputs["policy"],
         loadtest_verdict=loaded.outputs["verdict"],
         packaged=packaged.outputs["packaged"],
         **record,
     )
-    rolled.set_display_name("rollout")
+    uncached(rolled, "rollout")
     done = conclude_deployment(
         validate_verdict=gate.outputs["verdict"],
         optimize_verdict=optimized.outputs["verdict"],
@@ -241,7 +250,7 @@ def deploy_pipeline(
         rollout_verdict=rolled.outputs["verdict"],
         **record,
     )
-    done.set_display_name("conclude")
+    uncached(done, "conclude")
     return done.outputs["summary"]
 
 

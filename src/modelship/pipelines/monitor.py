@@ -8,7 +8,7 @@ pass judges the windows logged since the last one and rolls back when the policy
 from kfp import dsl
 from kfp.dsl import Artifact, Output
 
-from modelship.pipelines.deploy import IMAGE
+from modelship.pipelines.deploy import IMAGE, uncached
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -31,5 +31,6 @@ def monitor_pipeline(model_name: str, policy_file: str = "") -> Artifact:
         Output: The pass (JSON): each window's outcome and figures, and any action taken.
     """
     task = monitor_model(model_name=model_name, policy_file=policy_file)
-    task.set_display_name("monitor")
+    # a cached pass would judge no new window: every recurring run must run
+    uncached(task, "monitor")
     return task.outputs["report"]
