@@ -24,13 +24,8 @@ from modelship.components.serving.local import ServingRecord, gateway_launch, se
 from modelship.components.serving.packaged import packaged_version
 from modelship.components.serving.server import free_port, package_launch, pick_port, served
 from modelship.core.errors import InputError
-from modelship.core.records import PackagedModel
 from modelship.core.settings import Settings
-from modelship.registry.client import PREVIOUS, ModelRef, Registry
-
-
-def _package(registry: Registry, ref: ModelRef) -> PackagedModel | None:
-    return packaged_version(registry, ref)[0]
+from modelship.registry.client import PREVIOUS, Registry
 
 
 def serve(settings: Settings, model: str, host_port: int, log_dir: Path,
@@ -41,14 +36,14 @@ def serve(settings: Settings, model: str, host_port: int, log_dir: Path,
     if champion is None:
         raise InputError(f"{model} has no champion to serve",
                          hint=f"deploy a version first: modelship deploy {model}")  # fmt: skip
-    main = _package(registry, champion)
+    main, _ = packaged_version(registry, champion)
     if main is None:
         raise InputError(f"{champion} has no Bento: it was not packaged",
                          hint=f"run `modelship deploy {model} --version {champion.version}`")  # fmt: skip
     previous = None
     with contextlib.suppress(InputError):
         previous = registry.resolve(model, alias=PREVIOUS)
-    standby = _package(registry, previous) if previous is not None else None
+    standby = packaged_version(registry, previous)[0] if previous is not None else None
     env = settings.child_env()
     port = pick_port(host_port, "--port", "pass another --port")
     token = secrets.token_urlsafe(24)

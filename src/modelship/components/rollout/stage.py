@@ -10,7 +10,6 @@ path: open the target, run the controller, record what it decided.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from collections.abc import Callable
 
@@ -22,6 +21,7 @@ from modelship.components.rollout.state import AnalysisOutcome, Phase, RolloutSt
 from modelship.components.rollout.targets import RolloutPlan, cluster_ports, open_target
 from modelship.components.targets.cluster import CustomObjects, Deployable
 from modelship.core.verdict import Check, ModelState, Verdict
+from modelship.policies.loader import policy_hash
 from modelship.policies.schema import Policy
 from modelship.registry.client import CHALLENGER, ModelRef, Registry
 
@@ -88,7 +88,6 @@ def run(ctx: StageContext, inputs: PackagedInputs) -> Verdict:
     plan = RolloutPlan(ref, champion, policy, registry, inputs.packaged, ctx.workdir, ctx.env,
                        home, events)  # fmt: skip
     store = StatusStore(home / "rollouts", ref.name)
-    policy_hash = hashlib.sha256(policy.model_dump_json().encode()).hexdigest()[:16]
     t0 = time.perf_counter()
 
     def show(status: RolloutStatus, decision: Decision) -> None:
@@ -97,7 +96,8 @@ def run(ctx: StageContext, inputs: PackagedInputs) -> Verdict:
     with open_target(plan) as ports:
         controller = Controller(store, ports.router, ports.metrics, ports.predictions,
                                 MlflowRollouts(registry), policy.rollout, on_change=show)  # fmt: skip
-        status = controller.begin(ref.name, champion.version, ref.version, policy_hash)
+        # the same hash the deployment run records (modelship.policies.loader)
+        status = controller.begin(ref.name, champion.version, ref.version, policy_hash(policy))
         try:
             status = controller.run(status)
         except BaseException as e:
