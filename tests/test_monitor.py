@@ -349,10 +349,10 @@ def test_the_monitor_pipeline_runs_a_pass_under_kfp_local(
     for key, value in store["settings"].child_env().items():
         monkeypatch.setenv(key, value)
     write_log(store["home"], "piped", "1", rows(store["reference"], 250, seed=9), 6e9)
-    policy_file = tmp_path / "monitor.yaml"
-    policy_file.write_text("monitor: {window: {rows: 250}, min_rows: 100}\n")
+    # the policy travels as text, as `modelship submit --monitor` sends it
+    policy = "monitor: {window: {rows: 250}, min_rows: 100}\n"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
-    task = monitor_pipeline(model_name="piped", policy_file=str(policy_file))
+    task = monitor_pipeline(model_name="piped", policy_yaml=policy)
     report = json.loads(Path(task.output.path).read_text())
     assert [w["rows"] for w in report["windows"]] == [250]
     assert report["windows"][0]["outcome"] == "stable", report

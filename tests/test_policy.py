@@ -12,8 +12,10 @@ from modelship.policies.loader import (
     DEFAULT_POLICY,
     POLICY_DIR,
     LoadedPolicy,
+    TEXT_SOURCE,
     load_policy,
     policy_hash,
+    policy_yaml,
 )
 from modelship.policies.schema import Policy, Variant
 
@@ -279,3 +281,19 @@ def test_a_model_name_that_cannot_name_a_file_is_refused(name: str, policy_dir: 
     with pytest.raises(PolicyError) as info:
         load_policy(name, policy_dir=policy_dir)
     assert "cannot name a policy file" in info.value.message
+
+
+def test_a_policy_sent_as_text_reads_back_as_the_same_policy_and_hash() -> None:
+    # what `modelship submit` sends a cluster run: the whole effective policy as YAML text
+    loaded = load_policy("breast-cancer")
+    again = load_policy("some-other-model", text=policy_yaml(loaded.policy))
+    assert again.policy == loaded.policy and again.digest == loaded.digest
+    assert again.sources[-1] == TEXT_SOURCE
+
+
+def test_an_error_in_a_policy_sent_as_text_names_its_line() -> None:
+    with pytest.raises(PolicyError) as info:
+        load_policy(MODEL, text="rollout:\n  target: nowhere\n")
+    (place, message), *_ = info.value.errors
+    assert place.startswith(f"{TEXT_SOURCE}:2:") and "rollout.target" in place, place
+    assert "nowhere" in message

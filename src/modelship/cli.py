@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from modelship.core.errors import ModelshipError, PolicyError
-from modelship.core.settings import Settings
+from modelship.core.settings import DEFAULT_SECRET, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -163,41 +163,95 @@ def deploy(
 @click.option("--version", "version", help="Version number to deploy (default: the latest).")
 @click.option("--alias", help="Alias to deploy, e.g. challenger.")
 @click.option(
-    "--policy", "policy_file", help="Policy override path, as the pipeline's image sees it."
+    "--policy",
+    "policy_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Policy override YAML on this machine; the whole effective policy is sent with the run.",
 )
 @click.option("--host", envvar="KFP_HOST", required=True, help="KFP endpoint (or KFP_HOST).")
 @click.option("--experiment", default="modelship", show_default=True, help="KFP experiment.")
+@click.option("--no-wait", is_flag=True, help="Return once the run is created.")
+@click.option(
+    "--timeout", default=6 * 3600, show_default=True, type=int, help="Seconds to wait for the run."
+)
+@click.option(
+    "--monitor",
+    is_flag=True,
+    help="Create the drift monitor's recurring run (monitor.yaml) instead of a deployment.",
+)
+@click.option("--every", default="15m", show_default=True, help="With --monitor: 15m, 1h, 900.")
+@click.option("--poll", default=10.0, hidden=True, help="Seconds between looks at the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @_errors_to_exit_codes
 def submit(
     model: str,
     version: str | None,
     alias: str | None,
-    policy_file: str | None,
+    policy_file: Path | None,
     host: str,
     experiment: str,
+    no_wait: bool,
+    timeout: int,
+    monitor: bool,
+    every: str,
+    poll: float,
     as_json: bool,
 ) -> None:
-    """Start MODEL's deployment on a Kubeflow Pipelines endpoint instead of this machine.
+    """Run MODEL's deployment on a Kubeflow Pipelines endpoint instead of this machine.
 
-    Uses the compiled pipelines/deploy.yaml with the same parameters as `deploy`; the token for
-    a multi-user cluster comes from KFP_TOKEN. Prints the run's id and link.
+    Starts the compiled pipelines/deploy.yaml with caching off and the same parameters as
+    `deploy`, the policy itself included; a policy with rollout.target: local is refused. Waits
+    for the run and exits as `deploy` does: 0 promoted, 3 rejected, 1 failed (outcome from
+    MLflow, when MLFLOW_TRACKING_URI reaches the run's server). KFP_TOKEN is the token for a
+    multi-user cluster. With --monitor, creates the monitor's recurring run instead.
     """
     import os
 
-    from modelship.pipelines.submit import submit as start
+    from modelship.pipelines import submit as kfp_submit
 
     if version and alias:
         raise click.UsageError("give --version or --alias, not both")
-    run = start(
+    settings = Settings.from_env()
+    token = os.environ.get("KFP_TOKEN")
+    if monitor:
+        recurring = kfp_submit.submit_monitor(
+            host, model, kfp_submit.parse_every(every), policy_file=policy_file,
+            policy_dir=settings.policies, experiment=experiment, token=token,
+        )  # fmt: skip
+        if as_json:
+            click.echo(json.dumps({"model": model, "recurring_run_id": recurring.recurring_run_id,
+                                   "every_s": recurring.every_s, "url": recurring.url}))  # fmt: skip
+        else:
+            click.echo(f"monitor of {model} every {recurring.every_s} s: {recurring.url}")
+        return
+    run = kfp_submit.submit(
         host, model, version=version, alias=alias, policy_file=policy_file,
-        experiment=experiment, token=os.environ.get("KFP_TOKEN"),
+        policy_dir=settings.policies, experiment=experiment, token=token,
+    )  # fmt: skip
+    record = {"model": model, "run_id": run.run_id, "host": run.host, "url": run.url,
+              "experiment": run.experiment}  # fmt: skip
+    if no_wait:
+        click.echo(json.dumps(record) if as_json else f"started {run.url}")
+        return
+    click.echo(f"started {run.url}", err=True)
+    settings.prepare()
+    done = kfp_submit.follow(
+        run, settings, token=token, timeout_s=timeout, poll_s=poll,
+        say=lambda m: click.echo(m, err=True),
     )  # fmt: skip
     if as_json:
-        record = {"model": model, "run_id": run.run_id, "host": run.host, "url": run.url}
-        click.echo(json.dumps({**record, "experiment": run.experiment}))
+        click.echo(json.dumps({**record, "state": done.state, "outcome": done.outcome,
+                               "summary": done.summary}, indent=2))  # fmt: skip
     else:
-        click.echo(f"started {run.url}")
+        click.echo(
+            f"{model}: run {done.state.lower()}, deployment "
+            + (done.outcome or "outcome unknown (MLflow has no record of this run here)")
+        )
+        if done.summary.get("reason"):
+            click.echo(f"  {done.summary['reason']}")
+        if done.summary.get("error"):
+            click.echo(f"  error: {done.summary['error']}")
+    sys.exit(done.exit_code)
 
 
 @main.command()
@@ -475,12 +529,22 @@ def policy_check(file: Path, model: str | None) -> None:
     help="Image every task runs: your pushed modelship image, by digest where you have it "
     "(REGISTRY/modelship@sha256:...); default: the one the components name.",
 )
+@click.option(
+    "--secret",
+    default=DEFAULT_SECRET,
+    show_default=True,
+    help="Kubernetes Secret every task reads its settings from (MLFLOW_TRACKING_URI, the object "
+    "store's and the image registry's credentials: docs/kubernetes.md).",
+)
+@click.option(
+    "--no-secret", is_flag=True, help="Compile without a Secret (settings come some other way)."
+)
 @_errors_to_exit_codes
-def compile_(out: Path, image: str | None) -> None:
+def compile_(out: Path, image: str | None, secret: str, no_secret: bool) -> None:
     """Compile every pipeline to KFP IR YAML, for upload to the Kubeflow Pipelines UI."""
     from modelship.pipelines.compile import compile_all
 
-    for path in compile_all(out, image):
+    for path in compile_all(out, image, None if no_secret else secret):
         click.echo(f"wrote {path}")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from modelship.core.events import follow
 from modelship.core.settings import Settings
 from modelship.pipelines.local import LocalRun, run_deploy
-from modelship.policies.loader import load_policy
+from modelship.policies.loader import load_policy, policy_yaml
 
 EventHandler = Callable[[dict[str, Any]], None]
 
@@ -29,9 +29,8 @@ def deploy(
 
     The pipeline runs in a worker thread; this thread relays its step events to ``on_event``.
     """
-    load_policy(
-        model, policy_file, policy_dir=settings.policies
-    )  # fail on a bad policy before any process starts
+    # fail on a bad policy before any process starts; the steps get the policy itself
+    loaded = load_policy(model, policy_file, policy_dir=settings.policies)
     local_run = LocalRun.new(settings, model)
     outcome: dict[str, Any] = {}
 
@@ -43,7 +42,7 @@ def deploy(
                 model=model,
                 version=version,
                 alias=alias,
-                policy_file=policy_file,
+                policy_yaml=policy_yaml(loaded.policy),
             )
         except BaseException as e:  # handed to the calling thread, raised there
             outcome["error"] = e

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelship.core.errors import DigestMismatch
+from modelship.core.errors import DigestMismatch, InputError
 from modelship.core.events import NO_EVENTS, EventSink
 from modelship.core.settings import Settings
 from modelship.core.tags import TAG_RUN
@@ -30,14 +30,22 @@ def run(
     alias: str | None,
     policy_file: Path | None,
     *,
+    policy_text: str | None = None,
+    kfp_run: str = "",
     settings: Settings,
     registry: Registry,
     dest: Path,
     events: EventSink = NO_EVENTS,
 ) -> Resolved:
-    loaded = load_policy(
-        model, policy_file, policy_dir=settings.policies
-    )  # a bad policy fails before anything is touched
+    # a bad policy fails before anything is touched
+    loaded = load_policy(model, policy_file, policy_dir=settings.policies, text=policy_text)
+    if settings.pod_secret and loaded.policy.rollout.target == "local":
+        raise InputError(
+            "rollout.target is local, but this deployment runs in a Kubeflow Pipelines pod: a "
+            "local canary would wait for traffic on the pod's own 127.0.0.1 that never comes",
+            hint="set rollout.target: seldon or kserve (and rollout.kubernetes) in the policy, "
+            "or run `modelship deploy` on the machine that serves",
+        )
     ref = registry.resolve(model, version=version, alias=alias)
     events.emit("resolve", "step", step=f"download {ref}")
     try:
@@ -53,6 +61,7 @@ def run(
         digest=digest,
         policy_hash=loaded.digest,
         policy_json=policy_json,
+        kfp_run=kfp_run,
     )
     registry.set_tag(ref, TAG_RUN, run.run_id)
     events.emit(

@@ -65,6 +65,10 @@ class PackagedModel(BaseModel):
     version: str
     bento: str
     image: str | None = None
+    #: the Bento exported into MLflow (``runs:/RUN/bento/NAME.bento``), for any other machine
+    bento_uri: str | None = None
+    #: the digest of the Bento's files as they passed the gates
+    bento_digest: str | None = None
 
 
 class PackageRecord(Record):
@@ -77,6 +81,8 @@ class PackageRecord(Record):
     bento_path: str
     bento_digest: str
     bentoml_home: str
+    #: the Bento exported into the deployment's MLflow run
+    bento_uri: str | None = None
     #: the Bento's ``serving.json`` (``modelship.bentos.config.ServingConfig``)
     serving: dict[str, Any]
     image: str | None = None
@@ -90,4 +96,7 @@ class PackageRecord(Record):
 
     @property
     def packaged(self) -> PackagedModel:
-        return PackagedModel(version=self.version, bento=self.bento, image=self.image)
+        return PackagedModel(
+            version=self.version, bento=self.bento, image=self.image,
+            bento_uri=self.bento_uri, bento_digest=self.bento_digest,
+        )  # fmt: skip

@@ -13,7 +13,64 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelship.core.errors import InputError
+
 DEFAULT_HOME = ".modelship"
+
+#: set on every task of a pipeline compiled with ``--secret NAME`` (to NAME): the step runs in a
+#: pod whose settings come from that Kubernetes Secret, and checks them before it does anything
+SECRET_ENV = "MODELSHIP_SETTINGS_SECRET"
+#: the Secret the shipped pipelines read their settings from (``modelship compile --secret``)
+DEFAULT_SECRET = "modelship-settings"
+#: Secret keys a pod cannot run without (each becomes the environment variable of its name)
+SECRET_REQUIRED = ("MLFLOW_TRACKING_URI",)
+#: Secret keys used where present: the tracking server's credentials, the object store's
+#: endpoint and credentials (MLflow's S3 artifacts, exported Bentos), the image registry's
+SECRET_OPTIONAL = (
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "MODELSHIP_REGISTRY_USERNAME",
+    "MODELSHIP_REGISTRY_PASSWORD",
+)
+#: keys that mean nothing one without the other
+_SECRET_PAIRS = (
+    ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
+    ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+    ("MODELSHIP_REGISTRY_USERNAME", "MODELSHIP_REGISTRY_PASSWORD"),
+)
+
+
+def check_pod_settings(env: Mapping[str, str]) -> None:
+    """In a pipeline pod (``SECRET_ENV`` set), fail at once naming a key the Secret lacks.
+
+    A pod shares nothing but MLflow, the object store and the image registry: a missing or
+    local tracking URI would make each step write to its own empty store.
+    """
+    secret = env.get(SECRET_ENV)
+    if not secret:
+        return
+    fix = f"add it to the Kubernetes Secret {secret!r} (docs/kubernetes.md lists its keys)"
+    for key in SECRET_REQUIRED:
+        if not env.get(key):
+            raise InputError(f"this pipeline step has no {key}", hint=fix)
+    for first, second in _SECRET_PAIRS:
+        if bool(env.get(first)) != bool(env.get(second)):
+            missing = second if env.get(first) else first
+            raise InputError(
+                f"this pipeline step has {first if env.get(first) else second} but no {missing}",
+                hint=fix.replace("add it", f"add {missing}"),
+            )
+    uri = env["MLFLOW_TRACKING_URI"]
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        raise InputError(
+            f"MLFLOW_TRACKING_URI in Secret {secret!r} is {uri!r}, a store on the pod's own disk",
+            hint="point it at the MLflow tracking server every step reaches (http(s)://...)",
+        )
 
 
 @dataclass(frozen=True)
@@ -25,6 +82,8 @@ class Settings:
     artifact_root: str | None
     #: the folder of per-model policies (MODELSHIP_POLICIES); None: the shipped ones
     policies: Path | None = None
+    #: in a pipeline pod, the Kubernetes Secret its settings came from (``SECRET_ENV``)
+    pod_secret: str | None = None
 
     @property
     def bentoml_home(self) -> Path:
@@ -38,6 +97,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        check_pod_settings(env)
         home = Path(env.get("MODELSHIP_HOME") or DEFAULT_HOME).resolve()
         policies = (
             Path(env["MODELSHIP_POLICIES"]).resolve() if env.get("MODELSHIP_POLICIES") else None
@@ -54,6 +114,7 @@ class Settings:
                 registry_uri=env.get("MLFLOW_REGISTRY_URI", "") or tracking,
                 artifact_root=None,
                 policies=policies,
+                pod_secret=env.get(SECRET_ENV) or None,
             )
         return cls(
             home=home,

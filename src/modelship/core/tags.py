@@ -14,6 +14,9 @@ TAG_RUN = "modelship.deployment_run"
 TAG_VARIANT = "modelship.optimize.variant"
 TAG_SPEEDUP = "modelship.optimize.speedup"
 TAG_BENTO = "modelship.bento"
+#: the exported Bento in the deployment's MLflow run (``runs:/...``), and its files' digest
+TAG_BENTO_URI = "modelship.bento_uri"
+TAG_BENTO_DIGEST = "modelship.bento_digest"
 TAG_IMAGE = "modelship.image"
 TAG_REPORT = "modelship.rollback_report"
 
@@ -22,4 +25,6 @@ RUN_MODEL = "modelship.model"
 RUN_VERSION = "modelship.version"
 RUN_OUTCOME = "modelship.outcome"
 RUN_ERROR = "modelship.error"
+#: the Kubeflow Pipelines run that made a deployment run (how `modelship submit` finds it)
+RUN_KFP = "modelship.kfp_run"
 RUN_BENTO_DIGEST = "modelship.bento_digest"

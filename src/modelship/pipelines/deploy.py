@@ -9,32 +9,48 @@ on one machine by :mod:`pipelines.local`.
 
 from typing import NamedTuple
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import Artifact, Input, Model, Output
+
+from modelship.core.settings import SECRET_ENV, SECRET_OPTIONAL, SECRET_REQUIRED
 
 #: image with modelship installed (built by the package stage's image builder / CI);
 #: ``modelship compile --image REF`` writes another reference into the compiled IR
 IMAGE = "localhost/modelship:0.1.0"
 
 
-def uncached(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
-    """Name a task for the UI and turn its cache off: every step writes to MLflow (a verdict,
-    a state tag, an alias), so a cached result would skip what the step is there to do."""
+def configure(task: dsl.PipelineTask, name: str, secret: str | None) -> dsl.PipelineTask:
+    """Name a task for the UI, turn its cache off and, with ``secret``, give it its settings.
+
+    Every step writes to MLflow (a verdict, a state tag, an alias), so a cached result would skip
+    what the step is there to do. With a Secret, each of its keys in ``SECRET_REQUIRED`` and
+    ``SECRET_OPTIONAL`` becomes the environment variable of that name (kfp-kubernetes; a local
+    run ignores it) and ``SECRET_ENV`` tells the step to check them before it starts.
+    """
     task.set_display_name(name)
     task.set_caching_options(False)
+    if secret:
+        kubernetes.use_secret_as_env(task, secret, {k: k for k in SECRET_REQUIRED})
+        kubernetes.use_secret_as_env(task, secret, {k: k for k in SECRET_OPTIONAL}, optional=True)
+        task.set_env_variable(SECRET_ENV, secret)
     return task
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def resolve_model(
-    model_name: str, version: str, alias: str, policy_file: str, model: Output[Model]
+    model_name: str,
+    version: str,
+    alias: str,
+    policy_yaml: str,
+    kfp_run: str,
+    model: Output[Model],
 ) -> NamedTuple(
     "ResolveOutputs", [("version", str), ("digest", str), ("run_id", str), ("policy", str)]
 ):
     """Resolve the model version, check its digest, load the policy, open the deployment run."""
     from modelship.pipelines.steps import resolve_step
 
-    return resolve_step(model_name, version, alias, policy_file, model.path)
+    return resolve_step(model_name, version, alias, policy_yaml, kfp_run, model.path)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -181,77 +197,87 @@ def conclude_deployment(
     )
 
 
-@dsl.pipeline(name="modelship-deploy")
-def deploy_pipeline(
-    model_name: str, version: str = "", alias: str = "", policy_file: str = ""
-) -> Artifact:
-    """Take a registered MLflow model version through modelship's gates.
+def build_deploy(secret: str | None = None) -> dsl.base_component.BaseComponent:
+    """The deploy pipeline; with ``secret``, every task's settings come from that Secret."""
 
-    Args:
-        model_name: Registered model name in the MLflow Model Registry.
-        version: Version number to deploy; leave empty to use the alias, or the latest version.
-        alias: Alias to deploy (for example challenger) when no version is given.
-        policy_file: Path of a policy override YAML; empty uses policies/default.yaml and the model's own policies/<model_name>.yaml.
+    @dsl.pipeline(name="modelship-deploy")
+    def deploy_pipeline(
+        model_name: str, version: str = "", alias: str = "", policy_yaml: str = ""
+    ) -> Artifact:
+        """Take a registered MLflow model version through modelship's gates.
 
-    Returns:
-        Output: The deployment summary (JSON): outcome, digest, MLflow run id and every verdict.
-    """
-    resolved = resolve_model(
-        model_name=model_name, version=version, alias=alias, policy_file=policy_file
-    )
-    uncached(resolved, "resolve")
-    # what every later step is told about the deployment it belongs to
-    record = {
-        "model_name": model_name,
-        "version": resolved.outputs["version"],
-        "digest": resolved.outputs["digest"],
-        "run_id": resolved.outputs["run_id"],
-    }
-    gate = validate_model(
-        model=resolved.outputs["model"], policy=resolved.outputs["policy"], **record
-    )
-    uncached(gate, "validate")
-    # Each later stage takes the verdict before it and, when that did not pass, records that it
-    # did not run: the DAG stays linear and conclude always sees every stage.
-    optimized = optimize_model(
-        model=resolved.outputs["model"],
-        policy=resolved.outputs["policy"],
-        validate_verdict=gate.outputs["verdict"],
-        **record,
-    )
-    uncached(optimized, "optimize")
-    packaged = package_model(
-        model=resolved.outputs["model"],
-        policy=resolved.outputs["policy"],
-        optimize_verdict=optimized.outputs["verdict"],
-        optimized=optimized.outputs["optimized"],
-        **record,
-    )
-    uncached(packaged, "package")
-    loaded = loadtest_model(
-        policy=resolved.outputs["policy"],
-        package_verdict=packaged.outputs["verdict"],
-        packaged=packaged.outputs["packaged"],
-        **record,
-    )
-    uncached(loaded, "load-test")
-    rolled = rollout_model(
-        policy=resolved.outputs["policy"],
-        loadtest_verdict=loaded.outputs["verdict"],
-        packaged=packaged.outputs["packaged"],
-        **record,
-    )
-    uncached(rolled, "rollout")
-    done = conclude_deployment(
-        validate_verdict=gate.outputs["verdict"],
-        optimize_verdict=optimized.outputs["verdict"],
-        package_verdict=packaged.outputs["verdict"],
-        loadtest_verdict=loaded.outputs["verdict"],
-        rollout_verdict=rolled.outputs["verdict"],
-        **record,
-    )
-    uncached(done, "conclude")
-    return done.outputs["summary"]
+        Args:
+            model_name: Registered model name in the MLflow Model Registry.
+            version: Version number to deploy; leave empty to use the alias, or the latest version.
+            alias: Alias to deploy (for example challenger) when no version is given.
+            policy_yaml: The policy itself, as YAML text (modelship submit --policy FILE sends the whole effective policy); empty uses the image's default.yaml and MODEL.yaml.
+
+        Returns:
+            Output: The deployment summary (JSON): outcome, digest, MLflow run id and every verdict.
+        """
+        resolved = resolve_model(
+            model_name=model_name,
+            version=version,
+            alias=alias,
+            policy_yaml=policy_yaml,
+            # the KFP run's id, tagged on the deployment run: how `submit` finds its outcome
+            kfp_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )
+        configure(resolved, "resolve", secret)
+        # what every later step is told about the deployment it belongs to
+        record = {
+            "model_name": model_name,
+            "version": resolved.outputs["version"],
+            "digest": resolved.outputs["digest"],
+            "run_id": resolved.outputs["run_id"],
+        }
+        policy = resolved.outputs["policy"]
+        gate = validate_model(model=resolved.outputs["model"], policy=policy, **record)
+        configure(gate, "validate", secret)
+        # Each later stage takes the verdict before it and, when that did not pass, records
+        # that it did not run: the DAG stays linear and conclude always sees every stage.
+        optimized = optimize_model(
+            model=resolved.outputs["model"],
+            policy=policy,
+            validate_verdict=gate.outputs["verdict"],
+            **record,
+        )
+        configure(optimized, "optimize", secret)
+        packaged = package_model(
+            model=resolved.outputs["model"],
+            policy=policy,
+            optimize_verdict=optimized.outputs["verdict"],
+            optimized=optimized.outputs["optimized"],
+            **record,
+        )
+        configure(packaged, "package", secret)
+        loaded = loadtest_model(
+            policy=policy,
+            package_verdict=packaged.outputs["verdict"],
+            packaged=packaged.outputs["packaged"],
+            **record,
+        )
+        configure(loaded, "load-test", secret)
+        rolled = rollout_model(
+            policy=policy,
+            loadtest_verdict=loaded.outputs["verdict"],
+            packaged=packaged.outputs["packaged"],
+            **record,
+        )
+        configure(rolled, "rollout", secret)
+        done = conclude_deployment(
+            validate_verdict=gate.outputs["verdict"],
+            optimize_verdict=optimized.outputs["verdict"],
+            package_verdict=packaged.outputs["verdict"],
+            loadtest_verdict=loaded.outputs["verdict"],
+            rollout_verdict=rolled.outputs["verdict"],
+            **record,
+        )
+        configure(done, "conclude", secret)
+        return done.outputs["summary"]
+
+    return deploy_pipeline
 
 
-PIPELINES = {"deploy": deploy_pipeline}
+#: the deploy pipeline as ``kfp.local`` runs it and as shipped (no Secret)
+deploy_pipeline = build_deploy()

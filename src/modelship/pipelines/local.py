@@ -72,9 +72,13 @@ def run_deploy(
     model: str,
     version: str | None = None,
     alias: str | None = None,
-    policy_file: Path | None = None,
+    policy_yaml: str = "",
 ) -> dict[str, Any]:
-    """Run the deploy pipeline to the end; the summary, or the error a step raised."""
+    """Run the deploy pipeline to the end; the summary, or the error a step raised.
+
+    ``policy_yaml`` is the effective policy as text, as ``modelship submit`` sends it to a
+    cluster: the same parameter, so a local run and a cluster run read the policy the same way.
+    """
     from kfp import local
 
     from modelship.pipelines.deploy import deploy_pipeline
@@ -96,7 +100,7 @@ def run_deploy(
                 model_name=model,
                 version=version or "",
                 alias=alias or "",
-                policy_file=str(Path(policy_file).resolve()) if policy_file else "",
+                policy_yaml=policy_yaml,
             )
         except RuntimeError as e:
             print(_ANSI.sub("", str(e)), file=log)

@@ -8,29 +8,37 @@ pass judges the windows logged since the last one and rolls back when the policy
 from kfp import dsl
 from kfp.dsl import Artifact, Output
 
-from modelship.pipelines.deploy import IMAGE, uncached
+from modelship.pipelines.deploy import IMAGE, configure
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def monitor_model(model_name: str, policy_file: str, report: Output[Artifact]) -> str:
+def monitor_model(model_name: str, policy_yaml: str, report: Output[Artifact]) -> str:
     """Judge every whole window of the champion's inference log since the last pass."""
     from modelship.pipelines.steps import monitor_step
 
-    return monitor_step(model_name, policy_file, report.path)
+    return monitor_step(model_name, policy_yaml, report.path)
 
 
-@dsl.pipeline(name="modelship-monitor")
-def monitor_pipeline(model_name: str, policy_file: str = "") -> Artifact:
-    """Drift monitoring of a registered model's champion: Evidently on its inference log.
+def build_monitor(secret: str | None = None) -> dsl.base_component.BaseComponent:
+    """The monitor pipeline; with ``secret``, its task's settings come from that Secret."""
 
-    Args:
-        model_name: Registered model name in the MLflow Model Registry.
-        policy_file: Path of a policy override YAML; empty uses policies/default.yaml and the model's own policies/<model_name>.yaml.
+    @dsl.pipeline(name="modelship-monitor")
+    def monitor_pipeline(model_name: str, policy_yaml: str = "") -> Artifact:
+        """Drift monitoring of a registered model's champion: Evidently on its inference log.
 
-    Returns:
-        Output: The pass (JSON): each window's outcome and figures, and any action taken.
-    """
-    task = monitor_model(model_name=model_name, policy_file=policy_file)
-    # a cached pass would judge no new window: every recurring run must run
-    uncached(task, "monitor")
-    return task.outputs["report"]
+        Args:
+            model_name: Registered model name in the MLflow Model Registry.
+            policy_yaml: The policy itself, as YAML text (modelship submit --monitor --policy FILE sends the whole effective policy); empty uses the image's default.yaml and MODEL.yaml.
+
+        Returns:
+            Output: The pass (JSON): each window's outcome and figures, and any action taken.
+        """
+        task = monitor_model(model_name=model_name, policy_yaml=policy_yaml)
+        # a cached pass would judge no new window: every recurring run must run
+        configure(task, "monitor", secret)
+        return task.outputs["report"]
+
+    return monitor_pipeline
+
+
+monitor_pipeline = build_monitor()

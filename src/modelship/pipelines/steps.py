@@ -49,9 +49,9 @@ def _gate(
     previous_path: str | None = None,
 ) -> bool:
     """Run a gate's stage through the shared runner; save its verdict for the next step."""
-    settings, registry = _setup()
 
     def body(events: EventSink) -> Verdict:
+        settings, registry = _setup()
         ctx = StageContext(
             ref=registry.resolve(model_name, version=version),
             policy=Policy.model_validate_json(policy),
@@ -70,16 +70,17 @@ def _gate(
 
 
 def resolve_step(
-    model_name: str, version: str, alias: str, policy_file: str, model_path: str
+    model_name: str, version: str, alias: str, policy_yaml: str, kfp_run: str, model_path: str
 ) -> Any:
-    settings, registry = _setup()
-
     def body(events: EventSink) -> Any:
+        settings, registry = _setup()
         r = resolve.run(
             model_name,
             version or None,
             alias or None,
-            Path(policy_file) if policy_file else None,
+            None,
+            policy_text=policy_yaml or None,
+            kfp_run=kfp_run,
             settings=settings,
             registry=registry,
             dest=Path(model_path),
@@ -194,9 +195,8 @@ def conclude_step(
 ) -> str:
     import json
 
-    _, registry = _setup()
-
     def body(events: EventSink) -> dict[str, Any]:
+        _, registry = _setup()
         ref = registry.resolve(model_name, version=version)
         verdicts = [Verdict.load(p) for p in verdict_paths]
         return conclude.run(ref, digest, DeploymentRun(registry.client, run_id), verdicts)
@@ -206,22 +206,20 @@ def conclude_step(
     return str(summary["outcome"])
 
 
-def monitor_step(model_name: str, policy_file: str, report_path: str) -> str:
+def monitor_step(model_name: str, policy_yaml: str, report_path: str) -> str:
     """One monitor pass; the windows and actions as JSON; the last window's outcome."""
     import json
 
     from modelship.components.monitor.passes import monitor_once
 
-    settings, _ = _setup()
-
     def body(events: EventSink) -> Any:
+        settings, _ = _setup()
+
         def say(message: str) -> None:
             events.emit("monitor", "step", step=message)
             print(message, flush=True)
 
-        return monitor_once(
-            settings, model_name, Path(policy_file) if policy_file else None, say=say
-        )
+        return monitor_once(settings, model_name, policy_text=policy_yaml or None, say=say)
 
     result = run_step("monitor", body)
     windows = [json.loads(w.model_dump_json()) for w in result.windows]

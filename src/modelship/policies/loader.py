@@ -27,9 +27,13 @@ DEFAULT_POLICY = POLICY_DIR / "default.yaml"
 _FILE_NAME = re.compile(r"[^/\\\x00]+")
 
 
+#: how errors and ``LoadedPolicy.sources`` name a policy that came as text (a pipeline parameter)
+TEXT_SOURCE = "<policy parameter>"
+
+
 @dataclass(frozen=True)
 class _Layer:
-    path: Path
+    path: Path | str
     data: dict[str, Any]
     root: yaml.Node | None
 
@@ -37,7 +41,7 @@ class _Layer:
 @dataclass(frozen=True)
 class LoadedPolicy:
     policy: Policy
-    sources: tuple[Path, ...]
+    sources: tuple[Path | str, ...]
 
     @property
     def digest(self) -> str:
@@ -62,6 +66,10 @@ def _read_layer(path: Path) -> _Layer:
         raise PolicyError(
             f"cannot read policy file {path}: {e.strerror}", hint="check the path"
         ) from e
+    return _parse_layer(text, path)
+
+
+def _parse_layer(text: str, path: Path | str) -> _Layer:
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -130,8 +138,10 @@ def load_policy(
     path: Path | None = None,
     *,
     policy_dir: Path | None = None,
+    text: str | None = None,
 ) -> LoadedPolicy:
-    """The effective policy for ``model``: default, then ``<model>.yaml``, then ``path``.
+    """The effective policy for ``model``: default, then ``<model>.yaml``, then ``path``, then
+    ``text`` (a policy sent as YAML text with a pipeline run: it travels, a path would not).
 
     Per-model policies come from ``policy_dir`` (``--policies`` or ``MODELSHIP_POLICIES``; the
     shipped ones when None). A folder with its own ``default.yaml`` replaces the shipped default.
@@ -145,6 +155,8 @@ def load_policy(
             layers.append(_read_layer(own))
     if path is not None:
         layers.append(_read_layer(Path(path)))
+    if text:
+        layers.append(_parse_layer(text, TEXT_SOURCE))
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = _merge(merged, layer.data)
@@ -158,6 +170,11 @@ def load_policy(
             hint="fix the keys above; `modelship policy check FILE` checks a file on its own",
         ) from e
     return LoadedPolicy(policy, tuple(layer.path for layer in layers))
+
+
+def policy_yaml(policy: Policy) -> str:
+    """The whole policy as YAML text, which :func:`load_policy` reads back as ``text``."""
+    return yaml.safe_dump(policy.model_dump(mode="json", by_alias=True), sort_keys=False)
 
 
 def _policy_folder(policy_dir: Path | None) -> Path:

@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from modelship.core.errors import RegistryError
 from modelship.core.settings import Settings
-from modelship.core.tags import RUN_ERROR, RUN_MODEL, RUN_OUTCOME, RUN_VERSION
+from modelship.core.tags import RUN_ERROR, RUN_KFP, RUN_MODEL, RUN_OUTCOME, RUN_VERSION
 from modelship.core.verdict import Verdict
 from modelship.registry.client import ModelRef
 
@@ -57,14 +57,14 @@ class DeploymentRun:
         digest: str,
         policy_hash: str,
         policy_json: str,
+        kfp_run: str = "",
     ) -> DeploymentRun:
+        tags = {RUN_MODEL: ref.name, RUN_VERSION: ref.version}
+        if kfp_run:
+            tags[RUN_KFP] = kfp_run
         try:
             exp = ensure_experiment(client, settings, EXPERIMENT)
-            run = client.create_run(
-                exp,
-                run_name=f"{ref.name}-v{ref.version}",
-                tags={RUN_MODEL: ref.name, RUN_VERSION: ref.version},
-            )
+            run = client.create_run(exp, run_name=f"{ref.name}-v{ref.version}", tags=tags)
         except MlflowException as e:
             raise RegistryError(f"could not open the deployment run for {ref}: {e}") from e
         self = cls(client, run.info.run_id)

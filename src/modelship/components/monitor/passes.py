@@ -21,10 +21,11 @@ def monitor_once(
     model: str,
     policy_file: Path | None = None,
     *,
+    policy_text: str | None = None,
     log_reports: bool = True,
     say: Callable[[str], None] = print,
 ) -> PassResult:
-    policy = load_policy(model, policy_file, policy_dir=settings.policies).policy
+    policy = load_policy(model, policy_file, policy_dir=settings.policies, text=policy_text).policy
     live = live_router(settings.home, model)
     if live is None:
         say(f"no `modelship serve {model}` running here: a rollback would move the aliases only")
