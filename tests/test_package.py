@@ -320,3 +320,69 @@ def test_bentomls_own_request_path_answers_the_same_and_names_faults(
     assert answer.status_code == 200 and len(answer.json()) == 3
     assert answer.headers["x-modelship-model"] == f"{MODEL}/{deployed['version']}"
     assert bad.status_code == 400 and "send a number" in bad.json()["error"]
+
+
+@pytest.mark.slow
+def test_the_bento_travels_through_mlflow_to_a_store_that_never_saw_it(
+    home: Path, deployed: dict[str, Any], tmp_path: Path
+) -> None:
+    # another pod: an empty BentoML store, only MLflow shared
+    from modelship.components.serving.bentostore import present_bento, store_path
+    from modelship.components.serving.packaged import packaged_version
+    from modelship.registry.client import Registry
+    from modelship.registry.digest import tree_digest
+
+    registry = Registry()
+    packaged, _ = packaged_version(registry, registry.resolve(MODEL, version=deployed["version"]))
+    assert packaged is not None and packaged.bento == deployed["tag"]
+    run_id = deployed["summary"]["run_id"]
+    assert packaged.bento_uri == f"runs:/{run_id}/bento/{deployed['tag'].replace(':', '-')}.bento"
+    passed = tree_digest(store_path(home / "bentoml", deployed["tag"]))
+    assert packaged.bento_digest == passed
+    elsewhere = tmp_path / "pod-bentoml"
+    path = present_bento(packaged, elsewhere)
+    assert path == store_path(elsewhere, deployed["tag"])
+    assert tree_digest(path) == passed  # byte for byte what passed the gates
+    # a store holding other files under the same tag gets the Bento that passed instead
+    (path / "src" / "serving.json").write_text("{}")
+    assert tree_digest(present_bento(packaged, elsewhere)) == passed
+
+
+@pytest.mark.slow
+def test_a_changed_bento_in_mlflow_is_refused_and_never_lands_in_the_store(
+    home: Path, deployed: dict[str, Any], tmp_path: Path
+) -> None:
+    import tarfile
+
+    import mlflow
+
+    from modelship.components.serving.bentostore import present_bento, store_path
+    from modelship.components.serving.packaged import packaged_version
+    from modelship.core.errors import PackagingError
+    from modelship.registry.client import Registry
+
+    registry = Registry()
+    packaged, _ = packaged_version(registry, registry.resolve(MODEL, version=deployed["version"]))
+    assert packaged is not None and packaged.bento_uri
+    archive = Path(mlflow.artifacts.download_artifacts(packaged.bento_uri, dst_path=str(tmp_path)))
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacked, filter="data")
+    (unpacked / "src" / "serving.json").write_text("{}")  # someone edits the stored artifact
+    forged = tmp_path / "forged.bento"
+    head = archive.read_bytes()[:6]
+    mode = "w:xz" if head == b"\xfd7zXZ\x00" else "w:gz" if head[:2] == b"\x1f\x8b" else "w"
+    with tarfile.open(forged, mode) as tar:  # type: ignore[call-overload]
+        tar.add(unpacked, arcname=".")
+    # the embedded store's copy of the artifact, as someone with write access could change it
+    run_id, _, name = packaged.bento_uri.removeprefix("runs:/").partition("/bento/")
+    stored = Path(mlflow.get_run(run_id).info.artifact_uri.removeprefix("file://")) / "bento" / name
+    assert stored.is_file()
+    original = stored.read_bytes()
+    try:
+        stored.write_bytes(forged.read_bytes())
+        with pytest.raises(PackagingError, match=r"not the .* that passed the gates"):
+            present_bento(packaged, tmp_path / "pod-bentoml")
+        assert not store_path(tmp_path / "pod-bentoml", deployed["tag"]).exists()
+    finally:
+        stored.write_bytes(original)

@@ -11,8 +11,8 @@ from modelship.core.errors import PolicyError
 from modelship.policies.loader import (
     DEFAULT_POLICY,
     POLICY_DIR,
-    LoadedPolicy,
     TEXT_SOURCE,
+    LoadedPolicy,
     load_policy,
     policy_hash,
     policy_yaml,

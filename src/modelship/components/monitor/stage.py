@@ -34,9 +34,12 @@ from modelship.components.monitor.state import (
     WindowRecord,
 )
 from modelship.components.monitor.window import Cut, read_log, windows
+from modelship.components.serving.bentostore import present_bento
+from modelship.components.serving.packaged import packaged_version
 from modelship.components.targets.local import GatewayRouter
 from modelship.core.errors import DataError, InputError, RollbackFailed
-from modelship.core.tags import TAG_BENTO, TAG_REPORT
+from modelship.core.records import PackagedModel
+from modelship.core.tags import TAG_REPORT
 from modelship.policies.schema import Labels, Monitor, Policy
 from modelship.registry.client import ModelRef, Registry
 
@@ -69,14 +72,16 @@ def _kinds(frame: pd.DataFrame) -> dict[str, str]:
     return {c: "num" if pd.api.types.is_numeric_dtype(frame[c]) else "cat" for c in frame}
 
 
-def _bento_predictions(bentoml_home: Path, tag: str, frame: pd.DataFrame) -> pd.Series:
-    """The champion's own predictions for the reference rows, from its Bento's model (whose
-    files are checked against their digests before it loads)."""
+def _bento_predictions(
+    bentoml_home: Path, packaged: PackagedModel, frame: pd.DataFrame
+) -> pd.Series:
+    """The champion's own predictions for the reference rows, from its Bento's model (the Bento
+    fetched from MLflow when this machine's store lacks it; its model files checked against
+    their digests before it loads)."""
     from modelship.bentos import config as serving_config
     from modelship.bentos import model as serving_model
 
-    name, version = tag.split(":")
-    src = bentoml_home / "bentos" / name / version / "src"
+    src = present_bento(packaged, bentoml_home) / "src"
     config = serving_config.load(src)
     predictor = serving_model.load(config, src / serving_config.MODEL_DIR)
     x = frame[config.columns].to_numpy(np.float32)
@@ -97,11 +102,11 @@ def baseline(
     method = None if th.method == "auto" else th.method
     features = Reference(frame, kinds, method=method, threshold=th.threshold,
                          drift_share=th.drift_share)  # fmt: skip
-    tag = registry.client.get_model_version(champion.name, champion.version).tags.get(TAG_BENTO)
-    if not (th.prediction and tag):
-        why = "monitor.thresholds.prediction is false" if tag else "the champion has no Bento"
+    packaged, _ = packaged_version(registry, champion)
+    if not (th.prediction and packaged):
+        why = "monitor.thresholds.prediction is false" if packaged else "the champion has no Bento"
         return Baseline(features, None, frame, kinds, note=f"prediction drift not judged: {why}")
-    predicted = _bento_predictions(bentoml_home, tag, frame).to_frame()
+    predicted = _bento_predictions(bentoml_home, packaged, frame).to_frame()
     kind = _kinds(predicted)
     predictions = Reference(predicted, kind, drift_share=1.0)
     quality = None

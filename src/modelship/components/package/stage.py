@@ -18,10 +18,17 @@ from modelship.components.contract import ModelInputs, Stage, StageContext
 from modelship.components.mlmodel import read_mlmodel, read_signature
 from modelship.components.package import bento as bento_build
 from modelship.components.package.image import Image, image_ref, pick_builder
+from modelship.components.serving.bentostore import export_bento
 from modelship.core.errors import PackagingError
 from modelship.core.events import EventSink
 from modelship.core.records import OptimizeRecord, PackageRecord
-from modelship.core.tags import RUN_BENTO_DIGEST, TAG_BENTO, TAG_IMAGE
+from modelship.core.tags import (
+    RUN_BENTO_DIGEST,
+    TAG_BENTO,
+    TAG_BENTO_DIGEST,
+    TAG_BENTO_URI,
+    TAG_IMAGE,
+)
 from modelship.core.verdict import Check, ModelState, Verdict
 from modelship.registry.digest import tree_digest
 
@@ -93,6 +100,18 @@ def run(ctx: StageContext, inputs: PackageInputs) -> Verdict:
                             reason=f"{len(files)} model file(s) in the Bento match their digests"))  # fmt: skip
     except ModelFilesChanged as e:
         checks.append(Check(name="package.bento.files", kind="bento", passed=False, reason=str(e)))
+    bento_digest = tree_digest(built.path)
+    bento_uri: str | None = None
+    if (deployment := ctx.deployment) is not None:
+        # later steps may run in other pods: they fetch the Bento from here, by this digest
+        events.emit(NAME, "step", step=f"bentoml export {built.tag} into MLflow")
+        try:
+            bento_uri = export_bento(built.tag, bentoml_home, deployment, workdir)
+            checks.append(Check(name="package.bento.export", kind="bento", passed=True,
+                                measured=bento_uri, reason=f"exported to {bento_uri}"))  # fmt: skip
+        except PackagingError as e:
+            checks.append(Check(name="package.bento.export", kind="bento", passed=False,
+                                reason=e.message))  # fmt: skip
     image: Image | None = None
     try:
         image_check, image = _image_check(built, policy.package.image, workdir, events)
@@ -103,8 +122,9 @@ def run(ctx: StageContext, inputs: PackageInputs) -> Verdict:
         version=ref.version,
         bento=built.tag,
         bento_path=str(built.path),
-        bento_digest=tree_digest(built.path),
+        bento_digest=bento_digest,
         bentoml_home=str(bentoml_home),
+        bento_uri=bento_uri,
         serving=json.loads(built.config.model_dump_json()),
         image=image.ref if image else None,
         image_id=image.image_id if image else None,
@@ -115,9 +135,12 @@ def run(ctx: StageContext, inputs: PackageInputs) -> Verdict:
     verdict = Verdict.from_checks(NAME, checks)
     if verdict.passed:
         registry.set_tag(ref, TAG_BENTO, built.tag)
+        registry.set_tag(ref, TAG_BENTO_DIGEST, bento_digest)
+        if bento_uri:
+            registry.set_tag(ref, TAG_BENTO_URI, bento_uri)
         if image is not None:
             registry.set_tag(ref, TAG_IMAGE, image.ref)
-    if (deployment := ctx.deployment) is not None:
+    if deployment is not None:
         deployment.log_text(out.model_dump_json(indent=2), "package/package.json")
         deployment.log_text((context / "bentofile.yaml").read_text(), "package/bentofile.yaml")
         deployment.set_tags({TAG_BENTO: built.tag, RUN_BENTO_DIGEST: out.bento_digest,

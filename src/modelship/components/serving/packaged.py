@@ -6,7 +6,7 @@ import json
 
 from modelship.components.datasource import read_frame
 from modelship.core.records import PackagedModel
-from modelship.core.tags import TAG_BENTO, TAG_IMAGE
+from modelship.core.tags import TAG_BENTO, TAG_BENTO_DIGEST, TAG_BENTO_URI, TAG_IMAGE
 from modelship.policies.schema import Policy
 from modelship.registry.client import ModelRef, Registry
 
@@ -28,7 +28,10 @@ def packaged_version(registry: Registry, ref: ModelRef) -> tuple[PackagedModel |
     tag = tags.get(TAG_BENTO)
     if not tag:
         return None, f"v{ref.version} was never packaged (no {TAG_BENTO} tag)"
-    return PackagedModel(version=ref.version, bento=tag, image=tags.get(TAG_IMAGE) or None), ""
+    return PackagedModel(
+        version=ref.version, bento=tag, image=tags.get(TAG_IMAGE) or None,
+        bento_uri=tags.get(TAG_BENTO_URI) or None, bento_digest=tags.get(TAG_BENTO_DIGEST) or None,
+    ), ""  # fmt: skip
 
 
 def champion_package(registry: Registry, ref: ModelRef) -> tuple[PackagedModel | None, str]:

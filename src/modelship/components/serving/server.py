@@ -111,11 +111,15 @@ def package_launch(
     packaged: PackagedModel, port: int, env: dict[str, str], cpus: list[int] | None
 ) -> Launch:
     """Start a packaged version as production will: its image where one was built and buildah
-    is here, else ``bentoml serve`` of its Bento."""
+    is here, else ``bentoml serve`` of its Bento (fetched from MLflow into the store at
+    ``env``'s ``BENTOML_HOME`` when that store does not hold it as it passed the gates)."""
     import shutil
+
+    from modelship.components.serving.bentostore import present_bento
 
     if packaged.image and shutil.which("buildah"):
         return image_launch(packaged.image, port, cpus)
+    present_bento(packaged, Path(env.get("BENTOML_HOME") or os.environ["BENTOML_HOME"]))
     return bento_launch(packaged.bento, port, env, cpus)
 
 
