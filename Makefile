@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv image-tools demo test test-fast lint bench compile lock clean
+.PHONY: venv image-tools demo test test-fast lint bench compile lock clean rehearse pipeline-image
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,28 @@ test: lint image-tools
 # everything but the tests marked slow (real servers, pipeline runs, deploys as processes)
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow"
+
+# The cluster rehearsal: the compiled deploy pipeline with every task in its own "pod", sharing
+# only a real MLflow server, a real S3 API (moto) and KFP's artifacts (tests/rehearsal.py).
+rehearse: $(STAMP)
+	$(VENV)/bin/pytest -p no:xdist -v tests/test_rehearsal.py
+
+# The image every pipeline task runs (Containerfile): docker where an engine answers, else buildah
+# on a base made here with debootstrap. PIPELINE_IMAGE names it; EXTRAS=torch adds PyTorch.
+PIPELINE_IMAGE ?= localhost/modelship:0.1.0
+EXTRAS ?=
+pipeline-image: $(STAMP) image-tools
+	rm -rf dist && $(PY) -m build --wheel --outdir dist . >/dev/null
+	@mkdir -p build
+	@if docker info >/dev/null 2>&1; then \
+	  docker buildx build --load --build-arg EXTRAS=$(EXTRAS) -t $(PIPELINE_IMAGE) -f Containerfile . ; \
+	else \
+	  base=$$($(PY) -c "from pathlib import Path; from modelship.components.package.image import Buildah; print(Buildah().ensure_base(Path('build/base-image.log')))") && \
+	  buildah --storage-driver vfs bud --isolation chroot --build-arg BASE_IMAGE=$$base \
+	    --build-arg EXTRAS=$(EXTRAS) --secret id=pip-ca,src=/etc/ssl/certs/ca-certificates.crt \
+	    -t $(PIPELINE_IMAGE) -f Containerfile . ; \
+	fi
+	@echo "built $(PIPELINE_IMAGE); push it, then: modelship compile --image REGISTRY/modelship@sha256:..."
 
 bench: $(STAMP)
 	$(PY) benchmarks/deploy.py

@@ -327,25 +327,24 @@ def test_the_bento_travels_through_mlflow_to_a_store_that_never_saw_it(
     home: Path, deployed: dict[str, Any], tmp_path: Path
 ) -> None:
     # another pod: an empty BentoML store, only MLflow shared
-    from modelship.components.serving.bentostore import present_bento, store_path
+    from modelship.components.serving.bentostore import bento_digest, present_bento, store_path
     from modelship.components.serving.packaged import packaged_version
     from modelship.registry.client import Registry
-    from modelship.registry.digest import tree_digest
 
     registry = Registry()
     packaged, _ = packaged_version(registry, registry.resolve(MODEL, version=deployed["version"]))
     assert packaged is not None and packaged.bento == deployed["tag"]
     run_id = deployed["summary"]["run_id"]
     assert packaged.bento_uri == f"runs:/{run_id}/bento/{deployed['tag'].replace(':', '-')}.bento"
-    passed = tree_digest(store_path(home / "bentoml", deployed["tag"]))
+    passed = bento_digest(store_path(home / "bentoml", deployed["tag"]))
     assert packaged.bento_digest == passed
     elsewhere = tmp_path / "pod-bentoml"
     path = present_bento(packaged, elsewhere)
     assert path == store_path(elsewhere, deployed["tag"])
-    assert tree_digest(path) == passed  # byte for byte what passed the gates
+    assert bento_digest(path) == passed  # byte for byte what passed the gates
     # a store holding other files under the same tag gets the Bento that passed instead
     (path / "src" / "serving.json").write_text("{}")
-    assert tree_digest(present_bento(packaged, elsewhere)) == passed
+    assert bento_digest(present_bento(packaged, elsewhere)) == passed
 
 
 @pytest.mark.slow

@@ -61,6 +61,20 @@ def test_deploy_workflow_triggers_and_inputs() -> None:
     run = "\n".join(step.get("run", "") for step in wf["jobs"]["deploy"]["steps"])
     assert "${{" not in run  # inputs reach the script as environment variables only
     assert "modelship deploy" in run and "modelship submit" in run
+    # a cluster run is followed to its end, so a rejected version fails the job (exit 3)
+    assert "--no-wait" not in run
+    assert wf["jobs"]["deploy"]["env"]["KFP_TOKEN"] == "${{ secrets.KFP_TOKEN }}"
+
+
+def test_the_image_workflow_pushes_the_containerfile_on_a_tag_with_least_privilege() -> None:
+    wf = _load("image.yml")
+    on = wf[True] if True in wf else wf["on"]
+    assert on == {"push": {"tags": ["v*"]}}
+    assert wf["permissions"] == {}
+    job = wf["jobs"]["image"]
+    assert job["permissions"] == {"contents": "read", "packages": "write"}
+    push = next(s for s in job["steps"] if "build-push-action" in s.get("uses", ""))
+    assert push["with"]["file"] == "Containerfile" and push["with"]["push"] is True
 
 
 def test_ci_workflow_runs_the_readme_test_command() -> None:

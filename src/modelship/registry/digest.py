@@ -18,16 +18,21 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def tree_digest(root: Path) -> str:
+def tree_digest(root: Path, *, skip_dirs: frozenset[str] = frozenset()) -> str:
     """sha256 over every file's relative path and content, in sorted order.
 
-    Names are hashed with contents, so a renamed or added file changes the digest too.
+    Names are hashed with contents, so a renamed or added file changes the digest too. Files
+    under a folder named in ``skip_dirs`` (at any depth) are left out.
     """
     root = Path(root)
     if root.is_file():
         return "sha256:" + _file_digest(root)
     h = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not skip_dirs.intersection(p.relative_to(root).parts[:-1])
+    )
     for path in files:
         rel = path.relative_to(root).as_posix()
         h.update(rel.encode() + b"\0" + _file_digest(path).encode() + b"\n")

@@ -18,7 +18,7 @@ from modelship.components.contract import ModelInputs, Stage, StageContext
 from modelship.components.mlmodel import read_mlmodel, read_signature
 from modelship.components.package import bento as bento_build
 from modelship.components.package.image import Image, image_ref, pick_builder
-from modelship.components.serving.bentostore import export_bento
+from modelship.components.serving.bentostore import bento_digest, export_bento
 from modelship.core.errors import PackagingError
 from modelship.core.events import EventSink
 from modelship.core.records import OptimizeRecord, PackageRecord
@@ -30,7 +30,6 @@ from modelship.core.tags import (
     TAG_IMAGE,
 )
 from modelship.core.verdict import Check, ModelState, Verdict
-from modelship.registry.digest import tree_digest
 
 NAME = "package"
 
@@ -100,7 +99,7 @@ def run(ctx: StageContext, inputs: PackageInputs) -> Verdict:
                             reason=f"{len(files)} model file(s) in the Bento match their digests"))  # fmt: skip
     except ModelFilesChanged as e:
         checks.append(Check(name="package.bento.files", kind="bento", passed=False, reason=str(e)))
-    bento_digest = tree_digest(built.path)
+    digest_of_bento = bento_digest(built.path)
     bento_uri: str | None = None
     if (deployment := ctx.deployment) is not None:
         # later steps may run in other pods: they fetch the Bento from here, by this digest
@@ -122,7 +121,7 @@ def run(ctx: StageContext, inputs: PackageInputs) -> Verdict:
         version=ref.version,
         bento=built.tag,
         bento_path=str(built.path),
-        bento_digest=bento_digest,
+        bento_digest=digest_of_bento,
         bentoml_home=str(bentoml_home),
         bento_uri=bento_uri,
         serving=json.loads(built.config.model_dump_json()),
@@ -135,7 +134,7 @@ def run(ctx: StageContext, inputs: PackageInputs) -> Verdict:
     verdict = Verdict.from_checks(NAME, checks)
     if verdict.passed:
         registry.set_tag(ref, TAG_BENTO, built.tag)
-        registry.set_tag(ref, TAG_BENTO_DIGEST, bento_digest)
+        registry.set_tag(ref, TAG_BENTO_DIGEST, digest_of_bento)
         if bento_uri:
             registry.set_tag(ref, TAG_BENTO_URI, bento_uri)
         if image is not None:

@@ -24,6 +24,14 @@ from modelship.registry.digest import tree_digest
 
 #: where in the deployment run the exported Bento goes
 ARTIFACT_DIR = "bento"
+#: what serving a Bento writes into it (Python's bytecode caches of its service), left out of
+#: its digest: derived from the sources, which are in it
+_DERIVED = frozenset({"__pycache__"})
+
+
+def bento_digest(path: Path) -> str:
+    """The digest of a Bento's files in the store, as recorded when it passed the gates."""
+    return tree_digest(path, skip_dirs=_DERIVED)
 
 
 def store_path(bentoml_home: Path, tag: str) -> Path:
@@ -60,7 +68,7 @@ def present_bento(packaged: PackagedModel, bentoml_home: Path) -> Path:
     passed the gates (missing, or other files under the same tag)."""
     path = store_path(bentoml_home, packaged.bento)
     if (path / "bento.yaml").is_file() and (
-        not packaged.bento_digest or tree_digest(path) == packaged.bento_digest
+        not packaged.bento_digest or bento_digest(path) == packaged.bento_digest
     ):
         return path
     if not packaged.bento_uri:
@@ -86,7 +94,7 @@ def present_bento(packaged: PackagedModel, bentoml_home: Path) -> Path:
             shutil.rmtree(path)
         _bentoml(["import", local], bentoml_home, Path(tmp) / "bento-import.log",
                  f"bentoml import of {packaged.bento}")  # fmt: skip
-    got = tree_digest(path) if (path / "bento.yaml").is_file() else "nothing"
+    got = bento_digest(path) if (path / "bento.yaml").is_file() else "nothing"
     if packaged.bento_digest and got != packaged.bento_digest:
         shutil.rmtree(path, ignore_errors=True)
         raise PackagingError(

@@ -1,0 +1,177 @@
+"""A cluster rehearsal on one machine: the compiled ``pipelines/deploy.yaml`` with every task in
+its own "pod" that shares nothing but MLflow, the object store and KFP's artifacts.
+
+What is real: an S3 server (moto, in its own process), an ``mlflow server`` whose artifact root
+is that S3 bucket and which does not proxy artifacts (so every pod writes and reads S3 itself,
+with boto3 and the Secret's keys), the compiled IR's own task commands (KFP's executor, the same
+bytes a cluster runs), and ``kfp.local``'s orchestration of them.
+
+What stands in for Kubernetes: each task runs as a process with a fresh empty working folder and
+``HOME`` (so its MODELSHIP_HOME and BentoML store start empty and die with it) and an environment
+of only ``PATH``, the container env the IR sets, and the keys the IR's platform spec maps from
+the Secret (``secretAsEnv``; a required key that the Secret lacks fails the pod, as Kubernetes'
+CreateContainerConfigError does). This replaces ``kfp.local``'s subprocess launcher, which would
+otherwise hand every task this process's environment and folder. KFP's artifact passing is
+``kfp.local``'s pipeline root, a folder, where a cluster uses its object store.
+
+The pipeline image is this virtual environment (``make pipeline-image`` builds the real one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelship.core.ports import free_port
+from modelship.pipelines.compile import read_ir
+from tests.support import background, wait_http
+
+BUCKET = "modelship"
+#: the keys of the rehearsal's Secret that are not URLs (moto takes any)
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "rehearsal",
+    "AWS_SECRET_ACCESS_KEY": "rehearsal-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@contextlib.contextmanager
+def object_store(root: Path) -> Iterator[str]:
+    """A real S3 API (moto_server) on a free loopback port, with the bucket made."""
+    import boto3
+
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with background(cmd, root / "s3.log") as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/moto-api/", proc, root / "s3.log", timeout=60)
+        s3 = boto3.client("s3", endpoint_url=url, **_boto_keys())
+        s3.create_bucket(Bucket=BUCKET)
+        yield url
+
+
+def _boto_keys() -> dict[str, str]:
+    return {
+        "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": CREDENTIALS["AWS_DEFAULT_REGION"],
+    }
+
+
+def s3_keys(s3_url: str, prefix: str = "") -> list[str]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_url, **_boto_keys())
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@contextlib.contextmanager
+def tracking_server(root: Path, s3_url: str) -> Iterator[str]:
+    """``mlflow server`` with a SQLite backend and artifacts in the bucket, not proxied."""
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--default-artifact-root", f"s3://{BUCKET}/mlflow", "--no-serve-artifacts",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MODELSHIP_"))},
+        **CREDENTIALS,
+        "MLFLOW_S3_ENDPOINT_URL": s3_url,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    with background(cmd, root / "mlflow.log", env) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", proc, root / "mlflow.log", timeout=120)
+        yield url
+
+
+@dataclass
+class Pod:
+    task: str
+    folder: Path
+    env: dict[str, str]
+    returncode: int | None = None
+
+
+@dataclass
+class Cluster:
+    """Runs a compiled pipeline's tasks as pods (see the module's docstring)."""
+
+    root: Path
+    secret: Mapping[str, str]
+    pods: list[Pod] = field(default_factory=list)
+
+    def secret_env(self, package: Path) -> dict[str, str]:
+        """The environment Kubernetes would build from the Secret for this package's tasks."""
+        _, platform = read_ir(package)
+        assert platform is not None, f"{package} maps no Secret into its pods"
+        executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        env: dict[str, str] = {}
+        for spec in executors.values():
+            for entry in spec["secretAsEnv"]:
+                for pair in entry["keyToEnv"]:
+                    key = pair["secretKey"]
+                    if key in self.secret:
+                        env[pair["envVar"]] = self.secret[key]
+                    elif not entry["optional"]:
+                        raise AssertionError(
+                            f"CreateContainerConfigError: couldn't find key {key} in Secret "
+                            f"{entry['secretName']}"
+                        )
+        return env
+
+    def run(self, package: Path, arguments: dict[str, Any]) -> Any:
+        """Run ``package`` (compiled IR) to the end with ``kfp.local``, each task in a pod."""
+        from kfp import components, local
+        from kfp.local import subprocess_task_handler
+
+        secret_env = self.secret_env(package)
+        pods, root = self.pods, self.root
+
+        def run_pod(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
+            task = full_command[full_command.index("--function_to_execute") + 1]
+            folder = Path(tempfile.mkdtemp(prefix=f"{len(pods):02d}-{task}-", dir=root))
+            env = {"PATH": os.environ["PATH"], "HOME": str(folder), "LANG": "C.UTF-8",
+                   **secret_env, **(env_vars or {})}  # fmt: skip
+            pod = Pod(task, folder, env)
+            pods.append(pod)
+            with (folder / "pod.log").open("w") as log:
+                pod.returncode = subprocess.run(
+                    full_command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+                    check=False, timeout=1800,
+                ).returncode  # fmt: skip
+            return pod.returncode
+
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),
+            pipeline_root=str(root / "pipeline-root"),
+        )
+        pipeline = components.load_component_from_file(str(package))
+        original = subprocess_task_handler.run_local_subprocess
+        subprocess_task_handler.run_local_subprocess = run_pod
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return pipeline(**arguments)
+        finally:
+            subprocess_task_handler.run_local_subprocess = original
+
+    def pod(self, task: str) -> Pod:
+        found = [p for p in self.pods if p.task == task]
+        assert found, f"no pod ran {task}: {[p.task for p in self.pods]}"
+        return found[-1]
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.folder.name} (exit {p.returncode})\n{(p.folder / 'pod.log').read_text()[-3000:]}"
+            for p in self.pods
+        )
