@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from modelship.core.settings import SECRET_ENV, SECRET_OPTIONAL, SECRET_REQUIRED
+from modelship.core.settings import SECRET_OPTIONAL, SECRET_REQUIRED, SETTINGS_SECRET_ENV
 from modelship.pipelines.compile import PIPELINE_DIR, compile_all, read_ir
 from tests.support import cli
 
@@ -91,7 +91,9 @@ def test_every_task_reads_its_settings_from_the_secret_named_at_compile(tmp_path
             assert set(env) == {*SECRET_REQUIRED, *SECRET_OPTIONAL}
             assert all(env[key] == ("team-a-mlflow", True) for key in SECRET_OPTIONAL)
             plain = {e["name"]: e["value"] for e in spec["container"]["env"]}
-            assert plain == {SECRET_ENV: "team-a-mlflow"}  # nothing else from the pod's env
+            assert plain == {
+                SETTINGS_SECRET_ENV: "team-a-mlflow"
+            }  # nothing else from the pod's env
 
 
 def test_the_shipped_pipelines_name_the_default_secret_and_no_secret_compiles_without(

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from modelship.core.errors import InputError
-from modelship.core.settings import SECRET_ENV, Settings
+from modelship.core.settings import SETTINGS_SECRET_ENV, Settings
 
-POD = {SECRET_ENV: "team-a", "MLFLOW_TRACKING_URI": "http://mlflow.mlops.svc:5000"}
+POD = {SETTINGS_SECRET_ENV: "team-a", "MLFLOW_TRACKING_URI": "http://mlflow.mlops.svc:5000"}
 
 
 def test_a_pod_with_its_settings_reads_the_tracking_server(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_a_pod_with_its_settings_reads_the_tracking_server(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("env", "says"),
     [
-        ({SECRET_ENV: "team-a"}, "this pipeline step has no MLFLOW_TRACKING_URI"),
+        ({SETTINGS_SECRET_ENV: "team-a"}, "this pipeline step has no MLFLOW_TRACKING_URI"),
         (
             {**POD, "AWS_ACCESS_KEY_ID": "AKIA"},
             "has AWS_ACCESS_KEY_ID but no AWS_SECRET_ACCESS_KEY",
@@ -50,7 +50,7 @@ def test_a_step_started_as_kfp_starts_it_fails_at_once_with_the_key(tmp_path: Pa
     # the resolve step's entry point, in its own process as in a pod, with a Secret that
     # lacks the tracking URI: one MODELSHIP_ERROR line naming the key, nothing else done
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update({SECRET_ENV: "team-a", "MODELSHIP_HOME": str(tmp_path / "home")})
+    env.update({SETTINGS_SECRET_ENV: "team-a", "MODELSHIP_HOME": str(tmp_path / "home")})
     code = (
         "from modelship.pipelines.steps import resolve_step\n"
         f"resolve_step('m', '1', '', '', 'run-1', {str(tmp_path / 'model')!r})\n"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from modelship.components.serving.bentostore import bento_digest, store_path
-from modelship.core.settings import SECRET_ENV, SECRET_OPTIONAL, SECRET_REQUIRED
+from modelship.core.settings import SECRET_OPTIONAL, SECRET_REQUIRED, SETTINGS_SECRET_ENV
 from modelship.core.tags import RUN_KFP, TAG_BENTO, TAG_BENTO_DIGEST, TAG_BENTO_URI
 from modelship.pipelines.compile import PIPELINE_DIR
 from modelship.pipelines.submit import cluster_policy, deployment_outcome
@@ -35,7 +35,7 @@ rollout:
   analysis: {prediction_check: distribution}
 """
 #: what every pod's environment may hold: nothing of this machine's but PATH
-POD_KEYS = {"PATH", "HOME", "LANG", SECRET_ENV, *SECRET_REQUIRED, *SECRET_OPTIONAL}
+POD_KEYS = {"PATH", "HOME", "LANG", SETTINGS_SECRET_ENV, *SECRET_REQUIRED, *SECRET_OPTIONAL}
 
 
 @pytest.fixture(scope="module")

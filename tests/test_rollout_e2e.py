@@ -30,10 +30,12 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         yield s
 
 
-def controller_process(home: Path, stack: Stack, policy: Rollout) -> subprocess.Popen[bytes]:
+def controller_process(
+    home: Path, stack: Stack, policy: Rollout, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "tests.servers.controller", str(home), stack.url,
            policy.model_dump_json()]  # fmt: skip
-    env = os.environ | {"MODELSHIP_GATEWAY_TOKEN": TOKEN}
+    env = os.environ | {"MODELSHIP_GATEWAY_TOKEN": TOKEN} | (env or {})
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -120,6 +122,65 @@ def test_a_paused_rollout_waits_for_the_cli(stack: Stack, tmp_path: Path) -> Non
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.slow
+def test_a_controller_in_a_pod_is_promoted_from_a_laptop_through_mlflow(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # the pod and the laptop share nothing but a real `mlflow server`: no folder, no process
+    from modelship.components.rollout.state import MlflowStatusStore
+    from tests.support import mlflow_server
+
+    policy = Rollout(steps=[CanaryStep(weight=20, pause_s=None),
+                            CanaryStep(weight=60, pause_s=None)], tick_s=0.2)  # fmt: skip
+    with mlflow_server(tmp_path / "mlflow") as url:
+        pod = {"MLFLOW_TRACKING_URI": url, "MODELSHIP_HOME": str(tmp_path / "pod")}
+        laptop = os.environ | {
+            "MLFLOW_TRACKING_URI": url,
+            "MODELSHIP_HOME": str(tmp_path / "laptop"),
+        }
+        proc = controller_process(tmp_path / "pod", stack, policy, pod)
+        try:
+
+            def shown() -> dict[str, object]:
+                out = subprocess.run([MODELSHIP, "rollout", "status", "m", "--json"], env=laptop,
+                                     capture_output=True, text=True)  # fmt: skip
+                return json.loads(out.stdout) if out.returncode == 0 else {}
+
+            wait_for(lambda: shown().get("phase") == "paused", timeout=60)
+            assert shown()["weight"] == 20
+            # a second controller (another pod, the same model) is refused: the lease is held
+            second = controller_process(tmp_path / "pod2", stack, policy, pod)
+            out, _ = second.communicate(timeout=60)
+            assert second.returncode != 0
+            assert b"modelship-lock.m.rollout is held by" in out, out
+            moved = subprocess.run([MODELSHIP, "rollout", "promote", "m"], env=laptop,
+                                   capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert "promote: done" in moved.stdout, moved.stdout + moved.stderr
+            assert GatewayRouter(stack.url, TOKEN).get_weights().challenger == 60
+            stopped = subprocess.run([MODELSHIP, "rollout", "abort", "m"], env=laptop,
+                                     capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert "aborted by hand" in stopped.stdout, stopped.stdout + stopped.stderr
+            assert GatewayRouter(stack.url, TOKEN).get_weights().challenger == 0
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+        # nothing was kept on either machine's disk, and the lease is gone with its holder
+        assert not (tmp_path / "pod" / "rollouts").exists()
+        assert not (tmp_path / "laptop" / "rollouts").exists()
+        from mlflow import MlflowClient
+
+        from modelship.core.settings import Settings
+        from modelship.registry.shared_state import SharedState
+
+        client = MlflowClient(url)
+        assert "modelship-lock.m.rollout" not in [m.name for m in client.search_registered_models()]
+        settings = Settings.from_env({"MLFLOW_TRACKING_URI": url, "MODELSHIP_HOME": str(tmp_path)})
+        state = SharedState(client, settings, "m", "rollout")
+        assert state.tag(MlflowStatusStore.COMMAND_TAG) is None  # each command taken once
+        assert '"phase": "aborted"' in (state.read("status.json") or "")
 
 
 def test_rollout_status_without_a_rollout_says_how_to_start_one(tmp_path: Path) -> None:

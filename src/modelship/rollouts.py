@@ -9,48 +9,59 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from modelship.components.rollout.state import Command, Phase, RolloutStatus, StatusStore
+from modelship.components.rollout.state import (
+    Command,
+    Phase,
+    RolloutStatus,
+    RolloutStore,
+    rollout_store,
+)
 from modelship.core.errors import InputError
 from modelship.core.settings import Settings
 
 
-def store(settings: Settings, model: str) -> StatusStore:
-    return StatusStore(settings.home / "rollouts", model)
+def store(settings: Settings, model: str) -> RolloutStore:
+    return rollout_store(settings, model)
 
 
-def load_status(settings: Settings, model: str) -> RolloutStatus:
-    status = store(settings, model).load()
+def _where(settings: Settings) -> str:
+    return str(settings.home) if settings.embedded else settings.tracking_uri
+
+
+def load_status(settings: Settings, model: str, files: RolloutStore | None = None) -> RolloutStatus:
+    status = (files or store(settings, model)).load()
     if status is None:
         raise InputError(
-            f"no rollout of {model!r} was ever started under {settings.home}",
+            f"no rollout of {model!r} was ever started under {_where(settings)}",
             hint=f"`modelship deploy {model}` starts one once a version passes its gates",
         )
     return status
 
 
 def send(settings: Settings, model: str, command: Command, wait_s: float) -> str:
-    """Hand ``command`` to the running controller; what it did, once it took it."""
-    status = load_status(settings, model)
+    """Hand ``command`` to the running controller (here, or in a pod: the same MLflow); what it
+    did, once it took it."""
+    files = store(settings, model)
+    status = load_status(settings, model, files)
     if status.phase.is_terminal:
         raise InputError(
             f"the rollout of {model} v{status.challenger} is over ({status.phase}): "
             f"{status.reason}",
             hint="a new rollout starts with the next `modelship deploy`",
         )
-    files = store(settings, model)
     files.send(command)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        time.sleep(0.1)
-        if files.command_path.exists():
+        time.sleep(0.1 if settings.embedded else 0.5)
+        if files.command_pending():
             continue  # not taken yet
         # taken: the controller saves the status once it has applied the command
-        now = load_status(settings, model)
+        now = load_status(settings, model, files)
         if now.updated_at > status.updated_at:
             return f"{command}: done · {now.phase} · {now.reason}"
     return (
         f"{command}: sent, not yet taken: the controller reads it on its next tick "
-        f"(is `modelship deploy {model}` still running?)"
+        f"(is `modelship deploy {model}`, or its pipeline run, still running?)"
     )
 
 

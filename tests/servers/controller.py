@@ -3,7 +3,9 @@
 python -m tests.servers.controller HOME GATEWAY_URL POLICY_JSON
 
 The token comes from MODELSHIP_GATEWAY_TOKEN; registry calls are appended to HOME/registry.log
-(the MLflow side is covered by the deploy tests); no inference log (drift is not judged).
+(the MLflow side is covered by the deploy tests); no inference log (drift is not judged). With
+MLFLOW_TRACKING_URI set, the status, commands and the controller's lease are in that MLflow
+(as a controller in a pipeline pod keeps them), else in files under HOME.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from modelship.components.rollout.controller import Controller
-from modelship.components.rollout.state import StatusStore
+from modelship.components.rollout.state import RolloutStore, StatusStore, rollout_store
 from modelship.components.targets.local import GatewayRouter
+from modelship.core.settings import Settings
 from modelship.policies.schema import Rollout
 
 
@@ -47,11 +50,18 @@ def main() -> None:
     home, url, policy_json = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     home.mkdir(parents=True, exist_ok=True)
     router = GatewayRouter(url, os.environ["MODELSHIP_GATEWAY_TOKEN"])
-    controller = Controller(StatusStore(home, "m"), router, router, NoLogs(),
-                            FileRegistry(home / "registry.log"),
-                            Rollout.model_validate_json(policy_json))  # fmt: skip
-    status = controller.begin("m", "1", "2", "h")
-    print(controller.run(status).reason, flush=True)
+    settings = Settings.from_env()
+    store: RolloutStore = (
+        StatusStore(home, "m") if settings.embedded else rollout_store(settings, "m")
+    )
+    store.acquire()
+    try:
+        controller = Controller(store, router, router, NoLogs(), FileRegistry(home / "registry.log"),
+                                Rollout.model_validate_json(policy_json))  # fmt: skip
+        status = controller.begin("m", "1", "2", "h")
+        print(controller.run(status).reason, flush=True)
+    finally:
+        store.release()
 
 
 if __name__ == "__main__":

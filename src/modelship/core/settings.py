@@ -19,7 +19,7 @@ DEFAULT_HOME = ".modelship"
 
 #: set on every task of a pipeline compiled with ``--secret NAME`` (to NAME): the step runs in a
 #: pod whose settings come from that Kubernetes Secret, and checks them before it does anything
-SECRET_ENV = "MODELSHIP_SETTINGS_SECRET"
+SETTINGS_SECRET_ENV = "MODELSHIP_SETTINGS_SECRET"
 #: the Secret the shipped pipelines read their settings from (``modelship compile --secret``)
 DEFAULT_SECRET = "modelship-settings"
 #: Secret keys a pod cannot run without (each becomes the environment variable of its name)
@@ -36,6 +36,8 @@ SECRET_OPTIONAL = (
     "AWS_DEFAULT_REGION",
     "MODELSHIP_REGISTRY_USERNAME",
     "MODELSHIP_REGISTRY_PASSWORD",
+    # the monitor's notification webhook's HMAC secret (components/monitor/notify.py)
+    "MODELSHIP_NOTIFY_SECRET",
 )
 #: keys that mean nothing one without the other
 _SECRET_PAIRS = (
@@ -46,12 +48,12 @@ _SECRET_PAIRS = (
 
 
 def check_pod_settings(env: Mapping[str, str]) -> None:
-    """In a pipeline pod (``SECRET_ENV`` set), fail at once naming a key the Secret lacks.
+    """In a pipeline pod (``SETTINGS_SECRET_ENV`` set), fail at once naming a key the Secret lacks.
 
     A pod shares nothing but MLflow, the object store and the image registry: a missing or
     local tracking URI would make each step write to its own empty store.
     """
-    secret = env.get(SECRET_ENV)
+    secret = env.get(SETTINGS_SECRET_ENV)
     if not secret:
         return
     fix = f"add it to the Kubernetes Secret {secret!r} (docs/kubernetes.md lists its keys)"
@@ -82,7 +84,7 @@ class Settings:
     artifact_root: str | None
     #: the folder of per-model policies (MODELSHIP_POLICIES); None: the shipped ones
     policies: Path | None = None
-    #: in a pipeline pod, the Kubernetes Secret its settings came from (``SECRET_ENV``)
+    #: in a pipeline pod, the Kubernetes Secret its settings came from (``SETTINGS_SECRET_ENV``)
     pod_secret: str | None = None
 
     @property
@@ -114,7 +116,7 @@ class Settings:
                 registry_uri=env.get("MLFLOW_REGISTRY_URI", "") or tracking,
                 artifact_root=None,
                 policies=policies,
-                pod_secret=env.get(SECRET_ENV) or None,
+                pod_secret=env.get(SETTINGS_SECRET_ENV) or None,
             )
         return cls(
             home=home,

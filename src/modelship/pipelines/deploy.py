@@ -12,7 +12,7 @@ from typing import NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import Artifact, Input, Model, Output
 
-from modelship.core.settings import SECRET_ENV, SECRET_OPTIONAL, SECRET_REQUIRED
+from modelship.core.settings import SECRET_OPTIONAL, SECRET_REQUIRED, SETTINGS_SECRET_ENV
 
 #: image with modelship installed (built by the package stage's image builder / CI);
 #: ``modelship compile --image REF`` writes another reference into the compiled IR
@@ -25,14 +25,14 @@ def configure(task: dsl.PipelineTask, name: str, secret: str | None) -> dsl.Pipe
     Every step writes to MLflow (a verdict, a state tag, an alias), so a cached result would skip
     what the step is there to do. With a Secret, each of its keys in ``SECRET_REQUIRED`` and
     ``SECRET_OPTIONAL`` becomes the environment variable of that name (kfp-kubernetes; a local
-    run ignores it) and ``SECRET_ENV`` tells the step to check them before it starts.
+    run ignores it) and ``SETTINGS_SECRET_ENV`` tells the step to check them before it starts.
     """
     task.set_display_name(name)
     task.set_caching_options(False)
     if secret:
         kubernetes.use_secret_as_env(task, secret, {k: k for k in SECRET_REQUIRED})
         kubernetes.use_secret_as_env(task, secret, {k: k for k in SECRET_OPTIONAL}, optional=True)
-        task.set_env_variable(SECRET_ENV, secret)
+        task.set_env_variable(SETTINGS_SECRET_ENV, secret)
     return task
 
 

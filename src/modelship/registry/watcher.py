@@ -16,6 +16,7 @@ from typing import Any
 from mlflow import MlflowClient
 
 from modelship.core.files import write_atomic
+from modelship.registry.shared_state import LOCK_PREFIX
 
 #: aliases whose move starts a deployment (champion/previous are moved by modelship itself)
 WATCHED_ALIASES = ("challenger",)
@@ -95,7 +96,13 @@ def advance(cursor: Cursor, handled: RegistryEvent) -> Cursor:
 
 
 def snapshot(client: MlflowClient, models: Iterable[str] | None = None) -> dict[str, ModelSnapshot]:
-    names = list(models) if models else [m.name for m in client.search_registered_models()]
+    names = (
+        list(models)
+        if models
+        else [
+            m.name for m in client.search_registered_models() if not m.name.startswith(LOCK_PREFIX)
+        ]
+    )  # a lease (registry/shared_state.py) is not a model
     out: dict[str, ModelSnapshot] = {}
     for name in names:
         versions = client.search_model_versions(f"name = '{name}'")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from modelship.components.monitor.notify import SECRET_ENV
 from modelship.components.monitor.stage import PassResult, run_pass
+from modelship.components.monitor.state import monitor_store
 from modelship.components.serving.local import live_router, log_root
 from modelship.core.settings import Settings
 from modelship.policies.loader import load_policy
@@ -40,6 +41,7 @@ def monitor_once(
         secret=os.environ.get(SECRET_ENV, ""),
         log_reports=log_reports,
         say=say,
+        store=monitor_store(settings, model),
     )
 
 

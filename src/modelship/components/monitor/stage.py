@@ -28,6 +28,7 @@ from modelship.components.monitor.drift import Reference, evidently_report
 from modelship.components.monitor.rollback import RollbackDone, previous_of, rollback
 from modelship.components.monitor.state import (
     Action,
+    MonitorStateStore,
     MonitorStatus,
     MonitorStore,
     WindowOutcome,
@@ -222,13 +223,31 @@ def run_pass(
     secret: str = "",
     log_reports: bool = True,
     say: Say = lambda m: None,
+    store: MonitorStateStore | None = None,
 ) -> PassResult:
-    """Judge every whole window since the last pass; act on what ``decide`` says."""
+    """Judge every whole window since the last pass; act on what ``decide`` says.
+
+    ``store`` keeps the cursor and breaches (a file under ``home`` when None); the pass holds
+    its lease throughout, so two passes never act on the same champion.
+    """
     champion = registry.champion(model)
     if champion is None:
         raise InputError(f"{model} has no champion to monitor",
                          hint=f"deploy a version first: modelship deploy {model}")  # fmt: skip
-    store = MonitorStore(home / "monitor", model)
+    store = store or MonitorStore(home / "monitor", model)
+    store.acquire()
+    try:
+        return _judge(model, policy, champion, store, registry, bentoml_home, log_root, router,
+                      secret, log_reports, say)  # fmt: skip
+    finally:
+        store.release()
+
+
+def _judge(
+    model: str, policy: Policy, champion: ModelRef, store: MonitorStateStore, registry: Registry,
+    bentoml_home: Path, log_root: str, router: GatewayRouter | None, secret: str,
+    log_reports: bool, say: Say,
+) -> PassResult:  # fmt: skip
     status = store.load()
     if status is None or status.version != champion.version:
         status = MonitorStatus(model=model, version=champion.version)
@@ -292,7 +311,7 @@ def run_pass(
     return result
 
 
-def _act(store: MonitorStore, status: MonitorStatus, record: WindowRecord, mon: Monitor,
+def _act(store: MonitorStateStore, status: MonitorStatus, record: WindowRecord, mon: Monitor,
          has_previous: bool, result: PassResult, model: str, registry: Registry,
          champion: ModelRef, router: GatewayRouter | None, secret: str,
          say: Say) -> MonitorStatus:  # fmt: skip

@@ -1,19 +1,23 @@
 """What the monitor remembers between runs: where it read up to, and the breaches in a row.
 
-Saved whole (temporary file, then rename) in ``$MODELSHIP_HOME/monitor/MODEL.json`` after each
-window, so ``--once`` from cron and ``--watch`` pick up where the last run stopped, and a
-restart never evaluates a window twice.
+Saved whole after each window, so ``--once`` from cron, ``--watch`` and a recurring pipeline run
+pick up where the last pass stopped, and a restart never evaluates a window twice: in
+``$MODELSHIP_HOME/monitor/MODEL.json`` (temporary file, then rename) on the embedded store, in
+MLflow (:mod:`modelship.registry.shared_state`) against a tracking server, where every pod
+reaches it and a lease keeps two passes from acting at once.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from modelship.core.files import write_atomic
+from modelship.core.settings import Settings
+from modelship.registry.shared_state import Lease, SharedState
 
 #: windows kept in the status (the MLflow runs keep them all)
 KEEP_WINDOWS = 50
@@ -64,9 +68,61 @@ class MonitorStatus(BaseModel):
     events: list[str] = []
 
 
+class MonitorStateStore(Protocol):
+    def load(self) -> MonitorStatus | None: ...
+    def save(self, status: MonitorStatus) -> None: ...
+    def acquire(self) -> None:
+        """Become the one pass acting for this model (raises ``LeaseHeld`` otherwise)."""
+
+    def release(self) -> None: ...
+
+
+def monitor_store(settings: Settings, model: str) -> MonitorStateStore:
+    """A file under ``$MODELSHIP_HOME/monitor`` on the embedded store, else MLflow."""
+    if settings.embedded:
+        return MonitorStore(settings.home / "monitor", model)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri, settings.registry_uri)
+    return MlflowMonitorStore(SharedState(client, settings, model, "monitor"),
+                              Lease(client, model, "monitor", ttl_s=600.0))  # fmt: skip
+
+
+def _trimmed(status: MonitorStatus) -> str:
+    status.windows = status.windows[-KEEP_WINDOWS:]
+    status.events = status.events[-200:]
+    return status.model_dump_json(indent=2)
+
+
+class MlflowMonitorStore:
+    def __init__(self, state: SharedState, lease: Lease) -> None:
+        self.state, self.lease = state, lease
+
+    def load(self) -> MonitorStatus | None:
+        text = self.state.read("status.json")
+        return None if text is None else MonitorStatus.model_validate_json(text)
+
+    def save(self, status: MonitorStatus) -> None:
+        self.state.write("status.json", _trimmed(status))
+        if self.lease.renewed_at:
+            self.lease.renew_if_due()
+
+    def acquire(self) -> None:
+        self.lease.acquire()
+
+    def release(self) -> None:
+        self.lease.release()
+
+
 class MonitorStore:
     def __init__(self, folder: Path, model: str) -> None:
         self.path = folder / f"{model}.json"
+
+    def acquire(self) -> None:
+        """One machine: a pass runs under ``--once`` or ``--watch``, nothing more to hold."""
+
+    def release(self) -> None:
+        pass
 
     def load(self) -> MonitorStatus | None:
         try:
@@ -75,6 +131,4 @@ class MonitorStore:
             return None
 
     def save(self, status: MonitorStatus) -> None:
-        status.windows = status.windows[-KEEP_WINDOWS:]
-        status.events = status.events[-200:]
-        write_atomic(self.path, status.model_dump_json(indent=2))
+        write_atomic(self.path, _trimmed(status))

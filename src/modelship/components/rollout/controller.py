@@ -22,7 +22,7 @@ from modelship.components.rollout.state import (
     AnalysisOutcome,
     AnalysisRecord,
     RolloutStatus,
-    StatusStore,
+    RolloutStore,
     plan,
 )
 from modelship.core.errors import InputError, ModelshipError
@@ -57,7 +57,7 @@ class RolloutInProgress(InputError):
 class Controller:
     def __init__(
         self,
-        store: StatusStore,
+        store: RolloutStore,
         router: TrafficRouter,
         metrics: MetricSource,
         predictions: PredictionSource,

@@ -12,12 +12,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 from modelship.components.contract import PackagedInputs, Stage, StageContext
 from modelship.components.rollout import report
 from modelship.components.rollout.controller import Controller, RolloutRegistry
 from modelship.components.rollout.decide import Decision
-from modelship.components.rollout.state import AnalysisOutcome, Phase, RolloutStatus, StatusStore
+from modelship.components.rollout.state import (
+    AnalysisOutcome,
+    Phase,
+    RolloutStatus,
+    RolloutStore,
+    rollout_store,
+)
 from modelship.components.rollout.targets import RolloutPlan, cluster_ports, open_target
 from modelship.components.targets.cluster import CustomObjects, Deployable
 from modelship.core.verdict import Check, ModelState, Verdict
@@ -87,27 +94,18 @@ def run(ctx: StageContext, inputs: PackagedInputs) -> Verdict:
     home = ctx.settings.home
     plan = RolloutPlan(ref, champion, policy, registry, inputs.packaged, ctx.workdir, ctx.env,
                        home, events)  # fmt: skip
-    store = StatusStore(home / "rollouts", ref.name)
+    store = rollout_store(ctx.settings, ref.name)
     t0 = time.perf_counter()
 
     def show(status: RolloutStatus, decision: Decision) -> None:
         events.emit(NAME, "step", step=status.reason)
 
-    with open_target(plan) as ports:
-        controller = Controller(store, ports.router, ports.metrics, ports.predictions,
-                                MlflowRollouts(registry), policy.rollout, on_change=show)  # fmt: skip
-        # the same hash the deployment run records (modelship.policies.loader)
-        status = controller.begin(ref.name, champion.version, ref.version, policy_hash(policy))
-        try:
-            status = controller.run(status)
-        except BaseException as e:
-            # the target closes with this step: record the rollout as over, champion untouched
-            _abandon(store, controller, f"{type(e).__name__}: {e}")
-            raise
-        if status.phase is Phase.PROMOTED:
-            # in-flight requests on the old champion finish, then it stops
-            time.sleep(ports.drain_s)
-        final = ports.final()
+    # one controller per rollout: a second deploy of the model (another pod) is refused here
+    store.acquire()
+    try:
+        status, final, controller = _drive(plan, store, ref, champion, policy, show)
+    finally:
+        store.release()
     figures = {"duration_s": time.perf_counter() - t0}
     if controller.abort_ms is not None:
         figures["abort_ms"] = controller.abort_ms
@@ -120,11 +118,33 @@ def run(ctx: StageContext, inputs: PackagedInputs) -> Verdict:
     return verdict
 
 
+def _drive(
+    plan: RolloutPlan, store: RolloutStore, ref: ModelRef, champion: ModelRef, policy: Policy,
+    show: Callable[[RolloutStatus, Decision], None],
+) -> tuple[RolloutStatus, dict[str, Any], Controller]:  # fmt: skip
+    """Open the target, run the controller to the end; the status, the target's final view."""
+    with open_target(plan) as ports:
+        controller = Controller(store, ports.router, ports.metrics, ports.predictions,
+                                MlflowRollouts(plan.registry), policy.rollout, on_change=show)  # fmt: skip
+        # the same hash the deployment run records (modelship.policies.loader)
+        status = controller.begin(ref.name, champion.version, ref.version, policy_hash(policy))
+        try:
+            status = controller.run(status)
+        except BaseException as e:
+            # the target closes with this step: record the rollout as over, champion untouched
+            _abandon(store, controller, f"{type(e).__name__}: {e}")
+            raise
+        if status.phase is Phase.PROMOTED:
+            # in-flight requests on the old champion finish, then it stops
+            time.sleep(ports.drain_s)
+        return status, ports.final(), controller
+
+
 def kubernetes_controller(
     policy: Policy,
     champion: Deployable,
     challenger: Deployable,
-    store: StatusStore,
+    store: RolloutStore,
     registry: RolloutRegistry,
     api: CustomObjects,
     on_change: Callable[[RolloutStatus, Decision], None] = lambda s, d: None,
@@ -135,7 +155,7 @@ def kubernetes_controller(
                       policy.rollout, on_change=on_change)  # fmt: skip
 
 
-def _abandon(store: StatusStore, controller: Controller, why: str) -> RolloutStatus:
+def _abandon(store: RolloutStore, controller: Controller, why: str) -> RolloutStatus:
     status = store.load()
     assert status is not None
     if status.phase.is_terminal:

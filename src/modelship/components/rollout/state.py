@@ -2,8 +2,11 @@
 
 The status holds everything the controller needs to carry on after a restart: the phase, the
 step and when it started, the weights applied, failed and errored analyses, and the hash of
-the policy it runs. It is written whole to a file (temporary name, then rename) after every
-change, so a reader never sees half of one and a killed controller resumes where it was.
+the policy it runs. It is written whole after every change, so a reader never sees half of one
+and a killed controller resumes where it was: to a file (temporary name, then rename) on the
+embedded store, and to MLflow (:mod:`modelship.registry.shared_state`) when modelship works
+against a tracking server, so that a controller in a pipeline pod and a person's
+``modelship rollout promote|abort`` on a laptop reach the same rollout.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelship.core.files import write_atomic
+from modelship.core.settings import Settings
 from modelship.policies.schema import Rollout
+from modelship.registry.shared_state import Lease, SharedState
 
 
 class Phase(StrEnum):
@@ -112,6 +117,87 @@ class RolloutStatus(BaseModel):
     events: list[str] = Field(default_factory=list)
 
 
+_COMMANDS = ("promote", "promote_full", "abort")
+
+
+class RolloutStore(Protocol):
+    """Where one model's rollout status, baseline and commands are kept."""
+
+    def load(self) -> RolloutStatus | None: ...
+    def save(self, status: RolloutStatus) -> None: ...
+    def send(self, command: Command) -> None: ...
+    def command_pending(self) -> bool: ...
+    def take_command(self) -> Command | None: ...
+    def save_baseline(self, snapshot: dict[str, Any]) -> None: ...
+    def load_baseline(self) -> dict[str, Any] | None: ...
+    def acquire(self) -> None:
+        """Become the one controller of this rollout (raises ``LeaseHeld`` otherwise)."""
+
+    def release(self) -> None: ...
+
+
+def rollout_store(settings: Settings, model: str) -> RolloutStore:
+    """Files under ``$MODELSHIP_HOME/rollouts`` on the embedded store, else MLflow."""
+    if settings.embedded:
+        return StatusStore(settings.home / "rollouts", model)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri, settings.registry_uri)
+    return MlflowStatusStore(SharedState(client, settings, model, "rollout"),
+                             Lease(client, model, "rollout"))  # fmt: skip
+
+
+class MlflowStatusStore:
+    """The status and baseline as documents, a command as a tag, and a lease (MLflow)."""
+
+    COMMAND_TAG = "modelship.rollout.command"
+
+    def __init__(self, state: SharedState, lease: Lease) -> None:
+        self.state, self.lease = state, lease
+        self._saved = ""
+
+    def load(self) -> RolloutStatus | None:
+        text = self.state.read("status.json")
+        return None if text is None else RolloutStatus.model_validate_json(text)
+
+    def save(self, status: RolloutStatus) -> None:
+        text = status.model_dump_json(indent=2)
+        if text != self._saved:  # a tick that changed nothing writes nothing
+            self.state.write("status.json", text)
+            self._saved = text
+        if self.lease.renewed_at:
+            self.lease.renew_if_due()
+
+    def send(self, command: Command) -> None:
+        self.state.set_tag(self.COMMAND_TAG, command)
+
+    def command_pending(self) -> bool:
+        return self.state.tag(self.COMMAND_TAG) is not None
+
+    def take_command(self) -> Command | None:
+        text = self.state.tag(self.COMMAND_TAG)
+        if text is None:
+            return None
+        self.state.delete_tag(self.COMMAND_TAG)
+        return text if text in _COMMANDS else None  # type: ignore[return-value]
+
+    def save_baseline(self, snapshot: dict[str, Any]) -> None:
+        self.state.write("baseline.json", json.dumps(snapshot))
+
+    def load_baseline(self) -> dict[str, Any] | None:
+        text = self.state.read("baseline.json")
+        try:
+            return None if text is None else dict(json.loads(text))
+        except ValueError:
+            return None
+
+    def acquire(self) -> None:
+        self.lease.acquire()
+
+    def release(self) -> None:
+        self.lease.release()
+
+
 class StatusStore:
     """One rollout's status file and its command file, under ``$MODELSHIP_HOME/rollouts``.
 
@@ -137,15 +223,22 @@ class StatusStore:
     def send(self, command: Command) -> None:
         write_atomic(self.command_path, command)
 
+    def command_pending(self) -> bool:
+        return self.command_path.exists()
+
+    def acquire(self) -> None:
+        """One machine, one gateway port: nothing more to hold."""
+
+    def release(self) -> None:
+        pass
+
     def take_command(self) -> Command | None:
         try:
             text = self.command_path.read_text().strip()
         except FileNotFoundError:
             return None
         self.command_path.unlink(missing_ok=True)
-        if text in ("promote", "promote_full", "abort"):
-            return text  # type: ignore[return-value]
-        return None
+        return text if text in _COMMANDS else None  # type: ignore[return-value]
 
     def save_baseline(self, snapshot: dict[str, Any]) -> None:
         write_atomic(self.baseline_path, json.dumps(snapshot))
