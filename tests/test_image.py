@@ -8,16 +8,33 @@ process behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from modelship.components.serving.server import image_launch, pick_port, port_free, served
-from tests.support import breast_cancer, deploy_json, register_forest, settings_for
+from modelship.components.serving.server import (
+    free_port,
+    image_launch,
+    pick_port,
+    port_free,
+    served,
+)
+from tests.support import (
+    background,
+    breast_cancer,
+    deploy_json,
+    register_forest,
+    settings_for,
+    version_tags,
+    wait_http,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -56,3 +73,70 @@ def test_the_image_serves_the_packaged_model(tmp_path: Path) -> None:
     assert len(members) >= 2, "the server's processes inside the container were not seen"
     assert not [m.pid for m in members if m.is_running()], "a process from the image outlived it"
     assert port_free(port)
+
+
+@contextlib.contextmanager
+def image_registry(root: Path) -> Iterator[str]:
+    """A real OCI registry (distribution's docker-registry) on a free loopback port, declared
+    insecure (plain HTTP) in a registries.conf of its own, as a containers user would."""
+    port = free_port()
+    (root / "data").mkdir(parents=True)
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: " + str(root / "data")
+        + f"\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )  # fmt: skip
+    conf = root / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "127.0.0.1:{port}"\ninsecure = true\n')
+    with background(["docker-registry", "serve", str(config)], root / "registry.log") as proc:
+        wait_http(f"http://127.0.0.1:{port}/v2/", proc, root / "registry.log", timeout=30)
+        yield f"127.0.0.1:{port}"
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-registry") is None, reason="no docker-registry (make image-tools)"
+)
+def test_the_image_is_pushed_to_the_policys_registry_and_recorded_by_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with image_registry(tmp_path / "registry") as registry:
+        monkeypatch.setenv(
+            "CONTAINERS_REGISTRIES_CONF", str(tmp_path / "registry" / "registries.conf")
+        )
+        home = tmp_path / "home"
+        settings = settings_for(home)
+        version = register_forest(settings, MODEL, breast_cancer())
+        policy = tmp_path / "push.yaml"
+        policy.write_text(
+            f"package:\n  image: always\n  registry: {registry}/models\nloadtest:\n  enabled: false\n"
+        )
+        # the CLI inherits CONTAINERS_REGISTRIES_CONF, as a user's shell would hand it on
+        code, summary, err = deploy_json(home, MODEL, "--version", version, "--policy", str(policy))
+        assert code == 0, err
+        assert summary is not None
+        checks = {c["name"]: c for s in summary["stages"] for c in s["checks"]}
+        pushed = checks["package.image.push"]
+        assert pushed["passed"], pushed["reason"]
+        ref = pushed["measured"]
+        repository, digest = ref.split("@")
+        assert repository.startswith(f"{registry}/models/modelship-breast-cancer")
+        # the registry serves that manifest under the version's tag, with that digest
+        name, tag = (
+            repository.removeprefix(f"{registry}/"),
+            checks["package.bento"]["measured"].split(":")[1],
+        )
+        answer = requests.head(
+            f"http://{registry}/v2/{name}/manifests/{tag}", timeout=10,
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json, "
+                     "application/vnd.docker.distribution.manifest.v2+json"},
+        )  # fmt: skip
+        assert answer.status_code == 200 and answer.headers["Docker-Content-Digest"] == digest
+        assert version_tags(MODEL)[version]["modelship.image"] == ref  # recorded by digest
+        # another machine (an empty image store) pulls it by that digest
+        store = tmp_path / "other-store"
+        pulled = subprocess.run(
+            ["buildah", "--root", str(store / "root"), "--runroot", str(store / "run"),
+             "--storage-driver", "vfs", "pull", "--quiet", ref],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert pulled.returncode == 0, pulled.stderr

@@ -191,6 +191,14 @@ class Package(Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     #: auto: build an OCI image where a builder exists, else record it as skipped
     image: Literal["auto", "always", "never"] = "auto"
+    #: where the image is pushed: REGISTRY[:PORT]/PATH (no scheme, no tag); the version then
+    #: records it by digest (REGISTRY/PATH/NAME@sha256:...). Empty: the image stays in the
+    #: builder's local storage, which no cluster can pull from. Credentials come from
+    #: MODELSHIP_REGISTRY_USERNAME/PASSWORD; a plain-HTTP registry is declared insecure in
+    #: registries.conf, as for every containers tool
+    registry: Annotated[
+        str, Field(pattern=r"^([a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9._-]+)+)?$")
+    ] = ""
     inference_log: InferenceLog = InferenceLog()
     #: OpenTelemetry spans and BentoML's own traffic metrics on /predict; off, modelship's
     #: metrics still count and time every request, and throughput is 40% higher

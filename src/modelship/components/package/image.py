@@ -57,6 +57,36 @@ class Builder(Protocol):
 
     def build(self, context: Path, tag: str, log: Path) -> Image: ...
 
+    def push(self, image: Image, target: str, log: Path) -> str:
+        """Push ``image`` to ``target`` (REGISTRY/PATH:TAG); the pushed manifest's digest."""
+        ...
+
+
+REGISTRY_USER_ENV = "MODELSHIP_REGISTRY_USERNAME"
+REGISTRY_PASSWORD_ENV = "MODELSHIP_REGISTRY_PASSWORD"
+
+
+def auth_file(target: str, folder: Path) -> Path | None:
+    """A containers auth file (0600, in ``folder``) for ``target``'s registry from the
+    environment's credentials; None without them. A file, so the password is never on a
+    command line that ``ps`` shows."""
+    import base64
+
+    user, password = os.environ.get(REGISTRY_USER_ENV), os.environ.get(REGISTRY_PASSWORD_ENV)
+    if not (user and password):
+        return None
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    path = folder / "registry-auth.json"
+    path.touch(mode=0o600)
+    path.write_text(json.dumps({"auths": {target.split("/", 1)[0]: {"auth": token}}}))
+    return path
+
+
+def pushed_ref(target: str, digest: str) -> str:
+    """``REGISTRY/PATH@sha256:...``: the pushed image by digest, what a cluster pulls."""
+    repository = target.rsplit(":", 1)[0] if ":" in target.rsplit("/", 1)[-1] else target
+    return f"{repository}@{digest}"
+
 
 def _run(cmd: list[str], log: Path, what: str, timeout_s: float = 1800) -> str:
     with log.open("a") as out:
@@ -127,6 +157,17 @@ class Buildah:
         info = listed[0] if listed else {}
         return Image(tag, str(info.get("digest", "")), self.name, str(info.get("size", "")))
 
+    def push(self, image: Image, target: str, log: Path) -> str:
+        with tempfile.TemporaryDirectory(prefix="modelship-push-") as tmp:
+            digest_file = Path(tmp) / "digest"
+            auth = auth_file(target, Path(tmp))
+            _run(
+                [*BUILDAH, "push", "--digestfile", str(digest_file),
+                 *(["--authfile", str(auth)] if auth else []), image.ref, f"docker://{target}"],
+                log, f"buildah push of {image.ref} to {target}", timeout_s=1800,
+            )  # fmt: skip
+            return digest_file.read_text().strip()
+
 
 class DockerBuildx:
     name = "docker"
@@ -151,6 +192,18 @@ class DockerBuildx:
         out = _run(["docker", "image", "inspect", tag], log, "inspect")
         info = json.loads(out)[0]
         return Image(tag, info["Id"], self.name, f"{info.get('Size', 0) / 1e6:.0f} MB")
+
+    def push(self, image: Image, target: str, log: Path) -> str:
+        # docker keeps registry credentials in its own config (`docker login`)
+        _run(["docker", "tag", image.ref, target], log, f"docker tag {target}")
+        _run(["docker", "push", target], log, f"docker push of {target}", timeout_s=1800)
+        out = _run(["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", target],
+                   log, "inspect")  # fmt: skip
+        repository = target.rsplit(":", 1)[0]
+        for ref in json.loads(out):
+            if ref.startswith(f"{repository}@"):
+                return str(ref.split("@", 1)[1])
+        raise PackagingError(f"docker pushed {target} but reports no digest for it")
 
 
 #: tried in this order; the first that can work here builds

@@ -10,14 +10,20 @@ model version and in the deployment run.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modelship.bentos.model import ModelFilesChanged, verify_files
 from modelship.components.contract import ModelInputs, Stage, StageContext
 from modelship.components.mlmodel import read_mlmodel, read_signature
 from modelship.components.package import bento as bento_build
-from modelship.components.package.image import Image, image_ref, pick_builder
+from modelship.components.package.image import (
+    BUILDERS,
+    Image,
+    image_ref,
+    pick_builder,
+    pushed_ref,
+)
 from modelship.components.serving.bentostore import bento_digest, export_bento
 from modelship.core.errors import PackagingError
 from modelship.core.events import EventSink
@@ -38,6 +44,23 @@ def _columns(record: OptimizeRecord, model_dir: Path) -> list[str]:
     if record.columns:
         return list(record.columns)
     return [c for c, _ in read_signature(read_mlmodel(model_dir)).columns]
+
+
+def _push_check(
+    image: Image, registry: str, built: bento_build.BuiltBento, workdir: Path, events: EventSink
+) -> tuple[Check, Image]:
+    """Push the image to the policy's registry; the image as a cluster pulls it, by digest."""
+    builder = BUILDERS[image.builder]()
+    target = f"{registry}/{built.name}:{built.version}"
+    events.emit(NAME, "step", step=f"push {target}")
+    try:
+        digest = builder.push(image, target, workdir / "image-push.log")
+    except PackagingError as e:
+        return Check(name="package.image.push", kind="image", passed=False, reason=e.message,
+                     threshold=registry), image  # fmt: skip
+    ref = pushed_ref(target, digest)
+    return Check(name="package.image.push", kind="image", passed=True, measured=ref,
+                 reason=f"pushed to {ref}"), replace(image, ref=ref)  # fmt: skip
 
 
 def _image_check(
@@ -117,6 +140,9 @@ def run(ctx: StageContext, inputs: PackageInputs) -> Verdict:
     except PackagingError as e:
         image_check = Check(name="package.image", kind="image", passed=False, reason=e.message)
     checks.append(image_check)
+    if image is not None and policy.package.registry:
+        push_check, image = _push_check(image, policy.package.registry, built, workdir, events)
+        checks.append(push_check)
     out = PackageRecord(
         version=ref.version,
         bento=built.tag,
