@@ -43,8 +43,10 @@ test-fast: $(STAMP)
 
 # The cluster rehearsal: the compiled deploy pipeline with every task in its own "pod", sharing
 # only a real MLflow server, a real S3 API (moto) and KFP's artifacts (tests/rehearsal.py).
+# IMAGE=localhost/modelship:0.1.0 (after `make pipeline-image`): each pod a container of it.
+IMAGE ?=
 rehearse: $(STAMP)
-	$(VENV)/bin/pytest -p no:xdist -v tests/test_rehearsal.py
+	MODELSHIP_REHEARSAL_IMAGE=$(IMAGE) $(VENV)/bin/pytest -p no:xdist -v tests/test_rehearsal.py
 
 # The image every pipeline task runs (Containerfile): docker where an engine answers, else buildah
 # on a base made here with debootstrap. PIPELINE_IMAGE names it; EXTRAS=torch adds PyTorch.

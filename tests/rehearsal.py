@@ -8,13 +8,21 @@ bytes a cluster runs), and ``kfp.local``'s orchestration of them.
 
 What stands in for Kubernetes: each task runs as a process with a fresh empty working folder and
 ``HOME`` (so its MODELSHIP_HOME and BentoML store start empty and die with it) and an environment
-of only ``PATH``, the container env the IR sets, and the keys the IR's platform spec maps from
-the Secret (``secretAsEnv``; a required key that the Secret lacks fails the pod, as Kubernetes'
+of only ``PATH``, the node's container-tools setting (``CONTAINERS_REGISTRIES_CONF``: which
+registry is plain HTTP), the container env the IR sets, and the keys the IR's platform spec maps
+from the Secret (``secretAsEnv``; a required key that the Secret lacks fails the pod, as Kubernetes'
 CreateContainerConfigError does). This replaces ``kfp.local``'s subprocess launcher, which would
 otherwise hand every task this process's environment and folder. KFP's artifact passing is
-``kfp.local``'s pipeline root, a folder, where a cluster uses its object store.
+``kfp.local``'s pipeline root, a folder, where a cluster uses its object store. The image
+registry is real (distribution's ``docker-registry``); the node's image store (buildah's) is
+shared by the pods, as a node's image cache is. The Kubernetes API is ``tests/servers/kubeapi.py``
+(custom objects over HTTP), reached through a kubeconfig in each pod's home.
 
-The pipeline image is this virtual environment (``make pipeline-image`` builds the real one).
+By default a pod is a process of this virtual environment. With ``image`` (``make rehearse
+IMAGE=localhost/modelship:0.1.0``, after ``make pipeline-image``) each pod is a container of that
+image instead (``buildah from`` + ``buildah run --isolation chroot``, which shares this host's
+network, so the servers on 127.0.0.1 answer), with only the pod's folder and KFP's artifact
+folder mounted: the steps then run the image's modelship, not this checkout's.
 """
 
 from __future__ import annotations
@@ -95,6 +103,24 @@ def tracking_server(root: Path, s3_url: str) -> Iterator[str]:
         yield url
 
 
+@contextlib.contextmanager
+def image_registry(root: Path) -> Iterator[str]:
+    """A real OCI registry (distribution's docker-registry) on a free loopback port, declared
+    insecure (plain HTTP) in a registries.conf of its own, as a containers user would."""
+    port = free_port()
+    (root / "data").mkdir(parents=True)
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: " + str(root / "data")
+        + f"\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )  # fmt: skip
+    conf = root / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "127.0.0.1:{port}"\ninsecure = true\n')
+    with background(["docker-registry", "serve", str(config)], root / "registry.log") as proc:
+        wait_http(f"http://127.0.0.1:{port}/v2/", proc, root / "registry.log", timeout=30)
+        yield f"127.0.0.1:{port}"
+
+
 @dataclass
 class Pod:
     task: str
@@ -110,6 +136,35 @@ class Cluster:
     root: Path
     secret: Mapping[str, str]
     pods: list[Pod] = field(default_factory=list)
+    #: run each pod as a container of this image (the pipeline image) instead of a process
+    image: str | None = None
+    #: what every pod gets from the node, not from the Secret
+    node_env: Mapping[str, str] = field(default_factory=dict)
+    #: a kubeconfig put at ``~/.kube/config`` in every pod
+    kubeconfig: Path | None = None
+
+    def _launch(self, command: list[str], folder: Path, env: dict[str, str]) -> int:
+        with (folder / "pod.log").open("w") as log:
+            if self.image is None:
+                return subprocess.run(command, cwd=folder, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, check=False, timeout=1800).returncode  # fmt: skip
+            from modelship.components.containers import BUILDAH, remove_container
+
+            container = subprocess.run([*BUILDAH, "from", "--quiet", self.image], check=True,
+                                       capture_output=True, text=True).stdout.strip()  # fmt: skip
+            try:
+                # kfp.local put this interpreter where the IR says python3: the image's own
+                # python3 runs the step in the container
+                inside = [part.replace(sys.executable, "python3") for part in command]
+                mounts = [f"--volume={p}:{p}" for p in (folder, self.root / "pipeline-root")]
+                settings = [f"--env={k}={v}" for k, v in env.items() if k != "PATH"]
+                return subprocess.run(
+                    [*BUILDAH, "run", "--isolation", "chroot", f"--workingdir={folder}", *mounts,
+                     *settings, container, "--", *inside],
+                    stdout=log, stderr=subprocess.STDOUT, check=False, timeout=1800,
+                ).returncode  # fmt: skip
+            finally:
+                remove_container(container)
 
     def secret_env(self, package: Path) -> dict[str, str]:
         """The environment Kubernetes would build from the Secret for this package's tasks."""
@@ -142,14 +197,13 @@ class Cluster:
             task = full_command[full_command.index("--function_to_execute") + 1]
             folder = Path(tempfile.mkdtemp(prefix=f"{len(pods):02d}-{task}-", dir=root))
             env = {"PATH": os.environ["PATH"], "HOME": str(folder), "LANG": "C.UTF-8",
-                   **secret_env, **(env_vars or {})}  # fmt: skip
+                   **self.node_env, **secret_env, **(env_vars or {})}  # fmt: skip
+            if self.kubeconfig is not None:
+                (folder / ".kube").mkdir()
+                (folder / ".kube" / "config").write_bytes(self.kubeconfig.read_bytes())
             pod = Pod(task, folder, env)
             pods.append(pod)
-            with (folder / "pod.log").open("w") as log:
-                pod.returncode = subprocess.run(
-                    full_command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
-                    check=False, timeout=1800,
-                ).returncode  # fmt: skip
+            pod.returncode = self._launch(full_command, folder, env)
             return pod.returncode
 
         local.init(

@@ -8,11 +8,9 @@ process behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +18,18 @@ import pytest
 import requests
 
 from modelship.components.serving.server import (
-    free_port,
     image_launch,
     pick_port,
     port_free,
     served,
 )
+from tests.rehearsal import image_registry
 from tests.support import (
-    background,
     breast_cancer,
     deploy_json,
     register_forest,
     settings_for,
     version_tags,
-    wait_http,
 )
 
 pytestmark = [
@@ -73,24 +69,6 @@ def test_the_image_serves_the_packaged_model(tmp_path: Path) -> None:
     assert len(members) >= 2, "the server's processes inside the container were not seen"
     assert not [m.pid for m in members if m.is_running()], "a process from the image outlived it"
     assert port_free(port)
-
-
-@contextlib.contextmanager
-def image_registry(root: Path) -> Iterator[str]:
-    """A real OCI registry (distribution's docker-registry) on a free loopback port, declared
-    insecure (plain HTTP) in a registries.conf of its own, as a containers user would."""
-    port = free_port()
-    (root / "data").mkdir(parents=True)
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: " + str(root / "data")
-        + f"\nhttp:\n  addr: 127.0.0.1:{port}\n"
-    )  # fmt: skip
-    conf = root / "registries.conf"
-    conf.write_text(f'[[registry]]\nlocation = "127.0.0.1:{port}"\ninsecure = true\n')
-    with background(["docker-registry", "serve", str(config)], root / "registry.log") as proc:
-        wait_http(f"http://127.0.0.1:{port}/v2/", proc, root / "registry.log", timeout=30)
-        yield f"127.0.0.1:{port}"
 
 
 @pytest.mark.skipif(

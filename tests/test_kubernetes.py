@@ -39,10 +39,16 @@ from modelship.core.errors import InputError, StageError
 from modelship.core.traffic import TrafficRouter, Weights
 
 CHAMPION = Deployable(
-    "breast-cancer", "3", image="ghcr.io/acme/breast-cancer:3", storage_uri="s3://models/bc/3"
+    "breast-cancer",
+    "3",
+    image="ghcr.io/acme/breast-cancer@sha256:" + "3" * 64,
+    storage_uri="s3://models/bc/3",
 )
 CHALLENGER = Deployable(
-    "breast-cancer", "4", image="ghcr.io/acme/breast-cancer:4", storage_uri="s3://models/bc/4"
+    "breast-cancer",
+    "4",
+    image="ghcr.io/acme/breast-cancer@sha256:" + "4" * 64,
+    storage_uri="s3://models/bc/4",
 )
 NAMESPACE = "models"
 
@@ -215,7 +221,9 @@ def test_a_long_name_is_shortened_and_keeps_its_version_apart() -> None:
     assert len(v3) <= 63 and v3.endswith("-v3") and DNS1123_LABEL.match(v3)
     assert v3[:-3] == v4[:-3]
     assert k8s_name(model + "x", "v3") != v3  # the digest tells similar long names apart
-    isvc = kserve_manifests(None, Deployable(model, "4", image="img"), Weights(), NAMESPACE)[0]
+    isvc = kserve_manifests(
+        None, Deployable(model, "4", image="img@sha256:" + "0" * 64), Weights(), NAMESPACE
+    )[0]
     assert len(isvc["metadata"]["name"]) <= ISVC_NAME_MAX
 
 
@@ -307,7 +315,7 @@ def test_kserve_runs_the_bento_image_with_the_canary_percent() -> None:
     predictor = isvc["spec"]["predictor"]
     assert predictor["canaryTrafficPercent"] == 10
     (container,) = predictor["containers"]
-    assert container["image"] == "ghcr.io/acme/breast-cancer:4"
+    assert container["image"] == CHALLENGER.image  # the pushed image, by digest
     assert container["ports"][0]["containerPort"] == 3000
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 3000}
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": 3000}

@@ -1,5 +1,6 @@
 """The cluster rehearsal (tests/rehearsal.py): the compiled deploy.yaml, each task in its own
-pod, sharing only MLflow (a real server), S3 (a real S3 API) and KFP's artifacts.
+pod, sharing only MLflow (a real server), S3 (a real S3 API), an image registry (a real one),
+KFP's artifacts and a stand-in for the Kubernetes API (KServe's objects land there).
 
 `make rehearse` runs this module alone.
 """
@@ -7,47 +8,69 @@ pod, sharing only MLflow (a real server), S3 (a real S3 API) and KFP's artifacts
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from modelship.components.serving.bentostore import bento_digest, store_path
+from modelship.components.serving.bentostore import bento_digest, present_bento, store_path
+from modelship.components.serving.packaged import packaged_version
 from modelship.core.settings import SECRET_OPTIONAL, SECRET_REQUIRED, SETTINGS_SECRET_ENV
 from modelship.core.tags import RUN_KFP, TAG_BENTO, TAG_BENTO_DIGEST, TAG_BENTO_URI
 from modelship.pipelines.compile import PIPELINE_DIR
 from modelship.pipelines.submit import cluster_policy, deployment_outcome
 from modelship.policies.loader import load_policy, policy_yaml
-from tests.rehearsal import CREDENTIALS, Cluster, object_store, s3_keys, tracking_server
+from modelship.registry.client import Registry
+from tests.rehearsal import (
+    CREDENTIALS,
+    Cluster,
+    image_registry,
+    object_store,
+    s3_keys,
+    tracking_server,
+)
+from tests.servers.kubeapi import kube_api, write_kubeconfig
 from tests.support import register_forest, settings_for, version_tags
 
 pytestmark = pytest.mark.slow
 
 MODEL = "breast-cancer"
 DEPLOY = PIPELINE_DIR / "deploy.yaml"
-#: the demo policy, rolled out where a cluster serves (a first version is promoted at once)
+#: the demo policy, rolled out on KServe: the image pushed to the registry (REGISTRY is filled
+#: in), Prometheus where nothing answers (no pod serves here, so an analysis cannot run)
 ON_CLUSTER = """\
-package: {image: never}
+package: {image: always, registry: REGISTRY/models}
 rollout:
   target: kserve
   mirror_share: 0
   analysis: {prediction_check: distribution}
+  kubernetes: {namespace: models, prometheus_url: "http://127.0.0.1:9"}
 """
-#: what every pod's environment may hold: nothing of this machine's but PATH
-POD_KEYS = {"PATH", "HOME", "LANG", SETTINGS_SECRET_ENV, *SECRET_REQUIRED, *SECRET_OPTIONAL}
+#: what every pod's environment may hold: nothing of this machine's but PATH and the node's
+#: registries.conf
+POD_KEYS = {"PATH", "HOME", "LANG", "CONTAINERS_REGISTRIES_CONF", SETTINGS_SECRET_ENV,
+            *SECRET_REQUIRED, *SECRET_OPTIONAL}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("servers")
-    with object_store(root) as s3, tracking_server(root, s3) as mlflow_url:
-        yield {"s3": s3, "mlflow": mlflow_url}
+    with (
+        object_store(root) as s3,
+        tracking_server(root, s3) as mlflow_url,
+        image_registry(root / "registry") as registry,
+        kube_api() as (kube_url, kube),
+    ):
+        yield {"s3": s3, "mlflow": mlflow_url, "registry": registry, "kube": kube,
+               "kubeconfig": write_kubeconfig(root / "kubeconfig", kube_url, "models"),
+               "registries_conf": str(root / "registry" / "registries.conf")}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def laptop(
-    servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory, data: Any
+    servers: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, data: Any
 ) -> Iterator[dict[str, Any]]:
     """The person's machine: registers v1 and v2 on the tracking server (artifacts to S3)."""
     mp = pytest.MonkeyPatch()
@@ -56,7 +79,7 @@ def laptop(
     mp.setenv("MLFLOW_TRACKING_URI", servers["mlflow"])
     settings = settings_for(tmp_path_factory.mktemp("laptop"), tracking_uri=servers["mlflow"])
     policy_file = tmp_path_factory.mktemp("policy") / "cluster.yaml"
-    policy_file.write_text(ON_CLUSTER)
+    policy_file.write_text(ON_CLUSTER.replace("REGISTRY", servers["registry"]))
     yield {
         "settings": settings,
         "v1": register_forest(settings, MODEL, data),
@@ -66,14 +89,20 @@ def laptop(
     mp.undo()
 
 
-def _cluster(tmp_path: Path, servers: dict[str, str]) -> Cluster:
+def _cluster(tmp_path: Path, servers: dict[str, Any]) -> Cluster:
     secret = {**CREDENTIALS, "MLFLOW_TRACKING_URI": servers["mlflow"],
               "MLFLOW_S3_ENDPOINT_URL": servers["s3"]}  # fmt: skip
-    return Cluster(tmp_path / "pods", secret)
+    return Cluster(
+        tmp_path / "pods", secret,
+        # `make rehearse IMAGE=...`: every pod a container of the pipeline image
+        image=os.environ.get("MODELSHIP_REHEARSAL_IMAGE") or None,
+        node_env={"CONTAINERS_REGISTRIES_CONF": servers["registries_conf"]},
+        kubeconfig=servers["kubeconfig"],
+    )  # fmt: skip
 
 
 def test_a_first_version_deploys_with_every_step_in_its_own_pod(
-    servers: dict[str, str], laptop: dict[str, Any], tmp_path: Path
+    servers: dict[str, Any], laptop: dict[str, Any], tmp_path: Path
 ) -> None:
     cluster = _cluster(tmp_path, servers)
     (tmp_path / "pods").mkdir()
@@ -87,12 +116,15 @@ def test_a_first_version_deploys_with_every_step_in_its_own_pod(
     assert len({p.folder for p in cluster.pods}) == len(tasks)
     for pod in cluster.pods:
         assert set(pod.env) <= POD_KEYS, f"{pod.task} saw {set(pod.env) - POD_KEYS}"
-    # the Bento: built in the package pod, exported to S3 through MLflow, imported by the
-    # load-test pod into its own empty store, byte for byte
+    # the Bento: built in the package pod, exported to S3 through MLflow; any other machine
+    # (here the laptop, into an empty store) imports it byte for byte. The load-test pod served
+    # the pushed image instead (asserted below).
     tags = version_tags(MODEL)[laptop["v1"]]
     tag, digest = tags[TAG_BENTO], tags[TAG_BENTO_DIGEST]
     built = store_path(cluster.pod("package_model").folder / ".modelship" / "bentoml", tag)
-    fetched = store_path(cluster.pod("loadtest_model").folder / ".modelship" / "bentoml", tag)
+    packaged, _ = packaged_version(Registry(), Registry().resolve(MODEL, version=laptop["v1"]))
+    assert packaged is not None
+    fetched = present_bento(packaged, tmp_path / "elsewhere")
     assert bento_digest(built) == digest == bento_digest(fetched)
     assert tags[TAG_BENTO_URI].startswith(f"runs:/{summary['run_id']}/bento/")
     assert any(k.endswith(f"/bento/{tag.replace(':', '-')}.bento") for k in s3_keys(servers["s3"]))
@@ -106,19 +138,48 @@ def test_a_first_version_deploys_with_every_step_in_its_own_pod(
     assert MlflowClient(servers["mlflow"]).get_registered_model(MODEL).aliases == {
         "champion": laptop["v1"]
     }
+    # the image: pushed by the package pod, recorded by digest, and the one KServe is told to
+    # run for the first version, with all the traffic and the scraping annotations
+    image = tags["modelship.image"]
+    repository, digest = image.split("@")
+    name = repository.removeprefix(servers["registry"] + "/")
+    assert _manifest_digest(servers["registry"], name, tag.split(":")[1]) == digest
+    (isvc,) = servers["kube"].find("InferenceService")
+    assert isvc["metadata"]["namespace"] == "models"
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["containers"][0]["image"] == image
+    assert "canaryTrafficPercent" not in predictor
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/enable-prometheus-scraping"] == "true"
+    assert tags["modelship.k8s_objects"] == f"InferenceService/models/{isvc['metadata']['name']}"
+    loadtest = next(s for s in summary["stages"] if s["name"] == "loadtest")
+    assert any(f"image {image} ready" in c["reason"] for c in loadtest["checks"]), loadtest
 
 
-def test_a_candidates_load_test_fetches_the_champions_bento_in_its_own_pod(
-    servers: dict[str, str], laptop: dict[str, Any], tmp_path: Path
+def _manifest_digest(registry: str, name: str, tag: str) -> str:
+    import requests
+
+    answer = requests.head(
+        f"http://{registry}/v2/{name}/manifests/{tag}", timeout=10,
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json, "
+                 "application/vnd.docker.distribution.manifest.v2+json"},
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    return str(answer.headers["Docker-Content-Digest"])
+
+
+def test_a_candidate_is_load_tested_against_the_champions_image_and_its_canary_aborted(
+    servers: dict[str, Any], laptop: dict[str, Any], tmp_path: Path
 ) -> None:
     # runs after the test above made v1 the champion: v2 is load-tested against it in a pod
-    # that never saw v1's Bento. Its KServe canary then needs a cluster, which this machine
-    # has not got (issue 16): that step fails, saying so, and the champion stays.
+    # that never saw either. Its KServe canary is applied to the API stand-in, but no pod
+    # serves here, so Prometheus has nothing: every analysis errors, the canary is aborted
+    # (rollout.analysis' consecutive_error_limit), and the champion stays.
     cluster = _cluster(tmp_path, servers)
     (tmp_path / "pods").mkdir()
-    with pytest.raises(RuntimeError):
-        cluster.run(DEPLOY, {"model_name": MODEL, "version": laptop["v2"], "alias": "",
-                             "policy_yaml": policy_yaml(laptop["policy"])})  # fmt: skip
+    task = cluster.run(DEPLOY, {"model_name": MODEL, "version": laptop["v2"], "alias": "",
+                                "policy_yaml": policy_yaml(laptop["policy"])})  # fmt: skip
+    summary = json.loads(Path(task.output.path).read_text())
+    assert summary["outcome"] == "rejected", cluster.logs()
     loadtest = cluster.pod("loadtest_model")
     assert loadtest.returncode == 0, cluster.logs()
     verdict = json.loads(
@@ -127,15 +188,19 @@ def test_a_candidates_load_test_fetches_the_champions_bento_in_its_own_pod(
     assert verdict["passed"], verdict
     champion_check = next(c for c in verdict["checks"] if "champion" in c["name"])
     assert not champion_check.get("skipped"), champion_check  # the champion really ran
-    champion_tag = version_tags(MODEL)[laptop["v1"]][TAG_BENTO]
-    store = loadtest.folder / ".modelship" / "bentoml"
+    # both ran from their pushed images, pulled by digest: the champion's is the one v1's
+    # package pod pushed
+    reasons = " | ".join(c["reason"] for c in verdict["checks"])
+    for version in ("v1", "v2"):
+        assert f"image {version_tags(MODEL)[laptop[version]]['modelship.image']} ready" in reasons
+    rollout = next(s for s in summary["stages"] if s["name"] == "rollout")
+    assert not rollout["passed"] and "aborted" in rollout["reason"], rollout
+    (isvc,) = servers["kube"].find("InferenceService")
+    predictor = isvc["spec"]["predictor"]
     assert (
-        bento_digest(store_path(store, champion_tag))
-        == (version_tags(MODEL)[laptop["v1"]][TAG_BENTO_DIGEST])
+        predictor["containers"][0]["image"] == version_tags(MODEL)[laptop["v2"]]["modelship.image"]
     )
-    rollout = cluster.pod("rollout_model")
-    assert rollout.returncode != 0
-    assert "could not load Kubernetes credentials" in (rollout.folder / "pod.log").read_text()
+    assert predictor["canaryTrafficPercent"] == 0  # aborted: the champion's revision serves all
     from mlflow import MlflowClient
 
     assert MlflowClient(servers["mlflow"]).get_registered_model(MODEL).aliases == {
@@ -144,9 +209,10 @@ def test_a_candidates_load_test_fetches_the_champions_bento_in_its_own_pod(
 
 
 def test_a_local_rollout_is_refused_in_the_first_pod_and_nothing_is_written(
-    servers: dict[str, str], laptop: dict[str, Any], tmp_path: Path
+    servers: dict[str, Any], laptop: dict[str, Any], tmp_path: Path
 ) -> None:
-    local = load_policy(MODEL, text=ON_CLUSTER.replace("target: kserve", "target: local")).policy
+    text = ON_CLUSTER.replace("REGISTRY", servers["registry"])
+    local = load_policy(MODEL, text=text.replace("target: kserve", "target: local")).policy
     cluster = _cluster(tmp_path, servers)
     (tmp_path / "pods").mkdir()
     with pytest.raises(RuntimeError):

@@ -19,6 +19,7 @@ from modelship.components.rollout.state import (
     StatusStore,
     plan,
 )
+from modelship.components.targets.local import RouterError
 from modelship.core.histogram import LatencyHistogram
 from modelship.core.traffic import BadWeights, Weights
 from modelship.gateway.stats import Traffic
@@ -346,3 +347,21 @@ def test_commands_from_another_process_reach_the_controller(tmp_path: Path) -> N
     StatusStore(tmp_path, "m").send("abort")
     assert c.tick(status).action is Action.ABORT
     assert StatusStore(tmp_path, "m").load().phase is Phase.ABORTED  # type: ignore[union-attr]
+
+
+class DeadMetrics(FakeGateway):
+    """A router whose metrics cannot be read at all (Prometheus down)."""
+
+    def snapshot(self) -> dict[str, Any]:
+        raise RouterError("could not query Prometheus at http://prometheus:9090: refused")
+
+
+def test_unreadable_metrics_are_analysis_errors_that_abort_not_a_crash(tmp_path: Path) -> None:
+    gw, book, clock = DeadMetrics(), Book(), Clock()
+    c = controller(tmp_path, gw, book, clock)
+    final = c.run(c.begin("m", "1", "2", "h"))
+    assert final.phase is Phase.ABORTED and gw.weights == Weights(0)
+    errors = [a for a in final.analyses if a.outcome is AnalysisOutcome.ERROR]
+    assert len(errors) == c.policy.consecutive_error_limit
+    assert "could not query Prometheus" in errors[0].reason
+    assert book.calls[-1][:2] == ("rolled_back", "2")

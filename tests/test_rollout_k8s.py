@@ -86,8 +86,12 @@ def policy(target: str, url: str) -> Policy:
         "tick_s": 0.05}})  # fmt: skip
 
 
-CHAMPION = Deployable("m", "1", image="registry.local/m:v1", storage_uri="s3://models/m/1")
-CHALLENGER = Deployable("m", "2", image="registry.local/m:v2", storage_uri="s3://models/m/2")
+CHAMPION = Deployable(
+    "m", "1", image="registry.local/m@sha256:" + "1" * 64, storage_uri="s3://models/m/1"
+)
+CHALLENGER = Deployable(
+    "m", "2", image="registry.local/m@sha256:" + "2" * 64, storage_uri="s3://models/m/2"
+)
 
 
 def test_the_controller_promotes_on_kserve(prometheus: FakePrometheus, tmp_path: Path) -> None:
@@ -99,7 +103,7 @@ def test_the_controller_promotes_on_kserve(prometheus: FakePrometheus, tmp_path:
     assert status.phase is Phase.PROMOTED, status.reason
     isvc = api.one("InferenceService")
     assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]  # the challenger took over
-    assert "registry.local/m:v2" in json.dumps(isvc["spec"]["predictor"])
+    assert str(CHALLENGER.image) in json.dumps(isvc["spec"]["predictor"])
     patched = [c for c in api.calls if c[0] == "patch"]
     assert len(patched) >= 3  # weight 20, weight 100, promotion
     assert all('namespace="models"' in q and 'version=~"1|2"' in q for q in prometheus.queries)

@@ -19,6 +19,8 @@ TAG_BENTO_URI = "modelship.bento_uri"
 TAG_BENTO_DIGEST = "modelship.bento_digest"
 TAG_IMAGE = "modelship.image"
 TAG_REPORT = "modelship.rollback_report"
+#: the Kubernetes objects that serve the version (``Kind/namespace/name``, comma-separated)
+TAG_K8S_OBJECTS = "modelship.k8s_objects"
 
 # on a deployment's MLflow run (experiment ``modelship-deployments``)
 RUN_MODEL = "modelship.model"

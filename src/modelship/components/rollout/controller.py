@@ -157,7 +157,14 @@ class Controller:
             self.registry.rolled_back(status.model, status.challenger, status.reason)
         elif decision.action is Action.SET_STEP:
             self.router.set_weights(Weights(status.weight, status.mirror))
-            snapshot = self.metrics.snapshot()
+            try:
+                snapshot = self.metrics.snapshot()
+            except ModelshipError as e:
+                # unreadable metrics (Prometheus down, say) are this step's analysis error,
+                # counted against consecutive_error_limit, never a crash of the controller
+                self.store.save_baseline({"at": status.step_started_at, "stats": None,
+                                          "error": str(e).splitlines()[0]})  # fmt: skip
+                return
             self.store.save_baseline({"at": status.step_started_at, "stats": snapshot,
                                       "instance": snapshot.get("instance")})  # fmt: skip
         elif decision.action is Action.PROMOTE:
@@ -174,8 +181,9 @@ class Controller:
             )
 
         baseline = self.store.load_baseline()
-        if baseline is None:
-            return error("no metrics were taken at the start of the step")
+        if baseline is None or baseline.get("stats") is None:
+            why = f": {baseline['error']}" if baseline and baseline.get("error") else ""
+            return error(f"no metrics were taken at the start of the step{why}")
         try:
             after = self.metrics.snapshot()
         except ModelshipError as e:

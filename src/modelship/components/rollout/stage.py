@@ -25,8 +25,15 @@ from modelship.components.rollout.state import (
     RolloutStore,
     rollout_store,
 )
-from modelship.components.rollout.targets import RolloutPlan, cluster_ports, open_target
-from modelship.components.targets.cluster import CustomObjects, Deployable
+from modelship.components.rollout.targets import (
+    RolloutPlan,
+    cluster_ports,
+    deploy_first,
+    deployable,
+    open_target,
+)
+from modelship.components.targets.cluster import CustomObjects, Deployable, load_api
+from modelship.core.tags import TAG_K8S_OBJECTS
 from modelship.core.verdict import Check, ModelState, Verdict
 from modelship.policies.loader import policy_hash
 from modelship.policies.schema import Policy
@@ -74,10 +81,17 @@ def _checks(status: RolloutStatus) -> list[Check]:
     return checks
 
 
-def _promote_at_once(ref: ModelRef, registry: Registry, why: str) -> Verdict:
+def _promote_at_once(ref: ModelRef, registry: Registry, policy: Policy, why: str) -> Verdict:
+    """The first version: promoted without a canary; on a cluster target its objects are
+    applied first with all the traffic (recorded on the version), so the cluster serves it."""
+    where = ""
+    if policy.rollout.target != "local":
+        objects = deploy_first(policy, deployable(registry, ref), load_api())
+        registry.set_tag(ref, TAG_K8S_OBJECTS, ", ".join(objects))
+        where = f" on {policy.rollout.target} ({', '.join(objects)})"
     registry.promote(ref)
     check = Check(name="rollout", kind="rollout", passed=True, measured="promoted",
-                  reason=f"promoted without a canary: {why}")  # fmt: skip
+                  reason=f"deployed{where} and promoted without a canary: {why}")  # fmt: skip
     return Verdict.from_checks(NAME, [check])
 
 
@@ -86,7 +100,7 @@ def run(ctx: StageContext, inputs: PackagedInputs) -> Verdict:
     ref, registry, policy, events = ctx.ref, ctx.registry, ctx.policy, ctx.events
     champion = registry.champion(ref.name)
     if champion is None:
-        return _promote_at_once(ref, registry, "no champion yet")
+        return _promote_at_once(ref, registry, policy, "no champion yet")
     if champion.version == ref.version:
         check = Check(name="rollout", kind="rollout", passed=True, skipped=True,
                       reason=f"v{ref.version} is the champion already")  # fmt: skip

@@ -176,6 +176,17 @@ def cluster_ports(
     return TargetPorts(router, metrics, predictions)
 
 
+def deploy_first(policy: Policy, challenger: Deployable, api: CustomObjects) -> list[str]:
+    """A first version on Seldon Core v2 or KServe: its objects with all the traffic, since
+    there is no champion to canary against (it becomes the revision or the candidate the next
+    version's canary splits against); the objects as ``Kind/namespace/name``."""
+    k8s = policy.rollout.kubernetes
+    router = router_for(policy.rollout.target, api, k8s.namespace, None, challenger)
+    manifests = router.manifests(Weights(100))
+    router.apply(manifests)
+    return [f"{m['kind']}/{k8s.namespace}/{m['metadata']['name']}" for m in manifests]
+
+
 @contextlib.contextmanager
 def cluster_target(plan: RolloutPlan) -> Iterator[TargetPorts]:
     registry = plan.registry

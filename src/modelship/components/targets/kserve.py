@@ -45,6 +45,17 @@ LIVE_PATH = "/livez"
 #: "Serverless" to "Knative"; a KServe older than 0.16 wants "Serverless" here.
 DEPLOYMENT_MODE = "Knative"
 
+#: KServe's scraping of a custom predictor's metrics (its "Prometheus Metrics" page, 0.14 and
+#: later): ``serving.kserve.io/enable-prometheus-scraping`` on the InferenceService, with the
+#: port and path overridden by ``prometheus.kserve.io/port|path``. KServe then annotates the
+#: pods for Prometheus; Prometheus itself must be configured to scrape annotated pods (or a
+#: PodMonitor), as that page says. The Bento serves ``modelship_*`` series on /metrics.
+SCRAPE_ANNOTATIONS = {
+    "serving.kserve.io/enable-prometheus-scraping": "true",
+    "prometheus.kserve.io/port": str(PORT),
+    "prometheus.kserve.io/path": "/metrics",
+}
+
 #: KServe names the predictor's Knative service ``<name>-predictor``, and Knative needs that
 #: to be a DNS label of 63 characters at most
 ISVC_NAME_MAX = NAME_MAX - len("-predictor")
@@ -88,6 +99,14 @@ def predictor(challenger: Deployable, percent: int | None) -> Manifest:
             hint="deploy it with package.image: always (the package stage builds the image; "
             "push it to a registry the cluster can pull from), or use --router seldon",
         )
+    if "@sha256:" not in challenger.image:
+        raise ManifestError(
+            f"{challenger.model} version {challenger.version}'s image {challenger.image} is not "
+            "a pushed image by digest: a cluster cannot pull it, and a tag could serve other "
+            "bytes than the ones that passed the gates",
+            hint="set package.registry in the policy (the package stage pushes the image and "
+            "records REGISTRY/PATH@sha256:...), and deploy the version again",
+        )
     container = {
         # KServe looks up the serving container of a custom predictor by this name
         "name": "kserve-container",
@@ -114,6 +133,7 @@ def kserve_manifests(
     check_pair(champion, challenger)
     meta = metadata(isvc_name(challenger.model), namespace, challenger.model, challenger.version)
     meta["annotations"]["serving.kserve.io/deploymentMode"] = DEPLOYMENT_MODE
+    meta["annotations"].update(SCRAPE_ANNOTATIONS)
     if champion is not None:
         meta["annotations"][_CHAMPION_ANNOTATION] = champion.version
     isvc = {
