@@ -96,6 +96,7 @@ def test_submit_starts_the_compiled_pipeline_with_the_policy_itself_and_no_cache
     assert out["run_id"] == "run-42" and out["url"].endswith("/#/runs/details/run-42")
     (run,) = _KfpApi.runs
     assert run["experiment_id"] == "exp-1"
+    assert run["service_account"] == "modelship-pipeline"  # pipelines/rbac.yaml's
     spec = run["pipeline_spec"]
     assert spec["pipeline_spec"]["pipelineInfo"]["name"] == "modelship-deploy"
     assert "modelship-settings" in json.dumps(spec["platform_spec"])  # the Secret travels too

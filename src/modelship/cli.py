@@ -180,6 +180,12 @@ def deploy(
     help="Create the drift monitor's recurring run (monitor.yaml) instead of a deployment.",
 )
 @click.option("--every", default="15m", show_default=True, help="With --monitor: 15m, 1h, 900.")
+@click.option(
+    "--service-account",
+    default="modelship-pipeline",
+    show_default=True,
+    help="The run's Kubernetes ServiceAccount (pipelines/rbac.yaml); '' for KFP's default.",
+)
 @click.option("--poll", default=10.0, hidden=True, help="Seconds between looks at the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @_errors_to_exit_codes
@@ -194,6 +200,7 @@ def submit(
     timeout: int,
     monitor: bool,
     every: str,
+    service_account: str,
     poll: float,
     as_json: bool,
 ) -> None:
@@ -217,6 +224,7 @@ def submit(
         recurring = kfp_submit.submit_monitor(
             host, model, kfp_submit.parse_every(every), policy_file=policy_file,
             policy_dir=settings.policies, experiment=experiment, token=token,
+            service_account=service_account,
         )  # fmt: skip
         if as_json:
             click.echo(json.dumps({"model": model, "recurring_run_id": recurring.recurring_run_id,
@@ -227,6 +235,7 @@ def submit(
     run = kfp_submit.submit(
         host, model, version=version, alias=alias, policy_file=policy_file,
         policy_dir=settings.policies, experiment=experiment, token=token,
+        service_account=service_account,
     )  # fmt: skip
     record = {"model": model, "run_id": run.run_id, "host": run.host, "url": run.url,
               "experiment": run.experiment}  # fmt: skip

@@ -1,12 +1,16 @@
-"""``modelship deploy --target k8s --dry-run``: the Kubernetes objects a rollout would apply."""
+"""``modelship deploy --target k8s --dry-run``: the RBAC the pipeline needs, then the Kubernetes
+objects a rollout would apply."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from modelship.components.rollout.state import plan
 from modelship.components.rollout.targets import deployable
 from modelship.components.targets.kubernetes import dry_run
+from modelship.components.targets.rbac import rbac_manifests
 from modelship.core.traffic import Weights
 from modelship.policies.loader import load_policy
 from modelship.registry.client import Registry
@@ -32,10 +36,15 @@ def print_manifests(
         champion = None
     first = plan(policy.rollout)[0]
     weights = Weights(first.weight, first.mirror) if champion else Weights(100)
-    return dry_run(
-        target,
-        deployable(registry, champion) if champion else None,
-        deployable(registry, ref),
-        weights,
-        namespace,
+    rbac = yaml.safe_dump_all(rbac_manifests(namespace), sort_keys=False)
+    return (
+        rbac
+        + "---\n"
+        + dry_run(
+            target,
+            deployable(registry, champion) if champion else None,
+            deployable(registry, ref),
+            weights,
+            namespace,
+        )
     )

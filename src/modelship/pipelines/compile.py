@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from kfp import compiler
 
+from modelship.components.targets.rbac import rbac_manifests
 from modelship.core.assets import asset_dir
 from modelship.core.errors import InputError
 from modelship.core.settings import DEFAULT_SECRET
@@ -55,6 +56,15 @@ def compile_all(
         if image is not None:
             with_image(path, image)
         written.append(path)
+    # what the pipeline's ServiceAccount may do where it rolls out (`kubectl apply -f`; the
+    # namespace is `default` here: `modelship deploy --target k8s --dry-run --namespace NS`
+    # prints it for another)
+    rbac = folder / "rbac.yaml"
+    rbac.write_text(
+        "# The pipeline's ServiceAccount, Role and RoleBinding (modelship compile writes this).\n"
+        + yaml.safe_dump_all(rbac_manifests("default"), sort_keys=False)
+    )
+    written.append(rbac)
     return written
 
 

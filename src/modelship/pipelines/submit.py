@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelship.components.targets.rbac import SERVICE_ACCOUNT
 from modelship.core.errors import InputError, StageError
 from modelship.core.settings import Settings
 from modelship.core.tags import RUN_ERROR, RUN_KFP, RUN_OUTCOME
@@ -118,6 +119,7 @@ def submit(
     policy_dir: Path | None = None,
     experiment: str = EXPERIMENT,
     token: str | None = None,
+    service_account: str | None = SERVICE_ACCOUNT,
 ) -> SubmittedRun:
     """Create a run of ``deploy.yaml`` on ``host`` with caching off; the run's id and link."""
     import kfp
@@ -137,6 +139,7 @@ def submit(
             run_name=f"deploy-{model}-{version or alias or 'latest'}-{time.strftime('%Y%m%d-%H%M%S')}",
             experiment_name=experiment,
             enable_caching=False,
+            service_account=service_account or None,
         )
     return SubmittedRun(str(result.run_id), host, experiment)
 
@@ -227,6 +230,7 @@ def submit_monitor(
     policy_dir: Path | None = None,
     experiment: str = EXPERIMENT,
     token: str | None = None,
+    service_account: str | None = SERVICE_ACCOUNT,
 ) -> RecurringRun:
     """A recurring run of ``monitor.yaml`` every ``every_s``: no catch-up, one at a time."""
     import kfp
@@ -245,5 +249,6 @@ def submit_monitor(
             params={"model_name": model, "policy_yaml": policy_yaml(policy)},
             pipeline_package_path=str(_package("monitor")),
             enable_caching=False,
+            service_account=service_account or None,
         )
     return RecurringRun(str(created.recurring_run_id), host, every_s)

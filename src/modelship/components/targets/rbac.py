@@ -1,0 +1,45 @@
+"""What the pipeline's pods may do in the namespace they roll out in: a ServiceAccount, a Role
+and a RoleBinding.
+
+The rollout step (and the monitor, which rolls back) reads, creates and merge-patches the
+serving objects of both cluster targets, and nothing else: KServe's ``InferenceService`` and
+Seldon Core v2's ``Model`` and ``Experiment``. Everything else a step touches is outside
+Kubernetes (MLflow, the object store, the image registry), reached with the Secret's keys.
+Runs use the ServiceAccount through ``modelship submit --service-account`` (KFP's run-level
+service account).
+"""
+
+from __future__ import annotations
+
+from modelship.components.targets.cluster import Manifest
+from modelship.components.targets.kserve import INFERENCE_SERVICE
+from modelship.components.targets.seldon import EXPERIMENT, MODEL
+
+SERVICE_ACCOUNT = "modelship-pipeline"
+#: what the routers call on each kind (tests/test_rbac.py records it): create, merge-patch on
+#: conflict, and get where the weights are read back (a Seldon Model is never read)
+VERBS = {
+    INFERENCE_SERVICE: ["get", "create", "patch"],
+    EXPERIMENT: ["get", "create", "patch"],
+    MODEL: ["create", "patch"],
+}
+
+
+def rbac_manifests(namespace: str, service_account: str = SERVICE_ACCOUNT) -> list[Manifest]:
+    labels = {"app.kubernetes.io/managed-by": "modelship"}
+    meta = {"name": service_account, "namespace": namespace, "labels": labels}
+    rules = [
+        {"apiGroups": [resource.group], "resources": [resource.plural], "verbs": list(verbs)}
+        for resource, verbs in VERBS.items()
+    ]
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta),
+         "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": dict(meta),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                     "name": service_account},
+         "subjects": [{"kind": "ServiceAccount", "name": service_account,
+                       "namespace": namespace}]},
+    ]  # fmt: skip
