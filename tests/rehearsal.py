@@ -206,6 +206,7 @@ class Cluster:
             pod.returncode = self._launch(full_command, folder, env)
             return pod.returncode
 
+        (root / "pipeline-root").mkdir(parents=True, exist_ok=True)  # mounted into containers
         local.init(
             runner=local.SubprocessRunner(use_venv=False),
             pipeline_root=str(root / "pipeline-root"),
