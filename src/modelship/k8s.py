@@ -8,8 +8,7 @@ from pathlib import Path
 import yaml
 
 from modelship.components.rollout.state import plan
-from modelship.components.rollout.targets import deployable
-from modelship.components.targets.kubernetes import dry_run
+from modelship.components.targets.kubernetes import deployable, dry_run
 from modelship.components.targets.rbac import rbac_manifests
 from modelship.core.traffic import Weights
 from modelship.policies.loader import load_policy

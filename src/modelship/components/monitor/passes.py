@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelship.components.monitor.notify import SECRET_ENV
+from modelship.components.monitor.rollback import cluster_switch
 from modelship.components.monitor.stage import PassResult, run_pass
 from modelship.components.monitor.state import monitor_store
 from modelship.components.serving.local import live_router, log_root
@@ -27,13 +28,15 @@ def monitor_once(
     say: Callable[[str], None] = print,
 ) -> PassResult:
     policy = load_policy(model, policy_file, policy_dir=settings.policies, text=policy_text).policy
-    live = live_router(settings.home, model)
-    if live is None:
+    registry = Registry()
+    cluster = cluster_switch(policy, registry)
+    live = None if cluster is not None else live_router(settings.home, model)
+    if live is None and cluster is None:
         say(f"no `modelship serve {model}` running here: a rollback would move the aliases only")
     return run_pass(
         model,
         policy,
-        registry=Registry(),
+        registry=registry,
         home=settings.home,
         bentoml_home=settings.bentoml_home,
         log_root=log_root(policy, dict(os.environ), settings.home),
@@ -42,6 +45,7 @@ def monitor_once(
         log_reports=log_reports,
         say=say,
         store=monitor_store(settings, model),
+        cluster=cluster,
     )
 
 

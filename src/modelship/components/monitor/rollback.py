@@ -1,8 +1,9 @@
-"""Rollback: traffic to the previous champion through the gateway first, then the registry.
+"""Rollback: traffic to the previous champion first (the gateway, or the cluster), then the registry.
 
 The previous champion must be warm behind the gateway (``modelship serve`` keeps it there), so
-the switch is two calls and no server start. With no gateway serving the model on this machine,
-only the registry moves (servers started from then on serve the previous champion). Anything
+the switch is two calls and no server start. On a cluster target (``rollout.target`` seldon or
+kserve) the cluster's objects are switched instead (:func:`cluster_switch`). With neither, only
+the registry moves (servers started from then on serve the previous champion). Anything
 that stops a rollback half way raises :class:`RollbackFailed` saying what was done and what a
 person must finish: never a silent half-state.
 """
@@ -10,14 +11,34 @@ person must finish: never a silent half-state.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from modelship.components.targets.cluster import CustomObjects, load_api
+from modelship.components.targets.kubernetes import deployable, serve_alone
 from modelship.components.targets.local import GatewayRouter
 from modelship.core.errors import ModelshipError, RollbackFailed
-from modelship.core.tags import TAG_REPORT
+from modelship.core.tags import TAG_K8S_OBJECTS, TAG_REPORT
 from modelship.core.traffic import Weights
 from modelship.core.verdict import ModelState
+from modelship.policies.schema import Policy
 from modelship.registry.client import CHAMPION, PREVIOUS, ModelRef, Registry
+
+#: moves a cluster's traffic to the version it is given; what it applied, for the record
+ClusterSwitch = Callable[[ModelRef], list[str]]
+
+
+def cluster_switch(
+    policy: Policy, registry: Registry, api: Callable[[], CustomObjects] = load_api
+) -> ClusterSwitch | None:
+    """The cluster's switch for ``policy``'s target; None for the local gateway."""
+    if policy.rollout.target == "local":
+        return None
+
+    def switch(previous: ModelRef) -> list[str]:
+        return serve_alone(policy, deployable(registry, previous), api())
+
+    return switch
 
 
 @dataclass(frozen=True)
@@ -64,6 +85,7 @@ def rollback(
     reason: str,
     router: GatewayRouter | None,
     report: str | None = None,
+    cluster: ClusterSwitch | None = None,
 ) -> RollbackDone:
     previous = previous_of(registry, current.name)
     if previous is None:
@@ -72,6 +94,7 @@ def rollback(
                              "(monitor.action: alert)")  # fmt: skip
     started = time.perf_counter()
     traffic_s = None
+    objects: list[str] = []
     if router is not None:
         try:
             switch_traffic(router, previous)
@@ -81,7 +104,19 @@ def rollback(
             raise RollbackFailed(f"the gateway did not take the switch: {e}",
                                  hint="check the gateway; nothing in the registry was changed") from e  # fmt: skip
         traffic_s = time.perf_counter() - started
+    elif cluster is not None:
+        try:
+            objects = cluster(previous)
+        except ModelshipError as e:
+            raise RollbackFailed(
+                f"the cluster did not take the switch to v{previous.version}: {e.message}",
+                hint="nothing in the registry was changed; fix the cluster access and run the "
+                "monitor again, or roll back by hand",
+            ) from e
+        traffic_s = time.perf_counter() - started
     try:
+        if objects:
+            registry.set_tag(previous, TAG_K8S_OBJECTS, ", ".join(objects))
         registry.client.set_registered_model_alias(current.name, CHAMPION, previous.version)
         registry.client.delete_registered_model_alias(current.name, PREVIOUS)
         registry.set_state(current, ModelState.ROLLED_BACK, reason)
@@ -90,10 +125,10 @@ def rollback(
         registry.set_state(previous, ModelState.PROMOTED,
                            f"champion again: v{current.version} was rolled back")  # fmt: skip
     except Exception as e:
-        done = "traffic is on" if router is not None else "nothing moved to"
+        done = "traffic is on" if router is not None or cluster is not None else "nothing moved to"
         raise RollbackFailed(
             f"{done} v{previous.version}, but the registry could not be updated: {e}",
             hint=f"set the alias by hand: champion -> v{previous.version} of {current.name}",
         ) from e
-    return RollbackDone(current.version, previous.version,
-                        "gateway" if router is not None else "registry", traffic_s)  # fmt: skip
+    switched = "gateway" if router is not None else "cluster" if cluster is not None else "registry"
+    return RollbackDone(current.version, previous.version, switched, traffic_s)

@@ -25,7 +25,12 @@ from modelship.components.datasource import read_frame
 from modelship.components.monitor import notify
 from modelship.components.monitor.decide import decide
 from modelship.components.monitor.drift import Reference, evidently_report
-from modelship.components.monitor.rollback import RollbackDone, previous_of, rollback
+from modelship.components.monitor.rollback import (
+    ClusterSwitch,
+    RollbackDone,
+    previous_of,
+    rollback,
+)
 from modelship.components.monitor.state import (
     Action,
     MonitorStateStore,
@@ -224,6 +229,7 @@ def run_pass(
     log_reports: bool = True,
     say: Say = lambda m: None,
     store: MonitorStateStore | None = None,
+    cluster: ClusterSwitch | None = None,
 ) -> PassResult:
     """Judge every whole window since the last pass; act on what ``decide`` says.
 
@@ -238,7 +244,7 @@ def run_pass(
     store.acquire()
     try:
         return _judge(model, policy, champion, store, registry, bentoml_home, log_root, router,
-                      secret, log_reports, say)  # fmt: skip
+                      secret, log_reports, say, cluster)  # fmt: skip
     finally:
         store.release()
 
@@ -246,7 +252,7 @@ def run_pass(
 def _judge(
     model: str, policy: Policy, champion: ModelRef, store: MonitorStateStore, registry: Registry,
     bentoml_home: Path, log_root: str, router: GatewayRouter | None, secret: str,
-    log_reports: bool, say: Say,
+    log_reports: bool, say: Say, cluster: ClusterSwitch | None = None,
 ) -> PassResult:  # fmt: skip
     status = store.load()
     if status is None or status.version != champion.version:
@@ -262,7 +268,7 @@ def _judge(
                               end_us=status.cursor_us, rows=0, outcome=WindowOutcome.ERROR,
                               reason=f"the reference data could not be read: {e}")  # fmt: skip
         _act(store, status, record, mon, has_previous, result, model, registry, champion,
-             router, secret, say)  # fmt: skip
+             router, secret, say, cluster)  # fmt: skip
         return result
     if base.note:
         say(base.note)
@@ -299,6 +305,7 @@ def _judge(
             router,
             secret,
             say,
+            cluster,
         )
         if log_reports and record.outcome is not WindowOutcome.INCONCLUSIVE:
             run_id = _log_window(registry, base, frame, record, model)
@@ -314,7 +321,7 @@ def _judge(
 def _act(store: MonitorStateStore, status: MonitorStatus, record: WindowRecord, mon: Monitor,
          has_previous: bool, result: PassResult, model: str, registry: Registry,
          champion: ModelRef, router: GatewayRouter | None, secret: str,
-         say: Say) -> MonitorStatus:  # fmt: skip
+         say: Say, cluster: ClusterSwitch | None = None) -> MonitorStatus:  # fmt: skip
     decision = decide(status, record, mon, has_previous, time.time())
     store.save(decision.status)
     result.windows.append(record)
@@ -328,7 +335,7 @@ def _act(store: MonitorStateStore, status: MonitorStatus, record: WindowRecord, 
 
     if decision.action is Action.ROLLBACK:
         try:
-            done = rollback(registry, champion, decision.reason, router)
+            done = rollback(registry, champion, decision.reason, router, cluster=cluster)
         except RollbackFailed as e:
             tell(_notice(model, "rollback_failed", str(e)))
             raise

@@ -25,14 +25,9 @@ from modelship.components.rollout.state import (
     RolloutStore,
     rollout_store,
 )
-from modelship.components.rollout.targets import (
-    RolloutPlan,
-    cluster_ports,
-    deploy_first,
-    deployable,
-    open_target,
-)
+from modelship.components.rollout.targets import RolloutPlan, cluster_ports, open_target
 from modelship.components.targets.cluster import CustomObjects, Deployable, load_api
+from modelship.components.targets.kubernetes import deployable, serve_alone
 from modelship.core.tags import TAG_K8S_OBJECTS
 from modelship.core.verdict import Check, ModelState, Verdict
 from modelship.policies.loader import policy_hash
@@ -86,7 +81,7 @@ def _promote_at_once(ref: ModelRef, registry: Registry, policy: Policy, why: str
     applied first with all the traffic (recorded on the version), so the cluster serves it."""
     where = ""
     if policy.rollout.target != "local":
-        objects = deploy_first(policy, deployable(registry, ref), load_api())
+        objects = serve_alone(policy, deployable(registry, ref), load_api())
         registry.set_tag(ref, TAG_K8S_OBJECTS, ", ".join(objects))
         where = f" on {policy.rollout.target} ({', '.join(objects)})"
     registry.promote(ref)

@@ -28,13 +28,12 @@ from modelship.components.serving.local import gateway_launch, log_root
 from modelship.components.serving.packaged import bodies, champion_package
 from modelship.components.serving.server import free_port, package_launch, served
 from modelship.components.targets.cluster import CustomObjects, Deployable, load_api
-from modelship.components.targets.kubernetes import router_for
+from modelship.components.targets.kubernetes import deployable, router_for
 from modelship.components.targets.local import GatewayRouter
 from modelship.components.targets.prometheus import PrometheusMetrics
 from modelship.core.errors import InputError, StageError
 from modelship.core.events import EventSink
 from modelship.core.records import PackageRecord
-from modelship.core.tags import TAG_IMAGE
 from modelship.core.traffic import TrafficRouter, Weights
 from modelship.policies.schema import Policy
 from modelship.registry.client import ModelRef, Registry
@@ -150,13 +149,6 @@ def local_target(plan: RolloutPlan) -> Iterator[TargetPorts]:
         )  # fmt: skip
 
 
-def deployable(registry: Registry, ref: ModelRef) -> Deployable:
-    """A version as a cluster serves it: its image (KServe), its artifact's URI (Seldon)."""
-    tags = registry.client.get_model_version(ref.name, ref.version).tags
-    return Deployable(ref.name, ref.version, image=tags.get(TAG_IMAGE) or None,
-                      storage_uri=ref.source, artifact_format="mlflow")  # fmt: skip
-
-
 def cluster_ports(
     policy: Policy, champion: Deployable, challenger: Deployable, api: CustomObjects
 ) -> TargetPorts:
@@ -174,17 +166,6 @@ def cluster_ports(
     shared = bool(uri) and "://" in str(uri) and not str(uri).startswith("file://")
     predictions: PredictionSource = InferenceLogs(str(uri), champion.model) if shared else NoLogs()
     return TargetPorts(router, metrics, predictions)
-
-
-def deploy_first(policy: Policy, challenger: Deployable, api: CustomObjects) -> list[str]:
-    """A first version on Seldon Core v2 or KServe: its objects with all the traffic, since
-    there is no champion to canary against (it becomes the revision or the candidate the next
-    version's canary splits against); the objects as ``Kind/namespace/name``."""
-    k8s = policy.rollout.kubernetes
-    router = router_for(policy.rollout.target, api, k8s.namespace, None, challenger)
-    manifests = router.manifests(Weights(100))
-    router.apply(manifests)
-    return [f"{m['kind']}/{k8s.namespace}/{m['metadata']['name']}" for m in manifests]
 
 
 @contextlib.contextmanager

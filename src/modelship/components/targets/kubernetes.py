@@ -25,7 +25,10 @@ from modelship.components.targets.cluster import (
 )
 from modelship.components.targets.kserve import KServeRouter, MirrorUnsupported, kserve_manifests
 from modelship.components.targets.seldon import SeldonRouter, seldon_manifests
+from modelship.core.tags import TAG_IMAGE
 from modelship.core.traffic import TrafficRouter, Weights
+from modelship.policies.schema import Policy
+from modelship.registry.client import ModelRef, Registry
 
 __all__ = [
     "K8S_MANIFESTS",
@@ -38,10 +41,12 @@ __all__ = [
     "ManifestError",
     "MirrorUnsupported",
     "SeldonRouter",
+    "deployable",
     "dry_run",
     "load_api",
     "manifests_for",
     "router_for",
+    "serve_alone",
 ]
 
 
@@ -111,3 +116,26 @@ def dry_run(
     """The manifests as one multi-document YAML string, in the order they would be applied."""
     manifests = manifests_for(target, champion, challenger, weights, namespace)
     return yaml.safe_dump_all(manifests, sort_keys=False, default_flow_style=False)
+
+
+def deployable(registry: Registry, ref: ModelRef) -> Deployable:
+    """A version as a cluster serves it: its image (KServe), its artifact's URI (Seldon)."""
+    tags = registry.client.get_model_version(ref.name, ref.version).tags
+    return Deployable(ref.name, ref.version, image=tags.get(TAG_IMAGE) or None,
+                      storage_uri=ref.source, artifact_format="mlflow")  # fmt: skip
+
+
+def serve_alone(policy: Policy, challenger: Deployable, api: CustomObjects) -> list[str]:
+    """``challenger`` alone with all the traffic on Seldon Core v2 or KServe; the objects as
+    ``Kind/namespace/name``.
+
+    For a first version (no champion to canary against: it becomes the revision or the
+    candidate the next canary splits against), and for a rollback: after a promotion KServe's
+    latest revision is the rolled-back version, so the previous champion's image is applied as
+    a new revision with no canary split; Seldon's Experiment gets it as its only candidate (its
+    Model stays loaded as the rollback target)."""
+    k8s = policy.rollout.kubernetes
+    router = router_for(policy.rollout.target, api, k8s.namespace, None, challenger)
+    manifests = router.manifests(Weights(100))
+    router.apply(manifests)
+    return [f"{m['kind']}/{k8s.namespace}/{m['metadata']['name']}" for m in manifests]
