@@ -37,6 +37,7 @@ from modelship.components.targets.kubernetes import (
 from modelship.components.targets.seldon import SeldonRouter, seldon_manifests
 from modelship.core.errors import InputError, StageError
 from modelship.core.traffic import TrafficRouter, Weights
+from tests.servers.kubeapi import merge_patch
 
 CHAMPION = Deployable(
     "breast-cancer",
@@ -355,19 +356,6 @@ def test_dry_run_of_an_unknown_target_names_the_choices() -> None:
 # -- routers against a fake API ----------------------------------------------------------------
 
 
-def _merge(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch, as the API server applies ``application/merge-patch+json``."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = _merge(out.get(key), value)
-    return out
-
-
 def _api_error(status: int, reason: str, message: str) -> ApiException:
     error = ApiException(status=status, reason=reason)
     error.body = json.dumps({"kind": "Status", "message": message, "code": status})
@@ -414,7 +402,7 @@ class FakeCustomObjects:
         key = (group, version, namespace, plural, name)
         if key not in self.objects:
             raise _api_error(404, "Not Found", f'{plural}.{group} "{name}" not found')
-        self.objects[key] = _merge(self.objects[key], body)
+        self.objects[key] = merge_patch(self.objects[key], body)
         return copy.deepcopy(self.objects[key])
 
     def stored(self) -> Iterator[Manifest]:
