@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,14 @@ from tests.rehearsal import (
 from tests.servers.kubeapi import kube_api, write_kubeconfig
 from tests.support import register_forest, settings_for, version_tags
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("buildah") is None or shutil.which("docker-registry") is None,
+        reason="the rehearsal builds and pushes images: buildah and docker-registry "
+        "(make image-tools installs them)",
+    ),
+]
 
 MODEL = "breast-cancer"
 DEPLOY = PIPELINE_DIR / "deploy.yaml"
