@@ -276,6 +276,7 @@ def test_wheel_holds_the_package_and_its_data_only(wheel: Path) -> None:
         "modelship/assets/policies/default.yaml": REPO / "policies" / "default.yaml",
         "modelship/assets/pipelines/deploy.yaml": REPO / "pipelines" / "deploy.yaml",
         "modelship/assets/pipelines/monitor.yaml": REPO / "pipelines" / "monitor.yaml",
+        "modelship/assets/pipelines/rbac.yaml": REPO / "pipelines" / "rbac.yaml",
         "modelship/assets/bentos/Containerfile": REPO / "bentos" / "Containerfile",
     }
     dashboards = sorted((SRC / "modelship" / "gateway" / "dashboards").glob("*.json"))
@@ -336,8 +337,8 @@ def test_compile_writes_the_repositorys_pipelines(installed: Installed, place: P
     out = place.cwd / "compiled"
     proc = modelship(installed, place, "compile", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["deploy.yaml", "monitor.yaml"]
-    for name in ("deploy.yaml", "monitor.yaml"):
+    assert sorted(p.name for p in out.iterdir()) == ["deploy.yaml", "monitor.yaml", "rbac.yaml"]
+    for name in ("deploy.yaml", "monitor.yaml", "rbac.yaml"):
         assert (out / name).read_bytes() == (REPO / "pipelines" / name).read_bytes(), (
             f"compiled {name} differs from pipelines/{name}: run `modelship compile`"
         )

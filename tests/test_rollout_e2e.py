@@ -35,8 +35,14 @@ def controller_process(
 ) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "tests.servers.controller", str(home), stack.url,
            policy.model_dump_json()]  # fmt: skip
-    env = os.environ | {"MODELSHIP_GATEWAY_TOKEN": TOKEN} | (env or {})
+    # an MLflow URI left in this process's environment by an earlier test (MLflow exports the
+    # one it was set to) would point the controller at a server that is gone
+    env = _without_mlflow() | {"MODELSHIP_GATEWAY_TOKEN": TOKEN} | (env or {})
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _without_mlflow() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
 
 
 def wait_for(predicate: object, timeout: float = 20.0) -> None:
@@ -101,7 +107,7 @@ def test_a_paused_rollout_waits_for_the_cli(stack: Stack, tmp_path: Path) -> Non
     policy = Rollout(steps=[CanaryStep(weight=20, pause_s=None),
                             CanaryStep(weight=60, pause_s=None)], tick_s=0.1)  # fmt: skip
     proc = controller_process(tmp_path / "rollouts", stack, policy)
-    env = os.environ | {"MODELSHIP_HOME": str(tmp_path)}
+    env = _without_mlflow() | {"MODELSHIP_HOME": str(tmp_path)}
     store = StatusStore(tmp_path / "rollouts", "m")
     try:
         wait_for(lambda: (s := store.load()) is not None and s.phase is Phase.PAUSED)
@@ -136,7 +142,7 @@ def test_a_controller_in_a_pod_is_promoted_from_a_laptop_through_mlflow(
                             CanaryStep(weight=60, pause_s=None)], tick_s=0.2)  # fmt: skip
     with mlflow_server(tmp_path / "mlflow") as url:
         pod = {"MLFLOW_TRACKING_URI": url, "MODELSHIP_HOME": str(tmp_path / "pod")}
-        laptop = os.environ | {
+        laptop = _without_mlflow() | {
             "MLFLOW_TRACKING_URI": url,
             "MODELSHIP_HOME": str(tmp_path / "laptop"),
         }
@@ -184,7 +190,7 @@ def test_a_controller_in_a_pod_is_promoted_from_a_laptop_through_mlflow(
 
 
 def test_rollout_status_without_a_rollout_says_how_to_start_one(tmp_path: Path) -> None:
-    env = os.environ | {"MODELSHIP_HOME": str(tmp_path)}
+    env = _without_mlflow() | {"MODELSHIP_HOME": str(tmp_path)}
     shown = subprocess.run([MODELSHIP, "rollout", "status", "nothing"], env=env,
                            capture_output=True, text=True)  # fmt: skip
     assert shown.returncode == 2 and "modelship deploy nothing" in shown.stderr
