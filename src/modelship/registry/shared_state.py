@@ -107,6 +107,14 @@ class SharedState:
             self.client.delete_tag(self.run_id, key)
 
 
+def state_and_lease(
+    settings: Settings, model: str, kind: str, ttl_s: float = 120.0
+) -> tuple[SharedState, Lease]:
+    """``model``'s ``kind`` of state on the tracking server, and the lease that guards it."""
+    client = MlflowClient(settings.tracking_uri, settings.registry_uri)
+    return SharedState(client, settings, model, kind), Lease(client, model, kind, ttl_s)
+
+
 def _quoted(text: str) -> str:
     return text.replace("'", "\\'")
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from modelship.core.files import write_atomic
 from modelship.core.settings import Settings
-from modelship.registry.shared_state import Lease, SharedState
+from modelship.registry.shared_state import Lease, SharedState, state_and_lease
 
 #: windows kept in the status (the MLflow runs keep them all)
 KEEP_WINDOWS = 50
@@ -81,11 +81,7 @@ def monitor_store(settings: Settings, model: str) -> MonitorStateStore:
     """A file under ``$MODELSHIP_HOME/monitor`` on the embedded store, else MLflow."""
     if settings.embedded:
         return MonitorStore(settings.home / "monitor", model)
-    from mlflow import MlflowClient
-
-    client = MlflowClient(settings.tracking_uri, settings.registry_uri)
-    return MlflowMonitorStore(SharedState(client, settings, model, "monitor"),
-                              Lease(client, model, "monitor", ttl_s=600.0))  # fmt: skip
+    return MlflowMonitorStore(*state_and_lease(settings, model, "monitor", ttl_s=600.0))
 
 
 def _trimmed(status: MonitorStatus) -> str:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelship.core.files import write_atomic
 from modelship.core.settings import Settings
 from modelship.policies.schema import Rollout
-from modelship.registry.shared_state import Lease, SharedState
+from modelship.registry.shared_state import Lease, SharedState, state_and_lease
 
 
 class Phase(StrEnum):
@@ -140,11 +140,7 @@ def rollout_store(settings: Settings, model: str) -> RolloutStore:
     """Files under ``$MODELSHIP_HOME/rollouts`` on the embedded store, else MLflow."""
     if settings.embedded:
         return StatusStore(settings.home / "rollouts", model)
-    from mlflow import MlflowClient
-
-    client = MlflowClient(settings.tracking_uri, settings.registry_uri)
-    return MlflowStatusStore(SharedState(client, settings, model, "rollout"),
-                             Lease(client, model, "rollout"))  # fmt: skip
+    return MlflowStatusStore(*state_and_lease(settings, model, "rollout"))
 
 
 class MlflowStatusStore:
