@@ -229,10 +229,10 @@ def test_no_builder_skips_the_image_unless_the_policy_demands_one(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(image_mod, "BUILDERS", {"nothing": _NoEngine})
-    auto, image = package_stage._image_check(None, "auto", tmp_path, NO_EVENTS)  # type: ignore[arg-type]
+    auto, image = package_stage._image_check(None, "auto", "", tmp_path, NO_EVENTS)  # type: ignore[arg-type]
     assert auto.passed and auto.skipped and image is None
     assert auto.reason.startswith("image: skipped (no builder: nothing: not installed here")
-    always, _ = package_stage._image_check(None, "always", tmp_path, NO_EVENTS)  # type: ignore[arg-type]
+    always, _ = package_stage._image_check(None, "always", "", tmp_path, NO_EVENTS)  # type: ignore[arg-type]
     assert not always.passed and "required by the policy" in always.reason
 
 

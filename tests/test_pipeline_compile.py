@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from modelship.components.package.image import PIPELINE_IMAGE_ENV
 from modelship.core.settings import SECRET_OPTIONAL, SECRET_REQUIRED, SETTINGS_SECRET_ENV
 from modelship.pipelines.compile import PIPELINE_DIR, compile_all, read_ir
+from modelship.pipelines.deploy import IMAGE
 from tests.support import cli
 
 
@@ -63,8 +65,14 @@ def test_compile_with_an_image_points_every_task_at_it(tmp_path: Path) -> None:
         committed, committed_platform = read_ir(PIPELINE_DIR / f"{name}.yaml")
         for executor in committed["deploymentSpec"]["executors"].values():
             executor["container"]["image"] = image
+            for var in executor["container"].get("env", []):
+                if var["name"] == PIPELINE_IMAGE_ENV:  # the base of a Bento image built in a pod
+                    var["value"] = image
         assert ir == committed  # nothing else changed
         assert platform == committed_platform
+    ir, _ = read_ir(tmp_path / "out" / "deploy.yaml")
+    package_env = ir["deploymentSpec"]["executors"]["exec-package-model"]["container"]["env"]
+    assert {"name": PIPELINE_IMAGE_ENV, "value": image} in package_env
 
 
 def _secret_env(platform: dict[str, Any], executor: str) -> dict[str, tuple[str, bool]]:
@@ -91,6 +99,7 @@ def test_every_task_reads_its_settings_from_the_secret_named_at_compile(tmp_path
             assert set(env) == {*SECRET_REQUIRED, *SECRET_OPTIONAL}
             assert all(env[key] == ("team-a-mlflow", True) for key in SECRET_OPTIONAL)
             plain = {e["name"]: e["value"] for e in spec["container"]["env"]}
+            assert plain.pop(PIPELINE_IMAGE_ENV, IMAGE) == IMAGE  # what the task runs
             assert plain == {
                 SETTINGS_SECRET_ENV: "team-a-mlflow"
             }  # nothing else from the pod's env
@@ -108,7 +117,9 @@ def test_the_shipped_pipelines_name_the_default_secret_and_no_secret_compiles_wi
     assert proc.returncode == 0, proc.stderr
     ir, platform = read_ir(tmp_path / "out" / "deploy.yaml")
     assert platform is None
-    assert all("env" not in e["container"] for e in ir["deploymentSpec"]["executors"].values())
+    for e in ir["deploymentSpec"]["executors"].values():
+        names = {v["name"] for v in e["container"].get("env", [])}
+        assert names <= {PIPELINE_IMAGE_ENV}, e  # no settings Secret named
 
 
 def test_a_secret_name_kubernetes_would_refuse_is_refused_at_compile(tmp_path: Path) -> None:

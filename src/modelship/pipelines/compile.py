@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from kfp import compiler
 
+from modelship.components.package.image import PIPELINE_IMAGE_ENV
 from modelship.components.targets.rbac import rbac_manifests
 from modelship.core.assets import asset_dir
 from modelship.core.errors import InputError
@@ -71,8 +72,9 @@ def compile_all(
 def with_image(path: Path, image: str) -> None:
     """Point every executor of the compiled IR at ``image`` (a pushed modelship image).
 
-    The IR names an image per executor (``deploymentSpec.executors.*.container.image``); only
-    those lines change, so the file stays the compiler's otherwise.
+    The IR names an image per executor (``deploymentSpec.executors.*.container.image``), and
+    the package task's environment names it again (the base of a Bento image assembled in a
+    pod); only those lines change, so the file stays the compiler's otherwise.
     """
     ir, _ = read_ir(path)
     executors = ir["deploymentSpec"]["executors"]
@@ -80,9 +82,14 @@ def with_image(path: Path, image: str) -> None:
     text = path.read_text()
     for old in current:
         text = text.replace(f"image: {old}\n", f"image: {image}\n")
+        text = text.replace(f"value: {old}\n", f"value: {image}\n")
     path.write_text(text)
     changed = next(yaml.safe_load_all(text))["deploymentSpec"]["executors"]
-    if any(e["container"]["image"] != image for e in changed.values()):
+    based = [
+        v["value"] for e in changed.values() for v in e["container"].get("env", [])
+        if v["name"] == PIPELINE_IMAGE_ENV
+    ]  # fmt: skip
+    if any(e["container"]["image"] != image for e in changed.values()) or set(based) - {image}:
         raise InputError(
             f"could not write image {image!r} into {path}",
             hint="give a plain image reference: REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:DIGEST",

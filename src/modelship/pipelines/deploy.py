@@ -12,6 +12,7 @@ from typing import NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import Artifact, Input, Model, Output
 
+from modelship.components.package.image import PIPELINE_IMAGE_ENV
 from modelship.core.settings import SECRET_OPTIONAL, SECRET_REQUIRED, SETTINGS_SECRET_ENV
 
 #: image with modelship installed (built by the package stage's image builder / CI);
@@ -251,6 +252,9 @@ def build_deploy(secret: str | None = None) -> dsl.base_component.BaseComponent:
             **record,
         )
         configure(packaged, "package", secret)
+        # the image the package step runs in is the base of the Bento's image where no builder
+        # runs (a pod): `modelship compile --image` rewrites this with the executors' image
+        packaged.set_env_variable(PIPELINE_IMAGE_ENV, IMAGE)
         loaded = loadtest_model(
             policy=policy,
             package_verdict=packaged.outputs["verdict"],

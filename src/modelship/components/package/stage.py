@@ -64,12 +64,12 @@ def _push_check(
 
 
 def _image_check(
-    built: bento_build.BuiltBento, mode: str, workdir: Path, events: EventSink
+    built: bento_build.BuiltBento, mode: str, registry: str, workdir: Path, events: EventSink
 ) -> tuple[Check, Image | None]:
     if mode == "never":
         return Check(name="package.image", kind="image", passed=True, skipped=True,
                      reason="image: skipped (package.image is never)"), None  # fmt: skip
-    builder, why_not = pick_builder()
+    builder, why_not = pick_builder(registry)
     if builder is None:
         reason = f"image: skipped (no builder: {'; '.join(why_not)})"
         if mode == "always":
@@ -136,7 +136,9 @@ def run(ctx: StageContext, inputs: PackageInputs) -> Verdict:
                                 reason=e.message))  # fmt: skip
     image: Image | None = None
     try:
-        image_check, image = _image_check(built, policy.package.image, workdir, events)
+        image_check, image = _image_check(
+            built, policy.package.image, policy.package.registry, workdir, events
+        )
     except PackagingError as e:
         image_check = Check(name="package.image", kind="image", passed=False, reason=e.message)
     checks.append(image_check)
