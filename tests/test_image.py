@@ -118,3 +118,11 @@ def test_the_image_is_pushed_to_the_policys_registry_and_recorded_by_digest(
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert pulled.returncode == 0, pulled.stderr
+        # and the image says which Bento it holds: the digest the version records
+        label = subprocess.run(
+            ["buildah", "--root", str(store / "root"), "--runroot", str(store / "run"),
+             "--storage-driver", "vfs", "inspect", "--format",
+             '{{index .OCIv1.Config.Labels "modelship.bento.digest"}}', ref],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert label.stdout.strip() == version_tags(MODEL)[version]["modelship.bento_digest"]

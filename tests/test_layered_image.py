@@ -124,6 +124,7 @@ def test_the_bento_is_added_on_the_pipeline_image_and_reads_back_byte_for_byte(
                          tmp_path / "unpacked")  # fmt: skip
     served = files / "home" / "bentoml" / "bento"
     assert bento_digest(served) == bento_digest(bento)  # byte for byte what was packaged
+    assert run["Labels"][image_mod.BENTO_DIGEST_LABEL] == bento_digest(bento)
     assert not (served / "src" / "__pycache__").exists()
     assert (files / "var" / "lib" / "modelship").is_dir()
 

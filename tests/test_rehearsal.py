@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
+from modelship.components.package.image import PIPELINE_IMAGE_ENV
 from modelship.components.serving.bentostore import bento_digest, present_bento, store_path
 from modelship.components.serving.packaged import packaged_version
 from modelship.core.settings import SECRET_OPTIONAL, SECRET_REQUIRED, SETTINGS_SECRET_ENV
 from modelship.core.tags import RUN_KFP, TAG_BENTO, TAG_BENTO_DIGEST, TAG_BENTO_URI
-from modelship.pipelines.compile import PIPELINE_DIR
+from modelship.pipelines.compile import PIPELINE_DIR, compile_all
 from modelship.pipelines.submit import cluster_policy, deployment_outcome
 from modelship.policies.loader import load_policy, policy_yaml
 from modelship.registry.client import Registry
@@ -59,7 +60,10 @@ rollout:
 #: what every pod's environment may hold: nothing of this machine's but PATH and the node's
 #: registries.conf
 POD_KEYS = {"PATH", "HOME", "LANG", "CONTAINERS_REGISTRIES_CONF", SETTINGS_SECRET_ENV,
-            *SECRET_REQUIRED, *SECRET_OPTIONAL}  # fmt: skip
+            PIPELINE_IMAGE_ENV, *SECRET_REQUIRED, *SECRET_OPTIONAL}  # fmt: skip
+#: `make rehearse IMAGE=...`: every pod a container of the pipeline image, pushed to the
+#: rehearsal's registry first and pulled from there by digest, as a cluster's nodes would
+IMAGE = os.environ.get("MODELSHIP_REHEARSAL_IMAGE") or None
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +75,28 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         image_registry(root / "registry") as registry,
         kube_api() as (kube_url, kube),
     ):
+        conf = str(root / "registry" / "registries.conf")
+        deploy, image = DEPLOY, None
+        if IMAGE:  # the pipeline as a cluster gets it: compiled against the pushed image
+            image = _push_pipeline_image(IMAGE, registry, conf, root)
+            deploy = compile_all(root / "compiled", image=image)[0]
         yield {"s3": s3, "mlflow": mlflow_url, "registry": registry, "kube": kube,
                "kubeconfig": write_kubeconfig(root / "kubeconfig", kube_url, "models"),
-               "registries_conf": str(root / "registry" / "registries.conf")}  # fmt: skip
+               "registries_conf": conf, "deploy": deploy, "image": image}  # fmt: skip
+
+
+def _push_pipeline_image(image: str, registry: str, conf: str, root: Path) -> str:
+    import subprocess
+
+    from modelship.components.containers import BUILDAH
+
+    digest_file = root / "pipeline-image.digest"
+    subprocess.run(
+        [*BUILDAH, "push", "--quiet", "--digestfile", str(digest_file), image,
+         f"docker://{registry}/platform/modelship:rehearsal"],
+        check=True, env={**os.environ, "CONTAINERS_REGISTRIES_CONF": conf}, timeout=1200,
+    )  # fmt: skip
+    return f"{registry}/platform/modelship@{digest_file.read_text().strip()}"
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +126,7 @@ def _cluster(tmp_path: Path, servers: dict[str, Any]) -> Cluster:
     return Cluster(
         tmp_path / "pods", secret,
         # `make rehearse IMAGE=...`: every pod a container of the pipeline image
-        image=os.environ.get("MODELSHIP_REHEARSAL_IMAGE") or None,
+        image=servers["image"],
         node_env={"CONTAINERS_REGISTRIES_CONF": servers["registries_conf"]},
         kubeconfig=servers["kubeconfig"],
     )  # fmt: skip
@@ -114,7 +137,7 @@ def test_a_first_version_deploys_with_every_step_in_its_own_pod(
 ) -> None:
     cluster = _cluster(tmp_path, servers)
     (tmp_path / "pods").mkdir()
-    task = cluster.run(DEPLOY, {"model_name": MODEL, "version": laptop["v1"], "alias": "",
+    task = cluster.run(servers["deploy"], {"model_name": MODEL, "version": laptop["v1"], "alias": "",
                                 "policy_yaml": policy_yaml(laptop["policy"])})  # fmt: skip
     summary = json.loads(Path(task.output.path).read_text())
     assert summary["outcome"] == "passed", cluster.logs()
@@ -160,7 +183,13 @@ def test_a_first_version_deploys_with_every_step_in_its_own_pod(
     assert isvc["metadata"]["annotations"]["serving.kserve.io/enable-prometheus-scraping"] == "true"
     assert tags["modelship.k8s_objects"] == f"InferenceService/models/{isvc['metadata']['name']}"
     loadtest = next(s for s in summary["stages"] if s["name"] == "loadtest")
-    assert any(f"image {image} ready" in c["reason"] for c in loadtest["checks"]), loadtest
+    if servers["image"] is None:  # a pod with buildah serves the pushed image itself
+        assert any(f"image {image} ready" in c["reason"] for c in loadtest["checks"]), loadtest
+    else:  # a container has none: the image is the pipeline image plus that very Bento
+        assert tags["modelship.image"].startswith(f"{servers['registry']}/models/")
+        package = next(s for s in summary["stages"] if s["name"] == "package")
+        built_with = next(c for c in package["checks"] if c["name"] == "package.image")
+        assert "built with layered" in built_with["reason"], built_with
 
 
 def _manifest_digest(registry: str, name: str, tag: str) -> str:
@@ -184,7 +213,7 @@ def test_a_candidate_is_load_tested_against_the_champions_image_and_its_canary_a
     # (rollout.analysis' consecutive_error_limit), and the champion stays.
     cluster = _cluster(tmp_path, servers)
     (tmp_path / "pods").mkdir()
-    task = cluster.run(DEPLOY, {"model_name": MODEL, "version": laptop["v2"], "alias": "",
+    task = cluster.run(servers["deploy"], {"model_name": MODEL, "version": laptop["v2"], "alias": "",
                                 "policy_yaml": policy_yaml(laptop["policy"])})  # fmt: skip
     summary = json.loads(Path(task.output.path).read_text())
     assert summary["outcome"] == "rejected", cluster.logs()
@@ -200,7 +229,10 @@ def test_a_candidate_is_load_tested_against_the_champions_image_and_its_canary_a
     # package pod pushed
     reasons = " | ".join(c["reason"] for c in verdict["checks"])
     for version in ("v1", "v2"):
-        assert f"image {version_tags(MODEL)[laptop[version]]['modelship.image']} ready" in reasons
+        if servers["image"] is None:  # else the pod has no buildah and serves the Bento
+            assert (
+                f"image {version_tags(MODEL)[laptop[version]]['modelship.image']} ready" in reasons
+            )
     rollout = next(s for s in summary["stages"] if s["name"] == "rollout")
     assert not rollout["passed"] and "aborted" in rollout["reason"], rollout
     (isvc,) = servers["kube"].find("InferenceService")
@@ -224,7 +256,7 @@ def test_a_local_rollout_is_refused_in_the_first_pod_and_nothing_is_written(
     cluster = _cluster(tmp_path, servers)
     (tmp_path / "pods").mkdir()
     with pytest.raises(RuntimeError):
-        cluster.run(DEPLOY, {"model_name": MODEL, "version": laptop["v2"], "alias": "",
+        cluster.run(servers["deploy"], {"model_name": MODEL, "version": laptop["v2"], "alias": "",
                              "policy_yaml": policy_yaml(local)})  # fmt: skip
     assert [p.task for p in cluster.pods] == ["resolve_model"]
     log = (cluster.pods[0].folder / "pod.log").read_text()

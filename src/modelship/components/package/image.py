@@ -23,6 +23,7 @@ import yaml
 
 from modelship.components.containers import BUILDAH
 from modelship.components.package import oci
+from modelship.components.serving.bentostore import bento_digest
 from modelship.core.assets import asset
 from modelship.core.errors import PackagingError
 
@@ -39,6 +40,15 @@ def ca_bundle() -> str | None:
             return path
     default = Path("/etc/ssl/certs/ca-certificates.crt")
     return str(default) if default.is_file() else None
+
+
+#: the label that names, in the image, the digest of the Bento inside it (as the version's
+#: ``modelship.bento_digest`` tag does): `skopeo inspect` shows which Bento a cluster runs
+BENTO_DIGEST_LABEL = "modelship.bento.digest"
+
+
+def _label_args(context: Path) -> list[str]:
+    return ["--label", f"{BENTO_DIGEST_LABEL}={bento_digest(context)}"]
 
 
 def _secret_args() -> list[str]:
@@ -157,7 +167,7 @@ class Buildah:
         base = self.ensure_base(log)
         _run(
             [*BUILDAH, "bud", "--isolation", "chroot", "--build-arg", f"BASE_IMAGE={base}",
-             *_secret_args(), "-f", str(CONTAINERFILE), "-t", tag, str(context)],
+             *_secret_args(), *_label_args(context), "-f", str(CONTAINERFILE), "-t", tag, str(context)],
             log, f"buildah bud of {tag}",
         )  # fmt: skip
         listed = json.loads(_run([*BUILDAH, "images", "--json", tag], log, "buildah images"))
@@ -192,7 +202,7 @@ class DockerBuildx:
 
     def build(self, context: Path, tag: str, log: Path) -> Image:
         _run(
-            ["docker", "buildx", "build", "--load", *_secret_args(), "-f", str(CONTAINERFILE),
+            ["docker", "buildx", "build", "--load", *_secret_args(), *_label_args(context), "-f", str(CONTAINERFILE),
              "-t", tag, str(context)],
             log, f"docker buildx build of {tag}",
         )  # fmt: skip
@@ -307,7 +317,9 @@ class Layered:
         labels = (yaml.safe_load((context / "bento.yaml").read_text()) or {}).get("labels") or {}
         (layout / "layer.json").write_text(json.dumps({
             "digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size,
-            "base": self.base(), "bento": tag, "labels": {str(k): str(v) for k, v in labels.items()},
+            "base": self.base(), "bento": tag,
+            "labels": {**{str(k): str(v) for k, v in labels.items()},
+                       BENTO_DIGEST_LABEL: bento_digest(context)},
         }))  # fmt: skip
         with log.open("a") as out:
             out.write(f"Bento {tag} as layer {layer.digest} ({layer.size} bytes)\n")
