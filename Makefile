@@ -46,7 +46,7 @@ test-fast: $(STAMP)
 # IMAGE=localhost/modelship:0.1.0 (after `make pipeline-image`): each pod a container of it.
 IMAGE ?=
 rehearse: $(STAMP)
-	MODELSHIP_REHEARSAL_IMAGE=$(IMAGE) $(VENV)/bin/pytest -p no:xdist -v tests/test_rehearsal.py
+	MODELSHIP_REHEARSAL_IMAGE=$(IMAGE) $(VENV)/bin/pytest -n 0 -v tests/test_rehearsal.py
 
 # The image every pipeline task runs (Containerfile): docker where an engine answers, else buildah
 # on a base made here with debootstrap. PIPELINE_IMAGE names it; EXTRAS=torch adds PyTorch.

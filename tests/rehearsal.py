@@ -150,8 +150,13 @@ class Cluster:
                                       stderr=subprocess.STDOUT, check=False, timeout=1800).returncode  # fmt: skip
             from modelship.components.containers import BUILDAH, remove_container
 
-            container = subprocess.run([*BUILDAH, "from", "--quiet", self.image], check=True,
-                                       capture_output=True, text=True).stdout.strip()  # fmt: skip
+            # the node pulls the image (by digest, from the registry) with its own
+            # registries.conf, and keeps it for the next pod
+            pulled = subprocess.run([*BUILDAH, "from", "--quiet", self.image], capture_output=True,
+                                    text=True, env={**os.environ, **self.node_env})  # fmt: skip
+            if pulled.returncode != 0:
+                raise AssertionError(f"ErrImagePull: {self.image}: {pulled.stderr.strip()}")
+            container = pulled.stdout.strip()
             try:
                 # kfp.local put this interpreter where the IR says python3: the image's own
                 # python3 runs the step in the container
