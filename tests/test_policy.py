@@ -297,3 +297,11 @@ def test_an_error_in_a_policy_sent_as_text_names_its_line() -> None:
     (place, message), *_ = info.value.errors
     assert place.startswith(f"{TEXT_SOURCE}:2:") and "rollout.target" in place, place
     assert "nowhere" in message
+
+
+def test_a_sent_policy_with_keys_this_modelship_lacks_names_the_version_skew() -> None:
+    # a newer CLI submitted to an older pipeline image: the step says which side to update
+    with pytest.raises(PolicyError) as info:
+        load_policy(MODEL, text="rollout:\n  kubernetes:\n    from_the_future: 1\n")
+    assert "unknown key" in info.value.errors[0][1]
+    assert "make pipeline-image" in (info.value.hint or "")

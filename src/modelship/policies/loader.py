@@ -164,12 +164,29 @@ def load_policy(
         policy = Policy.model_validate(merged)
     except ValidationError as e:
         errors = [(_place(layers, tuple(err["loc"])), _message(err)) for err in e.errors()]
+        hint = "fix the keys above; `modelship policy check FILE` checks a file on its own"
+        if text and any(p.startswith(TEXT_SOURCE) and "unknown key" in m for p, m in errors):
+            # a policy sent with a run by a newer modelship than the one this step runs
+            hint = (
+                f"the policy sent with the run has keys this modelship ({_version()}) does not "
+                "know: build and push the pipeline image from the same modelship that submits "
+                "(make pipeline-image; modelship compile --image REF), or drop those keys"
+            )
         raise PolicyError(
             f"invalid policy ({len(errors)} error{'s' if len(errors) > 1 else ''})",
             errors=errors,
-            hint="fix the keys above; `modelship policy check FILE` checks a file on its own",
+            hint=hint,
         ) from e
     return LoadedPolicy(policy, tuple(layer.path for layer in layers))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("modelship")
+    except PackageNotFoundError:
+        return "unknown version"
 
 
 def policy_yaml(policy: Policy) -> str:
