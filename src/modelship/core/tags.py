@@ -18,6 +18,10 @@ TAG_BENTO = "modelship.bento"
 TAG_BENTO_URI = "modelship.bento_uri"
 TAG_BENTO_DIGEST = "modelship.bento_digest"
 TAG_IMAGE = "modelship.image"
+#: the ONNX model in Triton's layout in object storage (Seldon's ``Model.spec.storageUri``),
+#: and the sha256 of its ``1/model.onnx``, the file that passed the gates
+TAG_TRITON_URI = "modelship.triton_uri"
+TAG_TRITON_DIGEST = "modelship.triton_digest"
 TAG_REPORT = "modelship.rollback_report"
 #: the Kubernetes objects that serve the version (``Kind/namespace/name``, comma-separated)
 TAG_K8S_OBJECTS = "modelship.k8s_objects"

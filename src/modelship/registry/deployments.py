@@ -85,6 +85,13 @@ class DeploymentRun:
     def log_file(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_folder(self, path: Path, artifact_path: str) -> str:
+        """Upload ``path``'s files under ``artifact_path``; where they lie in the artifact store
+        (``s3://...`` where the tracking server does not proxy artifacts)."""
+        self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        root = self.client.get_run(self.run_id).info.artifact_uri
+        return f"{str(root).rstrip('/')}/{artifact_path}"
+
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)

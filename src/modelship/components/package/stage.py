@@ -24,7 +24,11 @@ from modelship.components.package.image import (
     pick_builder,
     pushed_ref,
 )
+from modelship.components.serving import triton
 from modelship.components.serving.bentostore import bento_digest, export_bento
+from modelship.components.targets.cluster import Deployable
+from modelship.components.targets.seldon import OBJECT_STORAGE
+from modelship.components.targets.seldon import model_name as seldon_model_name
 from modelship.core.errors import PackagingError
 from modelship.core.events import EventSink
 from modelship.core.records import OptimizeRecord, PackageRecord
@@ -34,8 +38,11 @@ from modelship.core.tags import (
     TAG_BENTO_DIGEST,
     TAG_BENTO_URI,
     TAG_IMAGE,
+    TAG_TRITON_DIGEST,
+    TAG_TRITON_URI,
 )
 from modelship.core.verdict import Check, ModelState, Verdict
+from modelship.registry.deployments import DeploymentRun
 
 NAME = "package"
 
@@ -82,6 +89,29 @@ def _image_check(
     image = builder.build(built.path, image_ref(built.name, built.version), log)
     return Check(name="package.image", kind="image", passed=True, measured=image.ref,
                  reason=f"{image.ref} built with {image.builder} ({image.size})"), image  # fmt: skip
+
+
+def _triton_check(
+    onnx_file: Path, name: str, model_digest: str, deployment: DeploymentRun, workdir: Path
+) -> tuple[Check, str, str]:
+    """Upload the ONNX model in Triton's layout into the deployment run, for Seldon's Triton
+    server; the check, its storage URI and the digest of its ``1/model.onnx``."""
+    files = triton.write_repository(onnx_file, name, workdir / "triton")
+    onnx_digest = files[f"1/{triton.ONNX_FILE}"]
+    if model_digest and onnx_digest != model_digest:
+        return Check(name="package.triton", kind="bento", passed=False,
+                     reason=f"model.onnx is {onnx_digest}, not the {model_digest} that passed "
+                     "the gates"), "", ""  # fmt: skip
+    uri = deployment.log_folder(workdir / "triton" / name, f"triton/{name}")
+    if not uri.startswith(OBJECT_STORAGE):
+        return Check(
+            name="package.triton", kind="bento", passed=False, measured=uri,
+            reason=f"the Triton model lies at {uri}, which Seldon's servers cannot fetch "
+            "(they read object storage: s3://, gs://, az://); run the MLflow server with "
+            "--default-artifact-root s3://BUCKET/PATH --no-serve-artifacts",
+        ), "", ""  # fmt: skip
+    return Check(name="package.triton", kind="bento", passed=True, measured=uri,
+                 reason=f"ONNX model in Triton's layout at {uri} ({onnx_digest[:19]})"), uri, onnx_digest  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -134,6 +164,15 @@ def run(ctx: StageContext, inputs: PackageInputs) -> Verdict:
         except PackagingError as e:
             checks.append(Check(name="package.bento.export", kind="bento", passed=False,
                                 reason=e.message))  # fmt: skip
+    triton_uri = triton_digest = ""
+    if deployment is not None and policy.rollout.target == "seldon" and config.variant != "native":
+        events.emit(NAME, "step", step="ONNX model in Triton's layout, for Seldon")
+        triton_check, triton_uri, triton_digest = _triton_check(
+            optimized / triton.ONNX_FILE, seldon_model_name(Deployable(ref.name, ref.version)),
+            f"sha256:{files[triton.ONNX_FILE]}" if triton.ONNX_FILE in files else "",
+            deployment, workdir,
+        )  # fmt: skip
+        checks.append(triton_check)
     image: Image | None = None
     try:
         image_check, image = _image_check(
@@ -167,6 +206,9 @@ def run(ctx: StageContext, inputs: PackageInputs) -> Verdict:
             registry.set_tag(ref, TAG_BENTO_URI, bento_uri)
         if image is not None:
             registry.set_tag(ref, TAG_IMAGE, image.ref)
+        if triton_uri:
+            registry.set_tag(ref, TAG_TRITON_URI, triton_uri)
+            registry.set_tag(ref, TAG_TRITON_DIGEST, triton_digest)
     if deployment is not None:
         deployment.log_text(out.model_dump_json(indent=2), "package/package.json")
         deployment.log_text((context / "bentofile.yaml").read_text(), "package/bentofile.yaml")
