@@ -13,7 +13,7 @@ from modelship.components.monitor.rollback import cluster_switch, rollback
 from modelship.components.targets.kubernetes import deployable, serve_alone
 from modelship.core.errors import RollbackFailed
 from modelship.core.settings import Settings
-from modelship.core.tags import TAG_IMAGE, TAG_K8S_OBJECTS
+from modelship.core.tags import TAG_IMAGE, TAG_K8S_OBJECTS, TAG_TRITON_URI
 from modelship.policies.loader import load_policy
 from modelship.registry.client import Registry
 from tests.support import aliases, register_forest, version_tags
@@ -39,6 +39,9 @@ def promoted(settings: Settings, data: Any, request: pytest.FixtureRequest) -> d
         version = register_forest(settings, name, data)
         ref = registry.resolve(name, version=version)
         registry.set_tag(ref, TAG_IMAGE, f"registry.example/models/{name}@sha256:" + digit * 64)
+        # Seldon loads the Triton folder the package stage uploaded (no digest here: nothing to
+        # fetch it from in this test)
+        registry.set_tag(ref, TAG_TRITON_URI, f"s3://models/{name}/v{digit}")
         registry.promote(ref)
         refs.append(ref)
     return {"name": name, "registry": registry, "v1": refs[0], "v2": refs[1]}

@@ -10,6 +10,7 @@ looked.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -52,6 +53,11 @@ CHALLENGER = Deployable(
     storage_uri="s3://models/bc/4",
 )
 NAMESPACE = "models"
+#: as deployable() makes them from a policy: the Secrets the serving pods read storage with
+CHALLENGER_SECRETS = dataclasses.replace(
+    CHALLENGER, storage_secret="modelship-settings", rclone_secret="modelship-rclone",
+    deployment_mode="Serverless",
+)  # fmt: skip
 
 # -- the real CRD schemas ----------------------------------------------------------------------
 
@@ -144,13 +150,15 @@ SCENARIOS = {
     "kserve canary": ("kserve", CHAMPION, Weights(10)),
     "kserve aborted": ("kserve", CHAMPION, Weights(0)),
     "kserve first version": ("kserve", None, Weights(50)),
+    "seldon with its rclone Secret": ("seldon", CHAMPION, Weights(10), CHALLENGER_SECRETS),
+    "kserve with storage keys": ("kserve", CHAMPION, Weights(10), CHALLENGER_SECRETS),
 }
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_generated_manifests_pass_the_real_crd_schemas(scenario: str) -> None:
-    target, champion, weights = SCENARIOS[scenario]
-    manifests = manifests_for(target, champion, CHALLENGER, weights, NAMESPACE)
+    target, champion, weights, *challenger = SCENARIOS[scenario]
+    manifests = manifests_for(target, champion, (challenger or [CHALLENGER])[0], weights, NAMESPACE)
     assert manifests
     for manifest in manifests:
         where = f"{manifest['kind']} {manifest['metadata']['name']}"
@@ -321,6 +329,58 @@ def test_kserve_runs_the_bento_image_with_the_canary_percent() -> None:
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 3000}
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": 3000}
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+
+
+def test_kserve_predictor_gets_only_the_storage_keys_of_the_secret_in_the_mode_asked() -> None:
+    (isvc,) = kserve_manifests(CHAMPION, CHALLENGER_SECRETS, Weights(10), NAMESPACE)
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert set(refs) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                         "AWS_ENDPOINT_URL"}  # never MLFLOW_TRACKING_TOKEN  # fmt: skip
+    assert refs["AWS_ENDPOINT_URL"] == {"name": "modelship-settings",
+                                        "key": "MLFLOW_S3_ENDPOINT_URL", "optional": True}  # fmt: skip
+    standard = dataclasses.replace(CHALLENGER, deployment_mode="Standard")
+    with pytest.raises(ManifestError, match="ignore the canary split") as refused:
+        kserve_manifests(CHAMPION, standard, Weights(10), NAMESPACE)
+    assert "deployment_mode: Knative" in (refused.value.hint or "")
+
+
+def test_seldon_models_name_their_rclone_secret() -> None:
+    manifests = seldon_manifests(CHAMPION, CHALLENGER_SECRETS, Weights(10), NAMESPACE)
+    models = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "Model"}
+    assert models["breast-cancer-v4"]["spec"]["secretName"] == "modelship-rclone"
+    assert "secretName" not in models["breast-cancer-v3"]["spec"]  # none given for it
+    assert models["breast-cancer-v4"]["spec"]["requirements"] == ["onnx"]  # Triton
+
+
+def test_seldon_checks_what_it_will_load_before_applying_anything() -> None:
+    onnx_digest = "sha256:" + "ab" * 32
+    served = dataclasses.replace(CHALLENGER, storage_digest=onnx_digest)
+    fetched: list[str] = []
+
+    def fetch(uri: str) -> str:
+        fetched.append(uri)
+        return onnx_digest if uri.startswith(str(served.storage_uri)) else "sha256:00"
+
+    api = FakeCustomObjects()
+    router = SeldonRouter(api, NAMESPACE, None, served, fetch=fetch)
+    router.apply(router.manifests(Weights(100)))
+    assert fetched == ["s3://models/bc/4/1/model.onnx"]  # Triton's layout
+    assert api.one("Experiment")
+
+    changed = dataclasses.replace(served, storage_uri="s3://models/bc/elsewhere")
+    api = FakeCustomObjects()
+    router = SeldonRouter(api, NAMESPACE, None, changed, fetch=fetch)
+    with pytest.raises(ManifestError, match="not the sha256:abab"):
+        router.apply(router.manifests(Weights(100)))
+    assert api.objects == {}  # nothing applied
+    local = dataclasses.replace(CHALLENGER, storage_uri="file:///home/me/mlruns/1/model")
+    router = SeldonRouter(api, NAMESPACE, None, local, fetch=fetch)
+    with pytest.raises(ManifestError, match="cannot fetch") as refused:
+        router.apply(router.manifests(Weights(100)))
+    assert "--no-serve-artifacts" in (refused.value.hint or "")
+    assert api.objects == {}
 
 
 def test_kserve_first_version_has_no_canary_percent() -> None:

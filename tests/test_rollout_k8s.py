@@ -52,6 +52,8 @@ class FakePrometheus:
 
     def answer(self, query: str) -> list[dict[str, Any]]:
         rows = []
+        if "seldon_model_infer" in query:  # Seldon's agent series, by Model name
+            return self.seldon(query)
         if query.startswith("sum by (version, outcome)"):
             for v in self.versions:
                 self.served[v] += 200
@@ -66,6 +68,24 @@ class FakePrometheus:
                 for le, share in (("0.005", 0.9), ("0.01", 1.0), ("+Inf", 1.0)):
                     rows.append({"metric": {"version": v, "le": le},
                                  "value": [0, str(int(n * share))]})  # fmt: skip
+        return rows
+
+    def seldon(self, query: str) -> list[dict[str, Any]]:
+        """``seldon_model_infer_total`` by model and code (REST: the HTTP status), and
+        ``seldon_model_infer_seconds_total`` by model: 4 ms a request."""
+        rows = []
+        if query.startswith("sum by (model, code)"):
+            for v in self.versions:
+                self.served[v] += 200
+            for i, v in enumerate(self.versions):
+                bad = int(self.served[v] * self.challenger_errors) if i == 1 else 0
+                for code, n in (("200", self.served[v] - bad), ("500", bad)):
+                    rows.append({"metric": {"model": f"m-v{v}", "code": code},
+                                 "value": [0, str(n)]})  # fmt: skip
+        else:
+            for v in self.versions:
+                rows.append({"metric": {"model": f"m-v{v}"},
+                             "value": [0, str(self.served[v] * 0.004)]})  # fmt: skip
         return rows
 
 
@@ -122,9 +142,33 @@ def test_errors_seen_in_prometheus_abort_on_seldon(tmp_path: Path) -> None:
     finally:
         failing.server.shutdown()
     assert status.phase is Phase.ABORTED and "error rate 20.00%" in status.reason
+    # read from Seldon's own series by Model name, not the Bento's (Triton serves there)
+    assert failing.queries and all("seldon_model_infer" in q for q in failing.queries)
+    assert all('model=~"m-v1|m-v2"' in q and 'namespace="models"' in q for q in failing.queries)
     experiment = api.one("Experiment")
     assert experiment["spec"]["candidates"] == [{"name": "m-v1", "weight": 100}]
     assert (tmp_path / "registry.log").read_text().startswith("started 2\nrolled_back 2")
+
+
+def test_seldon_latency_is_each_models_mean_and_codes_become_outcomes() -> None:
+    from modelship.components.targets.prometheus import SeldonMetrics, seldon_outcome
+    from modelship.core.histogram import LatencyHistogram
+    from modelship.gateway.stats import Outcome
+
+    fake = FakePrometheus(["1", "2"], challenger_errors=0.1)
+    try:
+        metrics = SeldonMetrics(fake.url, {"champion": "m-v1", "challenger": "m-v2"},
+                                {"champion": "1", "challenger": "2"})  # fmt: skip
+        snap = metrics.snapshot()
+    finally:
+        fake.server.shutdown()
+    challenger = snap["challenger/live"]
+    assert challenger["outcomes"] == {Outcome.OK: 180, Outcome.ERROR: 20}
+    assert challenger["latency"] == {str(LatencyHistogram().index(0.004)): 200}
+    assert seldon_outcome("OK") is Outcome.OK  # gRPC
+    assert seldon_outcome("INVALID_ARGUMENT") is Outcome.CLIENT_ERROR
+    assert seldon_outcome("404") is Outcome.CLIENT_ERROR
+    assert seldon_outcome("UNAVAILABLE") is Outcome.ERROR
 
 
 def test_prometheus_unreachable_is_an_error_not_a_failure(tmp_path: Path) -> None:

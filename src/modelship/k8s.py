@@ -41,8 +41,8 @@ def print_manifests(
         + "---\n"
         + dry_run(
             target,
-            deployable(registry, champion) if champion else None,
-            deployable(registry, ref),
+            deployable(registry, champion, policy.rollout.kubernetes) if champion else None,
+            deployable(registry, ref, policy.rollout.kubernetes),
             weights,
             namespace,
         )

@@ -333,6 +333,20 @@ class KubernetesTarget(Strict):
     prometheus_url: str = "http://prometheus-server.monitoring.svc:9090"
     #: extra PromQL label matchers for the services, e.g. namespace="models"
     selector: str = ""
+    #: KServe's serving.kserve.io/deploymentMode. The canary split (canaryTrafficPercent) needs
+    #: revisions, which only the Knative mode keeps: "Knative" on KServe 0.16 and later (the
+    #: CRD schemas this project validates against), "Serverless" (its older name) on 0.13-0.15.
+    #: "Standard"/"RawDeployment" ignore the split, so they are not offered.
+    deployment_mode: Literal["Knative", "Serverless"] = "Knative"
+    #: KServe: the Secret whose object-store keys the predictor gets, optional each
+    #: (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, and MLFLOW_S3_ENDPOINT_URL
+    #: as AWS_ENDPOINT_URL), so the Bento writes its inference log to package.inference_log.uri;
+    #: by default the pipeline's own settings Secret
+    storage_secret: str = "modelship-settings"
+    #: Seldon Core v2: the Secret named in each Model (spec.secretName) holding the rclone
+    #: config that reads its storageUri (its remote's name is the URI's scheme: s3); empty
+    #: leaves it to the rclone secrets preloaded on Seldon's servers
+    rclone_secret: str = "modelship-rclone"
 
 
 class Rollout(Strict):
@@ -473,3 +487,28 @@ class Policy(Strict):
     @property
     def validate_stage(self) -> Validate:
         return self.validate_
+
+
+#: storage every pod of a cluster reaches (pyarrow and MLflow read these schemes)
+OBJECT_STORAGE = ("s3://", "gs://", "abfs://", "az://")
+
+
+def cluster_log_problem(policy: Policy) -> str | None:
+    """Why the drift monitor would see nothing of what a KServe predictor serves, or None.
+
+    On KServe the Bento image serves and writes its inference log; anywhere but object storage
+    that log stays in the predictor's pod, which the monitor's pod never reads.
+    """
+    log = policy.package.inference_log
+    if policy.rollout.target != "kserve" or not log.enabled or not policy.monitor.enabled:
+        return None
+    if log.uri and log.uri.startswith(OBJECT_STORAGE):
+        return None
+    where = log.uri or "unset (the serving pod's own disk)"
+    return (
+        f"package.inference_log.uri is {where}: on "
+        "KServe the Bento writes its log inside the predictor's pod, and the drift monitor, in "
+        "another pod, would never see a request. Set package.inference_log.uri: "
+        "s3://BUCKET/inference (the predictor gets the object store's keys from "
+        "rollout.kubernetes.storage_secret), or monitor.enabled: false"
+    )

@@ -36,7 +36,7 @@ def cluster_switch(
         return None
 
     def switch(previous: ModelRef) -> list[str]:
-        return serve_alone(policy, deployable(registry, previous), api())
+        return serve_alone(policy, deployable(registry, previous, policy.rollout.kubernetes), api())
 
     return switch
 

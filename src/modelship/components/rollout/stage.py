@@ -81,7 +81,9 @@ def _promote_at_once(ref: ModelRef, registry: Registry, policy: Policy, why: str
     applied first with all the traffic (recorded on the version), so the cluster serves it."""
     where = ""
     if policy.rollout.target != "local":
-        objects = serve_alone(policy, deployable(registry, ref), load_api())
+        objects = serve_alone(
+            policy, deployable(registry, ref, policy.rollout.kubernetes), load_api()
+        )
         registry.set_tag(ref, TAG_K8S_OBJECTS, ", ".join(objects))
         where = f" on {policy.rollout.target} ({', '.join(objects)})"
     registry.promote(ref)

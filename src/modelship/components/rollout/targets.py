@@ -28,12 +28,14 @@ from modelship.components.serving.local import gateway_launch, log_root
 from modelship.components.serving.packaged import bodies, champion_package
 from modelship.components.serving.server import free_port, package_launch, served
 from modelship.components.targets.cluster import CustomObjects, Deployable, load_api
-from modelship.components.targets.kubernetes import deployable, router_for
+from modelship.components.targets.kubernetes import deployable, manifests_for, router_for
 from modelship.components.targets.local import GatewayRouter
-from modelship.components.targets.prometheus import PrometheusMetrics
+from modelship.components.targets.prometheus import PrometheusMetrics, SeldonMetrics
+from modelship.components.targets.seldon import model_name as seldon_model_name
 from modelship.core.errors import InputError, StageError
 from modelship.core.events import EventSink
 from modelship.core.records import PackageRecord
+from modelship.core.tags import TAG_K8S_OBJECTS
 from modelship.core.traffic import TrafficRouter, Weights
 from modelship.policies.schema import Policy
 from modelship.registry.client import ModelRef, Registry
@@ -158,9 +160,14 @@ def cluster_ports(
     k8s = rollout.kubernetes
     router = router_for(rollout.target, api, k8s.namespace, champion, challenger)
     router.apply(router.manifests(Weights(0)))
-    metrics = PrometheusMetrics(k8s.prometheus_url, {"champion": champion.version,
-                                                     "challenger": challenger.version},
-                                k8s.selector)  # fmt: skip
+    versions = {"champion": champion.version, "challenger": challenger.version}
+    metrics: PrometheusMetrics
+    if rollout.target == "seldon":  # Triton and MLServer serve there: Seldon's own series
+        models = {"champion": seldon_model_name(champion),
+                  "challenger": seldon_model_name(challenger)}  # fmt: skip
+        metrics = SeldonMetrics(k8s.prometheus_url, models, versions, k8s.selector)
+    else:  # KServe runs the Bento image, which counts its requests itself
+        metrics = PrometheusMetrics(k8s.prometheus_url, versions, k8s.selector)
     uri = policy.package.inference_log.uri
     # pods write their logs where the cluster can reach; a local folder is not that
     shared = bool(uri) and "://" in str(uri) and not str(uri).startswith("file://")
@@ -170,11 +177,18 @@ def cluster_ports(
 
 @contextlib.contextmanager
 def cluster_target(plan: RolloutPlan) -> Iterator[TargetPorts]:
-    registry = plan.registry
-    yield cluster_ports(
-        plan.policy, deployable(registry, plan.champion), deployable(registry, plan.ref),
-        load_api(),
-    )  # fmt: skip
+    registry, k8s = plan.registry, plan.policy.rollout.kubernetes
+    champion, challenger = (
+        deployable(registry, plan.champion, k8s),
+        deployable(registry, plan.ref, k8s),
+    )
+    ports = cluster_ports(plan.policy, champion, challenger, load_api())
+    # a person finds the candidate's objects on its version, as the first version's are
+    applied = manifests_for(plan.policy.rollout.target, champion, challenger, Weights(0),
+                            k8s.namespace)  # fmt: skip
+    registry.set_tag(plan.ref, TAG_K8S_OBJECTS, ", ".join(
+        f"{m['kind']}/{k8s.namespace}/{m['metadata']['name']}" for m in applied))  # fmt: skip
+    yield ports
 
 
 #: every target a rollout can move traffic on, by the name ``rollout.target`` gives

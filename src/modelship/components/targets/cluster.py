@@ -55,7 +55,9 @@ class Deployable:
 
     ``image`` is the packaged OCI image (KServe runs it); ``storage_uri`` is where the model
     artifact lies in object storage, e.g. ``s3://models/breast-cancer/4`` (Seldon's servers load
-    it); ``artifact_format`` says what that artifact is, so Seldon can pick a server for it.
+    it); ``artifact_format`` says what that artifact is, so Seldon can pick a server for it;
+    ``storage_digest`` is the sha256 of the ONNX file there that passed the gates, checked
+    again before a cluster is told to load it.
     """
 
     model: str
@@ -63,6 +65,13 @@ class Deployable:
     image: str | None = None
     storage_uri: str | None = None
     artifact_format: str = "onnx"
+    storage_digest: str | None = None
+    #: KServe: the Secret with the object store's keys for the Bento's inference log
+    storage_secret: str | None = None
+    #: Seldon: the Secret with the rclone config that reads ``storage_uri``
+    rclone_secret: str | None = None
+    #: KServe: the InferenceService's deploymentMode (``rollout.kubernetes.deployment_mode``)
+    deployment_mode: str = "Knative"
 
     def __post_init__(self) -> None:
         if self.artifact_format not in ARTIFACT_FORMATS:

@@ -40,10 +40,20 @@ PORT = 3000
 READY_PATH = "/readyz"
 LIVE_PATH = "/livez"
 
-#: Knative mode keeps revisions, which the canary split needs. KServe 0.16 made "Standard"
-#: (plain Deployments, no revisions, canaryTrafficPercent ignored) the default and renamed
-#: "Serverless" to "Knative"; a KServe older than 0.16 wants "Serverless" here.
-DEPLOYMENT_MODE = "Knative"
+#: Knative mode keeps revisions, which the canary split needs (KServe's canary page: "only
+#: supported in serverless deployment mode"; canaryTrafficPercent is read only by its Knative
+#: reconciler). KServe 0.16 renamed "Serverless" to "Knative" (the old name stays an alias);
+#: the policy's rollout.kubernetes.deployment_mode picks the name the cluster's KServe knows.
+DEPLOYMENT_MODES = ("Knative", "Serverless")
+
+#: the predictor's object-store keys, from the Secret the policy names: environment variable
+#: -> the Secret's key. pyarrow (the Bento's inference log) reads AWS_ENDPOINT_URL.
+STORAGE_ENV = {
+    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION": "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",
+}
 
 #: KServe's scraping of a custom predictor's metrics (its "Prometheus Metrics" page, 0.14 and
 #: later): ``serving.kserve.io/enable-prometheus-scraping`` on the InferenceService, with the
@@ -117,6 +127,13 @@ def predictor(challenger: Deployable, percent: int | None) -> Manifest:
         # lenient: a slow model load must not look like a dead process
         "livenessProbe": _probe(LIVE_PATH, period_s=10, failures=6),
     }
+    if challenger.storage_secret:
+        # only the storage keys, each optional: never the MLflow token the Secret also holds
+        container["env"] = [
+            {"name": var, "valueFrom": {"secretKeyRef": {
+                "name": challenger.storage_secret, "key": key, "optional": True}}}
+            for var, key in STORAGE_ENV.items()
+        ]  # fmt: skip
     spec: Manifest = {
         # no scale to zero: a cold start during the canary would count against the challenger
         "minReplicas": 1,
@@ -132,7 +149,14 @@ def kserve_manifests(
 ) -> list[Manifest]:
     check_pair(champion, challenger)
     meta = metadata(isvc_name(challenger.model), namespace, challenger.model, challenger.version)
-    meta["annotations"]["serving.kserve.io/deploymentMode"] = DEPLOYMENT_MODE
+    if challenger.deployment_mode not in DEPLOYMENT_MODES:
+        raise ManifestError(
+            f"deploymentMode {challenger.deployment_mode!r} keeps no revisions, so KServe "
+            "would ignore the canary split",
+            hint="set rollout.kubernetes.deployment_mode: Knative (KServe 0.16 and later) or "
+            "Serverless (KServe 0.13-0.15)",
+        )
+    meta["annotations"]["serving.kserve.io/deploymentMode"] = challenger.deployment_mode
     meta["annotations"].update(SCRAPE_ANNOTATIONS)
     if champion is not None:
         meta["annotations"][_CHAMPION_ANNOTATION] = champion.version

@@ -25,9 +25,9 @@ from modelship.components.targets.cluster import (
 )
 from modelship.components.targets.kserve import KServeRouter, MirrorUnsupported, kserve_manifests
 from modelship.components.targets.seldon import SeldonRouter, seldon_manifests
-from modelship.core.tags import TAG_IMAGE
+from modelship.core.tags import TAG_IMAGE, TAG_TRITON_DIGEST, TAG_TRITON_URI
 from modelship.core.traffic import TrafficRouter, Weights
-from modelship.policies.schema import Policy
+from modelship.policies.schema import KubernetesTarget, Policy
 from modelship.registry.client import ModelRef, Registry
 
 __all__ = [
@@ -118,11 +118,30 @@ def dry_run(
     return yaml.safe_dump_all(manifests, sort_keys=False, default_flow_style=False)
 
 
-def deployable(registry: Registry, ref: ModelRef) -> Deployable:
-    """A version as a cluster serves it: its image (KServe), its artifact's URI (Seldon)."""
+def deployable(
+    registry: Registry, ref: ModelRef, k8s: KubernetesTarget | None = None
+) -> Deployable:
+    """A version as a cluster serves it: its image (KServe); for Seldon, the optimized ONNX in
+    Triton's layout where the package stage uploaded one, else the MLflow model itself for
+    MLServer, from where its files really lie (``models:/m-...``, the version's ``source`` in
+    MLflow 3, is no URI a Seldon server can fetch). ``k8s`` (the policy's
+    ``rollout.kubernetes``) names the Secrets the serving pods read storage with."""
+    k8s = k8s or KubernetesTarget()
     tags = registry.client.get_model_version(ref.name, ref.version).tags
-    return Deployable(ref.name, ref.version, image=tags.get(TAG_IMAGE) or None,
-                      storage_uri=ref.source, artifact_format="mlflow")  # fmt: skip
+    image = tags.get(TAG_IMAGE) or None
+    if tags.get(TAG_TRITON_URI):
+        uri, fmt, digest = tags[TAG_TRITON_URI], "onnx", tags.get(TAG_TRITON_DIGEST)
+    else:
+        try:
+            uri = registry.client.get_model_version_download_uri(ref.name, ref.version)
+        except Exception:  # MLflow errors alike: the manifest then says it has no storage URI
+            uri = ""
+        fmt, digest = "mlflow", None
+    return Deployable(
+        ref.name, ref.version, image=image, storage_uri=uri or None, artifact_format=fmt,
+        storage_digest=digest, storage_secret=k8s.storage_secret or None,
+        rclone_secret=k8s.rclone_secret or None, deployment_mode=k8s.deployment_mode,
+    )  # fmt: skip
 
 
 def serve_alone(policy: Policy, challenger: Deployable, api: CustomObjects) -> list[str]:

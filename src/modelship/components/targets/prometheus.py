@@ -107,3 +107,70 @@ def _sparse(cumulative: list[tuple[float, int]]) -> dict[str, int]:
         key = str(hist.index(seconds))
         out[key] = out.get(key, 0) + n
     return out
+
+
+#: Seldon's answer codes that are the client's fault: HTTP 4xx over REST, these over gRPC
+_GRPC_CLIENT = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE",
+                "PERMISSION_DENIED", "UNAUTHENTICATED", "ALREADY_EXISTS", "CANCELLED"}  # fmt: skip
+
+
+def seldon_outcome(code: str) -> Outcome:
+    if code in ("200", "OK"):
+        return Outcome.OK
+    if code.startswith("4") or code in _GRPC_CLIENT:
+        return Outcome.CLIENT_ERROR
+    return Outcome.ERROR
+
+
+class SeldonMetrics(PrometheusMetrics):
+    """``MetricSource`` from Seldon Core v2's own per-model series.
+
+    Seldon's agent, beside each server, counts every inference per model: the counter
+    ``seldon_model_infer_total`` and the summed time ``seldon_model_infer_seconds_total``, both
+    labelled ``model`` (the Model's name), ``code`` (the HTTP status over REST, the gRPC status
+    name over gRPC), ``method_type``, ``server``, ``server_replica`` (Seldon Core 2.8 and 2.9:
+    scheduler/pkg/metrics/agent.go; "Operational monitoring" in Seldon's documentation,
+    https://docs.seldon.ai/seldon-core-2/user-guide/operational-monitoring/operational). Its
+    per-model histogram-free series give a mean, not percentiles: every request of a version
+    is placed at that version's mean latency, so the analysis compares means on Seldon.
+    """
+
+    def __init__(
+        self, url: str, models: dict[str, str], versions: dict[str, str], selector: str = "",
+        timeout_s: float = 5.0,
+    ) -> None:  # fmt: skip
+        super().__init__(url, versions, selector, timeout_s)
+        #: variant (champion, challenger) -> the Seldon Model's name
+        self.models = models
+
+    def _labels(self) -> str:
+        names = "|".join(sorted(set(self.models.values())))
+        extra = f",{self.selector}" if self.selector else ""
+        return f'model=~"{names}"{extra}'
+
+    def snapshot(self) -> dict[str, Any]:
+        labels = self._labels()
+        by_model: dict[str, dict[str, Any]] = {
+            m: {"outcomes": {}, "latency": {}} for m in self.models.values()
+        }
+        totals: dict[str, int] = {}
+        for row in self._query(f"sum by (model, code) (seldon_model_infer_total{{{labels}}})"):
+            model, outcome = (
+                row["metric"].get("model", ""),
+                seldon_outcome(row["metric"].get("code", "")),
+            )
+            if model not in by_model:
+                continue
+            n = int(float(row["value"][1]))
+            counts = by_model[model]["outcomes"]
+            counts[outcome] = counts.get(outcome, 0) + n
+            totals[model] = totals.get(model, 0) + n
+        query = f"sum by (model) (seldon_model_infer_seconds_total{{{labels}}})"
+        hist = LatencyHistogram()
+        for row in self._query(query):
+            model = row["metric"].get("model", "")
+            if model in by_model and totals.get(model):
+                mean = float(row["value"][1]) / totals[model]
+                by_model[model]["latency"] = {str(hist.index(mean)): totals[model]}
+        return {f"{variant}/live": by_model[model]
+                for variant, model in self.models.items()} | {"instance": "prometheus"}  # fmt: skip

@@ -12,7 +12,10 @@ champion's ``Model`` stays loaded as the rollback target until someone deletes i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from modelship.components.targets.cluster import (
     ClusterRouter,
@@ -34,14 +37,58 @@ MODEL = CustomResource("mlops.seldon.io", "v1alpha1", "Model", "models")
 EXPERIMENT = CustomResource("mlops.seldon.io", "v1alpha1", "Experiment", "experiments")
 
 #: the server capability each artifact format needs. ONNX is the optimize stage's output and
-#: Seldon's Triton server advertises ``onnx``: it serves ``<storageUri>/1/model.onnx`` and
-#: derives the model config from the graph. The other two go to MLServer: ``sklearn`` loads a
+#: Seldon's Triton server advertises ``onnx``: it serves ``<storageUri>/1/model.onnx`` with the
+#: ``config.pbtxt`` beside it (serving/triton.py writes both; Seldon's agent replaces the
+#: config's name with its own). The other two go to MLServer: ``sklearn`` loads a
 #: ``model.joblib``, ``mlflow`` loads the registry's MLflow model folder as it is.
 REQUIREMENTS: dict[str, list[str]] = {
     "onnx": ["onnx"],
     "sklearn": ["sklearn"],
     "mlflow": ["mlflow"],
 }
+
+
+#: where Seldon's servers fetch models from (rclone remotes): object storage, never MLflow's
+#: own schemes (``models:/``, ``runs:/``, ``mlflow-artifacts:/``) or a file on one machine
+OBJECT_STORAGE = ("s3://", "gs://", "az://", "azureblob://", "minio://")
+#: the ONNX file inside a Triton model folder (serving/triton.py writes it there)
+TRITON_ONNX = "1/model.onnx"
+
+
+def fetch_digest(uri: str) -> str:
+    """``sha256:...`` of the object at ``uri``, downloaded with MLflow's artifact clients (S3
+    with the settings' endpoint and keys, GCS, Azure)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="modelship-seldon-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        except Exception as e:  # MLflow, S3 and network errors alike
+            raise KubernetesError(
+                f"could not read {uri} to check it before Seldon loads it: {e}",
+                hint="check MLFLOW_S3_ENDPOINT_URL and the object store's credentials",
+            ) from e
+        return "sha256:" + hashlib.sha256(Path(local).read_bytes()).hexdigest()
+
+
+def check_storage(version: Deployable, fetch: Callable[[str], str] = fetch_digest) -> None:
+    """Refuse a version Seldon could not load, or whose ONNX file is not the one that passed."""
+    uri = version.storage_uri or ""
+    if not uri.startswith(OBJECT_STORAGE):
+        raise ManifestError(
+            f"{version.model} version {version.version} lies at {uri or 'no URI'}, which "
+            "Seldon's servers cannot fetch (they read object storage: s3://, gs://, az://)",
+            hint="run the MLflow server with --default-artifact-root s3://BUCKET/PATH "
+            "--no-serve-artifacts and deploy the version again",
+        )
+    if version.storage_digest:
+        found = fetch(f"{uri.rstrip('/')}/{TRITON_ONNX}")
+        if found != version.storage_digest:
+            raise ManifestError(
+                f"{version.model} version {version.version}: {uri}/{TRITON_ONNX} is {found}, "
+                f"not the {version.storage_digest} that passed the gates; nothing applied",
+                hint="deploy the version again so the package stage uploads it anew",
+            )
 
 
 def model_name(version: Deployable) -> str:
@@ -65,6 +112,9 @@ def model_manifest(version: Deployable, namespace: str) -> Manifest:
         "spec": {
             "storageUri": version.storage_uri,
             "requirements": list(REQUIREMENTS[version.artifact_format]),
+            # the rclone config that reads storageUri (Seldon's "storage secrets" page: the
+            # URI's scheme names the config's remote)
+            **({"secretName": version.rclone_secret} if version.rclone_secret else {}),
         },
     }
 
@@ -144,14 +194,20 @@ class SeldonRouter(ClusterRouter):
         namespace: str,
         champion: Deployable | None,
         challenger: Deployable,
+        fetch: Callable[[str], str] = fetch_digest,
     ) -> None:
         super().__init__(api, namespace, champion, challenger)
         self.experiment = experiment_name(challenger.model)
+        self.fetch = fetch
 
     def manifests(self, weights: Weights) -> list[Manifest]:
         return seldon_manifests(self.champion, self.challenger, weights, self.cluster.namespace)
 
     def apply(self, manifests: Sequence[Manifest]) -> None:
+        # what Seldon will load is checked first: fetchable, and byte for byte what passed
+        for version in (self.champion, self.challenger):
+            if version is not None:
+                check_storage(version, self.fetch)
         self.cluster.apply(manifests, (MODEL, EXPERIMENT), _patch_for)
 
     def get_weights(self) -> Weights:
