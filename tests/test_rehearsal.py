@@ -50,7 +50,10 @@ DEPLOY = PIPELINE_DIR / "deploy.yaml"
 #: the demo policy, rolled out on KServe: the image pushed to the registry (REGISTRY is filled
 #: in), Prometheus where nothing answers (no pod serves here, so an analysis cannot run)
 ON_CLUSTER = """\
-package: {image: always, registry: REGISTRY/models}
+package:
+  image: always
+  registry: REGISTRY/models
+  inference_log: {uri: "s3://modelship/inference"}
 rollout:
   target: kserve
   mirror_share: 0
@@ -241,11 +244,63 @@ def test_a_candidate_is_load_tested_against_the_champions_image_and_its_canary_a
         predictor["containers"][0]["image"] == version_tags(MODEL)[laptop["v2"]]["modelship.image"]
     )
     assert predictor["canaryTrafficPercent"] == 0  # aborted: the champion's revision serves all
+    # the candidate's objects are on its version, for a person to find
+    assert version_tags(MODEL)[laptop["v2"]]["modelship.k8s_objects"] == (
+        f"InferenceService/models/{isvc['metadata']['name']}"
+    )
     from mlflow import MlflowClient
 
     assert MlflowClient(servers["mlflow"]).get_registered_model(MODEL).aliases == {
         "champion": laptop["v1"]
     }
+
+
+def test_on_seldon_the_onnx_lands_in_s3_in_tritons_layout_and_the_model_loads_it(
+    servers: dict[str, Any], laptop: dict[str, Any], tmp_path: Path, data: Any
+) -> None:
+    # Seldon serves the optimized ONNX with Triton, not the Bento: the package pod uploads it
+    # in Triton's layout through MLflow (to S3, which Seldon's rclone reads), the rollout pod
+    # checks the S3 object's digest and applies the Model and Experiment
+    import hashlib
+
+    import boto3
+
+    model = "seldon-model"
+    version = register_forest(laptop["settings"], model, data)
+    text = (ON_CLUSTER.replace("REGISTRY", servers["registry"])
+            .replace("image: always", "image: never").replace("target: kserve", "target: seldon"))  # fmt: skip
+    policy = load_policy(model, text=text).policy
+    cluster = _cluster(tmp_path, servers)
+    (tmp_path / "pods").mkdir()
+    task = cluster.run(servers["deploy"], {"model_name": model, "version": version, "alias": "",
+                                           "policy_yaml": policy_yaml(policy)})  # fmt: skip
+    summary = json.loads(Path(task.output.path).read_text())
+    assert summary["outcome"] == "passed", cluster.logs()
+    tags = version_tags(model)[version]
+    uri = tags["modelship.triton_uri"]
+    assert uri.startswith(f"s3://{BUCKET_PREFIX}") and uri.endswith(f"/triton/{model}-v{version}")
+    prefix = uri.removeprefix("s3://modelship/")
+    assert sorted(k.removeprefix(prefix + "/") for k in s3_keys(servers["s3"], prefix)) == [
+        "1/model.onnx",
+        "config.pbtxt",
+    ]
+    s3 = boto3.client("s3", endpoint_url=servers["s3"], **_boto())
+    onnx_bytes = s3.get_object(Bucket="modelship", Key=f"{prefix}/1/model.onnx")["Body"].read()
+    assert tags["modelship.triton_digest"] == "sha256:" + hashlib.sha256(onnx_bytes).hexdigest()
+    config = s3.get_object(Bucket="modelship", Key=f"{prefix}/config.pbtxt")["Body"].read()
+    assert b'backend: "onnxruntime"' in config and b"TYPE_INT64" in config  # the label
+    (seldon_model,) = servers["kube"].find("Model")
+    assert seldon_model["spec"]["storageUri"] == uri
+    assert seldon_model["spec"]["requirements"] == ["onnx"]
+    assert seldon_model["spec"]["secretName"] == "modelship-rclone"
+    (experiment,) = servers["kube"].find("Experiment")
+    assert experiment["spec"]["default"] == seldon_model["metadata"]["name"]
+
+
+def _boto() -> dict[str, str]:
+    return {"aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            "region_name": CREDENTIALS["AWS_DEFAULT_REGION"]}  # fmt: skip
 
 
 def test_a_local_rollout_is_refused_in_the_first_pod_and_nothing_is_written(

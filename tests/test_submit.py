@@ -21,6 +21,8 @@ from tests.support import cli, http_stub
 
 #: a policy a cluster can run: the default (local) target is refused by submit
 KSERVE = """\
+package:
+  inference_log: {uri: "s3://models/inference"}
 rollout:
   target: kserve
   mirror_share: 0
@@ -121,6 +123,18 @@ def test_submit_refuses_a_local_target_before_anything_runs(kfp_api: str, tmp_pa
     assert proc.returncode == 2, proc.stderr
     assert "rollout.target: local" in proc.stderr
     assert "set rollout.target: kserve or seldon" in proc.stderr
+    assert _KfpApi.runs == []
+
+
+def test_submit_refuses_a_kserve_log_the_monitor_could_not_read(
+    kfp_api: str, tmp_path: Path
+) -> None:
+    policy = tmp_path / "pod-disk.yaml"
+    policy.write_text(KSERVE.replace('{uri: "s3://models/inference"}', "{flush_rows: 100}"))
+    proc = cli(tmp_path, "submit", "breast-cancer", "--host", kfp_api, "--policy", str(policy))
+    assert proc.returncode == 2, proc.stderr
+    assert "package.inference_log.uri is unset" in proc.stderr
+    assert "s3://BUCKET/inference" in proc.stderr
     assert _KfpApi.runs == []
 
 

@@ -100,7 +100,7 @@ class InferenceLog:
         clash = set(columns) & set(META_COLUMNS)
         if clash:
             raise ValueError(f"feature names {sorted(clash)} clash with the log's own columns")
-        self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        self.fs, self.root = filesystem(uri)
         self.fs.create_dir(self.root, recursive=True)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.columns = list(columns)
@@ -197,11 +197,24 @@ class InferenceLog:
 _CLOCK_SLACK_US = 60_000_000
 
 
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem for ``uri`` and the path in it. An ``s3://`` URI goes to the
+    endpoint in ``AWS_ENDPOINT_URL`` (pyarrow reads it) or, where only MLflow's
+    ``MLFLOW_S3_ENDPOINT_URL`` is set (a pipeline pod's settings), to that one."""
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    if uri.startswith("s3://") and endpoint and not os.environ.get("AWS_ENDPOINT_URL"):
+        scheme, _, host = endpoint.partition("://")
+        fs = pafs.S3FileSystem(endpoint_override=host.rstrip("/"), scheme=scheme or "https")
+        return fs, uri.removeprefix("s3://").rstrip("/")
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, str(path)
+
+
 def parts(uri: str, after_us: int = 0) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
     """The Parquet parts under ``uri`` (a version's folder), oldest first. With ``after_us``
     (UTC µs), parts last written before it are left out: a part is written after every row in
     it, so a reader that only wants newer rows need not open the whole history each time."""
-    fs, root = pafs.FileSystem.from_uri(uri)
+    fs, root = filesystem(uri)
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     found = [i for i in infos if i.base_name.startswith("part-")]
     if after_us:

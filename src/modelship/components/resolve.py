@@ -11,6 +11,7 @@ from modelship.core.settings import Settings
 from modelship.core.tags import TAG_RUN
 from modelship.core.verdict import ModelState
 from modelship.policies.loader import load_policy
+from modelship.policies.schema import cluster_log_problem
 from modelship.registry.client import ModelRef, Registry
 from modelship.registry.deployments import DeploymentRun
 
@@ -46,6 +47,8 @@ def run(
             hint="set rollout.target: seldon or kserve (and rollout.kubernetes) in the policy, "
             "or run `modelship deploy` on the machine that serves",
         )
+    if settings.pod_secret and (problem := cluster_log_problem(loaded.policy)) is not None:
+        raise InputError(problem, hint="edit the policy the run was given (policy_yaml)")
     ref = registry.resolve(model, version=version, alias=alias)
     events.emit("resolve", "step", step=f"download {ref}")
     try:

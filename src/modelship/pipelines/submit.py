@@ -24,7 +24,7 @@ from modelship.core.settings import Settings
 from modelship.core.tags import RUN_ERROR, RUN_KFP, RUN_OUTCOME
 from modelship.pipelines.compile import PIPELINE_DIR
 from modelship.policies.loader import load_policy, policy_yaml
-from modelship.policies.schema import Policy
+from modelship.policies.schema import Policy, cluster_log_problem
 from modelship.registry.deployments import EXPERIMENT as DEPLOYMENTS
 
 EXPERIMENT = "modelship"
@@ -83,6 +83,8 @@ def cluster_policy(model: str, policy_file: Path | None, policy_dir: Path | None
             hint="set rollout.target: kserve or seldon and rollout.kubernetes in the policy "
             "(--policy FILE), or deploy on the serving machine with `modelship deploy`",
         )
+    if (problem := cluster_log_problem(policy)) is not None:
+        raise InputError(f"{model}'s policy: {problem}", hint="edit the policy (--policy FILE)")
     return policy
 
 

@@ -96,15 +96,53 @@ def bento_launch(tag: str, port: int, env: dict[str, str], cpus: list[int] | Non
     return Launch(f"Bento {tag}", _pinned(cmd, cpus), env)
 
 
-def image_launch(image: str, port: int, cpus: list[int] | None) -> Launch:
+def _container_settings(env: dict[str, str], folder: Path) -> list[str]:
+    """``buildah run`` options that give the container the inference log's place and the
+    object store's settings from ``env``. A local log folder is mounted; the store's keys go in
+    a 0600 credentials file in ``folder`` (mounted), never on the command line ``ps`` shows."""
+    args: list[str] = []
+    log = env.get("MODELSHIP_INFERENCE_LOG")
+    if log:
+        if "://" not in log:
+            Path(log).mkdir(parents=True, exist_ok=True)
+            args.append(f"--volume={log}:{log}")
+        args.append(f"--env=MODELSHIP_INFERENCE_LOG={log}")
+    endpoint = env.get("AWS_ENDPOINT_URL") or env.get("MLFLOW_S3_ENDPOINT_URL")
+    if endpoint:
+        args.append(f"--env=AWS_ENDPOINT_URL={endpoint}")
+    if env.get("AWS_DEFAULT_REGION"):
+        args.append(f"--env=AWS_DEFAULT_REGION={env['AWS_DEFAULT_REGION']}")
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        creds = folder / "credentials"
+        creds.touch(mode=0o600)
+        creds.write_text(f"[default]\naws_access_key_id = {env['AWS_ACCESS_KEY_ID']}\n"
+                         f"aws_secret_access_key = {env['AWS_SECRET_ACCESS_KEY']}\n")  # fmt: skip
+        args += [f"--volume={folder}:{folder}:ro", f"--env=AWS_SHARED_CREDENTIALS_FILE={creds}"]
+    return args
+
+
+def image_launch(
+    image: str, port: int, cpus: list[int] | None, env: dict[str, str] | None = None
+) -> Launch:
+    """``bentoml serve`` inside ``image`` (buildah), with the serving settings of ``env``."""
+    import shutil
+    import tempfile
+
     container = subprocess.run(
         [*BUILDAH, "from", image], capture_output=True, text=True, check=True
     ).stdout.strip()
-    cmd = [*BUILDAH, "run", "--isolation", "chroot", container, "--",
+    secrets = Path(tempfile.mkdtemp(prefix="modelship-image-"))
+    settings = _container_settings(env or {}, secrets)
+    cmd = [*BUILDAH, "run", "--isolation", "chroot", *settings, container, "--",
            "bentoml", "serve", "bentos.service:ModelService", "--host", "127.0.0.1",
            "--port", str(port)]  # fmt: skip
-    return Launch(f"image {image}", _pinned(cmd, cpus), dict(os.environ),
-                  cleanup=lambda: remove_container(container))  # fmt: skip
+
+    def cleanup() -> None:
+        remove_container(container)
+        shutil.rmtree(secrets, ignore_errors=True)
+
+    return Launch(f"image {image}", _pinned(cmd, cpus), dict(os.environ), cleanup=cleanup)
 
 
 def package_launch(
@@ -118,7 +156,7 @@ def package_launch(
     from modelship.components.serving.bentostore import present_bento
 
     if packaged.image and shutil.which("buildah"):
-        return image_launch(packaged.image, port, cpus)
+        return image_launch(packaged.image, port, cpus, env)
     present_bento(packaged, Path(env.get("BENTOML_HOME") or os.environ["BENTOML_HOME"]))
     return bento_launch(packaged.bento, port, env, cpus)
 
