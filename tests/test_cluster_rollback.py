@@ -71,9 +71,7 @@ def test_a_rollback_serves_the_previous_champion_on_the_cluster_then_moves_the_a
     else:
         candidates = objects["experiments"]["spec"]["candidates"]
         assert [c["weight"] for c in candidates] == [100]
-        assert (
-            candidates[0]["name"].endswith(f"-v{v1.version}") or v1.version in candidates[0]["name"]
-        )
+        assert candidates[0]["name"].endswith(f"-v{v1.version}-pipeline")
     assert version_tags(promoted["name"])[v1.version][TAG_K8S_OBJECTS]
 
 

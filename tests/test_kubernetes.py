@@ -64,6 +64,7 @@ CHALLENGER_SECRETS = dataclasses.replace(
 CRD_FILES = {
     "mlops.seldon.io/v1alpha1/Model": "seldon-core-v2/mlops.seldon.io_models.yaml",
     "mlops.seldon.io/v1alpha1/Experiment": "seldon-core-v2/mlops.seldon.io_experiments.yaml",
+    "mlops.seldon.io/v1alpha1/Pipeline": "seldon-core-v2/mlops.seldon.io_pipelines.yaml",
     "serving.kserve.io/v1beta1/InferenceService": "kserve/serving.kserve.io_inferenceservices.yaml",
 }
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -142,14 +143,14 @@ def object_errors(manifest: Manifest) -> list[str]:
     return errors
 
 
-SCENARIOS = {
-    "seldon canary": ("seldon", CHAMPION, Weights(10)),
-    "seldon canary with mirror": ("seldon", CHAMPION, Weights(25, mirror=0.5)),
-    "seldon shadow only": ("seldon", CHAMPION, Weights(0, mirror=1.0)),
-    "seldon first version": ("seldon", None, Weights(10)),
-    "kserve canary": ("kserve", CHAMPION, Weights(10)),
-    "kserve aborted": ("kserve", CHAMPION, Weights(0)),
-    "kserve first version": ("kserve", None, Weights(50)),
+SCENARIOS: dict[str, tuple[str, Deployable | None, Weights, Deployable]] = {
+    "seldon canary": ("seldon", CHAMPION, Weights(10), CHALLENGER),
+    "seldon canary with mirror": ("seldon", CHAMPION, Weights(25, mirror=0.5), CHALLENGER),
+    "seldon shadow only": ("seldon", CHAMPION, Weights(0, mirror=1.0), CHALLENGER),
+    "seldon first version": ("seldon", None, Weights(10), CHALLENGER),
+    "kserve canary": ("kserve", CHAMPION, Weights(10), CHALLENGER),
+    "kserve aborted": ("kserve", CHAMPION, Weights(0), CHALLENGER),
+    "kserve first version": ("kserve", None, Weights(50), CHALLENGER),
     "seldon with its rclone Secret": ("seldon", CHAMPION, Weights(10), CHALLENGER_SECRETS),
     "kserve with storage keys": ("kserve", CHAMPION, Weights(10), CHALLENGER_SECRETS),
 }
@@ -157,8 +158,8 @@ SCENARIOS = {
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_generated_manifests_pass_the_real_crd_schemas(scenario: str) -> None:
-    target, champion, weights, *challenger = SCENARIOS[scenario]
-    manifests = manifests_for(target, champion, (challenger or [CHALLENGER])[0], weights, NAMESPACE)
+    target, champion, weights, challenger = SCENARIOS[scenario]
+    manifests = manifests_for(target, champion, challenger, weights, NAMESPACE)
     assert manifests
     for manifest in manifests:
         where = f"{manifest['kind']} {manifest['metadata']['name']}"
@@ -180,8 +181,9 @@ def _broken(manifest: Manifest, path: tuple[str | int, ...], value: Any) -> Mani
 
 
 BROKEN: dict[str, tuple[int | str, tuple[str | int, ...], Any]] = {
-    "weight as a string": (2, ("spec", "candidates", 1, "weight"), "10"),
-    "candidate without a weight": (2, ("spec", "candidates", 0, "weight"), ...),
+    "weight as a string": (-1, ("spec", "candidates", 1, "weight"), "10"),
+    "candidate without a weight": (-1, ("spec", "candidates", 0, "weight"), ...),
+    "Pipeline without steps": (2, ("spec", "steps"), ...),
     "Model without storageUri": (0, ("spec", "storageUri"), ...),
     "misspelt Model field": (0, ("spec", "storageURI"), "s3://models/bc/3"),
     "percent as a float": ("isvc", ("spec", "predictor", "canaryTrafficPercent"), 10.5),
@@ -266,31 +268,38 @@ def test_a_bad_namespace_is_refused() -> None:
 
 @pytest.mark.parametrize("share", [0, 1, 10, 50, 99, 100])
 def test_seldon_candidates_sum_to_100_with_the_champion_as_default(share: int) -> None:
-    models_v3, models_v4, experiment = seldon_manifests(
+    models_v3, models_v4, _, pipe_v4, experiment = seldon_manifests(
         CHAMPION, CHALLENGER, Weights(share), NAMESPACE
     )
+    # each version serves in its own Pipeline (Seldon records a Pipeline's traffic in Kafka)
+    assert pipe_v4["spec"] == {"steps": [{"name": "breast-cancer-v4"}],
+                               "output": {"steps": ["breast-cancer-v4"]}}  # fmt: skip
+    assert experiment["spec"]["resourceType"] == "pipeline"
     assert models_v3["spec"]["storageUri"] == "s3://models/bc/3"
     assert models_v4["spec"]["storageUri"] == "s3://models/bc/4"
     spec = experiment["spec"]
     weights = {c["name"]: c["weight"] for c in spec["candidates"]}
     assert sum(weights.values()) == 100
-    assert weights.get("breast-cancer-v4", 0) == share
-    assert spec["default"] == "breast-cancer-v3"
+    assert weights.get("breast-cancer-v4-pipeline", 0) == share
+    assert spec["default"] == "breast-cancer-v3-pipeline"
     assert "mirror" not in spec
 
 
 def test_seldon_mirrors_a_share_to_the_challenger() -> None:
     experiment = seldon_manifests(CHAMPION, CHALLENGER, Weights(0, mirror=0.25), NAMESPACE)[-1]
-    assert experiment["spec"]["mirror"] == {"name": "breast-cancer-v4", "percent": 25}
-    assert experiment["spec"]["candidates"] == [{"name": "breast-cancer-v3", "weight": 100}]
+    assert experiment["spec"]["mirror"] == {"name": "breast-cancer-v4-pipeline", "percent": 25}
+    assert experiment["spec"]["candidates"] == [
+        {"name": "breast-cancer-v3-pipeline", "weight": 100}
+    ]
 
 
 def test_seldon_first_version_takes_everything() -> None:
     manifests = seldon_manifests(None, CHALLENGER, Weights(10, mirror=0.5), NAMESPACE)
-    assert [m["kind"] for m in manifests] == ["Model", "Experiment"]
-    assert manifests[1]["spec"] == {
-        "default": "breast-cancer-v4",
-        "candidates": [{"name": "breast-cancer-v4", "weight": 100}],
+    assert [m["kind"] for m in manifests] == ["Model", "Pipeline", "Experiment"]
+    assert manifests[2]["spec"] == {
+        "default": "breast-cancer-v4-pipeline",
+        "resourceType": "pipeline",
+        "candidates": [{"name": "breast-cancer-v4-pipeline", "weight": 100}],
     }
 
 
@@ -398,7 +407,10 @@ def test_kserve_refuses_a_mirror_and_names_the_fix() -> None:
 
 @pytest.mark.parametrize(
     ("target", "kinds"),
-    [("seldon", ["Model"] * 2 + ["Experiment"]), ("kserve", ["InferenceService"])],
+    [
+        ("seldon", ["Model"] * 2 + ["Pipeline"] * 2 + ["Experiment"]),
+        ("kserve", ["InferenceService"]),
+    ],
 )
 def test_dry_run_is_multi_document_yaml(target: str, kinds: list[str]) -> None:
     text = dry_run(target, CHAMPION, CHALLENGER, Weights(10), NAMESPACE)
@@ -506,10 +518,10 @@ def test_seldon_weights_and_mirror_land_in_the_experiment() -> None:
     spec = api.one("Experiment")["spec"]
     assert sum(c["weight"] for c in spec["candidates"]) == 100
     assert {c["name"]: c["weight"] for c in spec["candidates"]} == {
-        "breast-cancer-v3": 90,
-        "breast-cancer-v4": 10,
+        "breast-cancer-v3-pipeline": 90,
+        "breast-cancer-v4-pipeline": 10,
     }
-    assert spec["mirror"] == {"name": "breast-cancer-v4", "percent": 50}
+    assert spec["mirror"] == {"name": "breast-cancer-v4-pipeline", "percent": 50}
     assert router.get_weights() == Weights(10, mirror=0.5)
     router.set_weights(Weights(20))
     assert "mirror" not in api.one("Experiment")["spec"]  # a later step without mirror stops it
@@ -520,8 +532,8 @@ def test_seldon_abort_sends_everything_back_to_the_champion() -> None:
     router.set_weights(Weights(50, mirror=0.2))
     router.set_weights(Weights(0))
     spec = api.one("Experiment")["spec"]
-    assert spec["candidates"] == [{"name": "breast-cancer-v3", "weight": 100}]
-    assert spec["default"] == "breast-cancer-v3" and "mirror" not in spec
+    assert spec["candidates"] == [{"name": "breast-cancer-v3-pipeline", "weight": 100}]
+    assert spec["default"] == "breast-cancer-v3-pipeline" and "mirror" not in spec
     assert router.get_weights() == Weights(0)
 
 
@@ -531,8 +543,9 @@ def test_seldon_promote_leaves_the_challenger_alone_and_default() -> None:
     router.promote()
     spec = api.one("Experiment")["spec"]
     assert spec == {
-        "default": "breast-cancer-v4",
-        "candidates": [{"name": "breast-cancer-v4", "weight": 100}],
+        "default": "breast-cancer-v4-pipeline",
+        "resourceType": "pipeline",
+        "candidates": [{"name": "breast-cancer-v4-pipeline", "weight": 100}],
     }
     assert router.get_weights() == Weights(100)
     # the old champion stays loaded: it is the rollback target

@@ -88,6 +88,7 @@ def test_the_dry_run_prints_the_rbac_first(settings: Settings, data: Any) -> Non
         "Role",
         "RoleBinding",
         "Model",
+        "Pipeline",
         "Experiment",
     ]
     assert docs[:3] == rbac_manifests("models")

@@ -146,7 +146,7 @@ def test_errors_seen_in_prometheus_abort_on_seldon(tmp_path: Path) -> None:
     assert failing.queries and all("seldon_model_infer" in q for q in failing.queries)
     assert all('model=~"m-v1|m-v2"' in q and 'namespace="models"' in q for q in failing.queries)
     experiment = api.one("Experiment")
-    assert experiment["spec"]["candidates"] == [{"name": "m-v1", "weight": 100}]
+    assert experiment["spec"]["candidates"] == [{"name": "m-v1-pipeline", "weight": 100}]
     assert (tmp_path / "registry.log").read_text().startswith("started 2\nrolled_back 2")
 
 

@@ -3,7 +3,7 @@ and a RoleBinding.
 
 The rollout step (and the monitor, which rolls back) reads, creates and merge-patches the
 serving objects of both cluster targets, and nothing else: KServe's ``InferenceService`` and
-Seldon Core v2's ``Model`` and ``Experiment``. Everything else a step touches is outside
+Seldon Core v2's ``Model``, ``Pipeline`` and ``Experiment``. Everything else a step touches is outside
 Kubernetes (MLflow, the object store, the image registry), reached with the Secret's keys.
 Runs use the ServiceAccount through ``modelship submit --service-account`` (KFP's run-level
 service account).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from modelship.components.targets.cluster import Manifest
 from modelship.components.targets.kserve import INFERENCE_SERVICE
-from modelship.components.targets.seldon import EXPERIMENT, MODEL
+from modelship.components.targets.seldon import EXPERIMENT, MODEL, PIPELINE
 
 SERVICE_ACCOUNT = "modelship-pipeline"
 #: what the routers call on each kind (tests/test_rbac.py records it): create, merge-patch on
@@ -22,6 +22,7 @@ VERBS = {
     INFERENCE_SERVICE: ["get", "create", "patch"],
     EXPERIMENT: ["get", "create", "patch"],
     MODEL: ["create", "patch"],
+    PIPELINE: ["create", "patch"],
 }
 
 

@@ -1,13 +1,16 @@
-"""Seldon Core v2 as a traffic router: one ``Model`` per version and one ``Experiment`` that
-splits the model's requests between them.
+"""Seldon Core v2 as a traffic router: per version a ``Model`` and a one-step ``Pipeline``
+around it, and one ``Experiment`` that splits the model's requests between the Pipelines.
 
-Each version is its own ``Model`` (``breast-cancer-v3``, ``breast-cancer-v4``), loaded by a
-Seldon server from the version's artifact in object storage. The ``Experiment`` is named after
-the model (``breast-cancer``) and stays for the model's whole life: clients that address it
+Each version is its own ``Model`` (``breast-cancer-v3``), loaded by a Seldon server from the
+version's artifact in object storage, served in its own ``Pipeline``
+(``breast-cancer-v3-pipeline``): Seldon records the requests and answers of models in a
+Pipeline in Kafka, and nowhere for direct calls, so that is how the drift monitor sees the
+traffic. The ``Experiment`` (``resourceType: pipeline``) is named after the model
+(``breast-cancer``) and stays for the model's whole life: clients that address it
 (``breast-cancer.experiment``) keep working across promotions, and because its ``default`` is
-the champion, clients that call the champion's own name during a canary are split as well.
+the champion's Pipeline, clients that call that name during a canary are split as well.
 Promotion leaves the challenger as the experiment's only candidate and default; the old
-champion's ``Model`` stays loaded as the rollback target until someone deletes it.
+champion's objects stay as the rollback target until someone deletes them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from modelship.components.targets.cluster import (
 from modelship.core.traffic import Weights
 
 MODEL = CustomResource("mlops.seldon.io", "v1alpha1", "Model", "models")
+PIPELINE = CustomResource("mlops.seldon.io", "v1alpha1", "Pipeline", "pipelines")
 EXPERIMENT = CustomResource("mlops.seldon.io", "v1alpha1", "Experiment", "experiments")
 
 #: the server capability each artifact format needs. ONNX is the optimize stage's output and
@@ -95,8 +99,25 @@ def model_name(version: Deployable) -> str:
     return k8s_name(version.model, f"v{version.version}")
 
 
+def pipeline_name(version: Deployable) -> str:
+    return k8s_name(version.model, f"v{version.version}-pipeline")
+
+
 def experiment_name(model: str) -> str:
     return k8s_name(model)
+
+
+def pipeline_manifest(version: Deployable, namespace: str) -> Manifest:
+    """A one-step Pipeline around the version's Model. Seldon records the requests and answers
+    of models that serve in a Pipeline in Kafka (its FAQ: direct calls to a model are not
+    recorded), which is where the drift monitor reads the served traffic."""
+    step = model_name(version)
+    return {
+        "apiVersion": PIPELINE.api_version,
+        "kind": PIPELINE.kind,
+        "metadata": metadata(pipeline_name(version), namespace, version.model, version.version),
+        "spec": {"steps": [{"name": step}], "output": {"steps": [step]}},
+    }
 
 
 def model_manifest(version: Deployable, namespace: str) -> Manifest:
@@ -127,14 +148,15 @@ def traffic(champion: Deployable | None, challenger: Deployable, weights: Weight
     listed even at 0 because Seldon requires the default to be a candidate. With no champion
     the challenger takes everything and there is nothing to mirror from.
     """
-    new = model_name(challenger)
+    new = pipeline_name(challenger)
     if champion is None:
-        return {"default": new, "candidates": [{"name": new, "weight": 100}]}
-    old = model_name(champion)
+        return {"default": new, "resourceType": "pipeline",
+                "candidates": [{"name": new, "weight": 100}]}  # fmt: skip
+    old = pipeline_name(champion)
     candidates = [{"name": old, "weight": weights.champion}]
     if weights.challenger:
         candidates.append({"name": new, "weight": weights.challenger})
-    spec: Manifest = {"default": old, "candidates": candidates}
+    spec: Manifest = {"default": old, "resourceType": "pipeline", "candidates": candidates}
     if weights.mirror > 0:
         # Seldon mirrors whole percents; a share under 0.5% still mirrors rather than nothing
         spec["mirror"] = {"name": new, "percent": max(1, round(weights.mirror * 100))}
@@ -155,10 +177,13 @@ def experiment_manifest(
 def seldon_manifests(
     champion: Deployable | None, challenger: Deployable, weights: Weights, namespace: str
 ) -> list[Manifest]:
-    """The Models first, then the Experiment that routes to them (it waits for its candidates)."""
+    """The Models, the Pipelines around them, then the Experiment that splits between the
+    Pipelines (each waits for what it names)."""
     check_pair(champion, challenger)
-    models = [model_manifest(v, namespace) for v in (champion, challenger) if v is not None]
-    return [*models, experiment_manifest(champion, challenger, weights, namespace)]
+    versions = [v for v in (champion, challenger) if v is not None]
+    models = [model_manifest(v, namespace) for v in versions]
+    pipelines = [pipeline_manifest(v, namespace) for v in versions]
+    return [*models, *pipelines, experiment_manifest(champion, challenger, weights, namespace)]
 
 
 def _patch_for(manifest: Manifest) -> Manifest:
@@ -208,11 +233,11 @@ class SeldonRouter(ClusterRouter):
         for version in (self.champion, self.challenger):
             if version is not None:
                 check_storage(version, self.fetch)
-        self.cluster.apply(manifests, (MODEL, EXPERIMENT), _patch_for)
+        self.cluster.apply(manifests, (MODEL, PIPELINE, EXPERIMENT), _patch_for)
 
     def get_weights(self) -> Weights:
         found = self.cluster.get(EXPERIMENT, self.experiment)
-        return weights_of(found, model_name(self.challenger))
+        return weights_of(found, pipeline_name(self.challenger))
 
     def set_weights(self, weights: Weights) -> None:
         # the whole routing is written each time, so a step re-run after a restart, or one that
@@ -224,7 +249,8 @@ class SeldonRouter(ClusterRouter):
         self.cluster.patch(EXPERIMENT, self.experiment, spec, why)
 
     def promote(self) -> None:
-        new = model_name(self.challenger)
-        spec = {"default": new, "candidates": [{"name": new, "weight": 100}], "mirror": None}
+        new = pipeline_name(self.challenger)
+        spec = {"default": new, "resourceType": "pipeline",
+                "candidates": [{"name": new, "weight": 100}], "mirror": None}  # fmt: skip
         why = f"promoting {self.challenger.model} v{self.challenger.version}"
         self.cluster.patch(EXPERIMENT, self.experiment, {"spec": spec}, why)
