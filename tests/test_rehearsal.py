@@ -268,7 +268,8 @@ def test_on_seldon_the_onnx_lands_in_s3_in_tritons_layout_and_the_model_loads_it
     model = "seldon-model"
     version = register_forest(laptop["settings"], model, data)
     text = (ON_CLUSTER.replace("REGISTRY", servers["registry"])
-            .replace("image: always", "image: never").replace("target: kserve", "target: seldon"))  # fmt: skip
+            .replace("image: always", "image: never").replace("target: kserve", "target: seldon")
+            .replace("namespace: models,", "namespace: models, kafka_bootstrap: 'kafka:9092',"))  # fmt: skip
     policy = load_policy(model, text=text).policy
     cluster = _cluster(tmp_path, servers)
     (tmp_path / "pods").mkdir()
@@ -293,8 +294,11 @@ def test_on_seldon_the_onnx_lands_in_s3_in_tritons_layout_and_the_model_loads_it
     assert seldon_model["spec"]["storageUri"] == uri
     assert seldon_model["spec"]["requirements"] == ["onnx"]
     assert seldon_model["spec"]["secretName"] == "modelship-rclone"
+    (pipeline,) = servers["kube"].find("Pipeline")  # Seldon records its traffic in Kafka
+    assert pipeline["spec"]["steps"] == [{"name": seldon_model["metadata"]["name"]}]
     (experiment,) = servers["kube"].find("Experiment")
-    assert experiment["spec"]["default"] == seldon_model["metadata"]["name"]
+    assert experiment["spec"]["default"] == pipeline["metadata"]["name"]
+    assert experiment["spec"]["resourceType"] == "pipeline"
 
 
 def _boto() -> dict[str, str]:

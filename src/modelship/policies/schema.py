@@ -347,6 +347,11 @@ class KubernetesTarget(Strict):
     #: config that reads its storageUri (its remote's name is the URI's scheme: s3); empty
     #: leaves it to the rclone secrets preloaded on Seldon's servers
     rclone_secret: str = "modelship-rclone"
+    #: Seldon Core v2: the Kafka Seldon records requests and answers in (its bootstrap
+    #: servers, e.g. seldon-kafka-bootstrap.seldon-mesh:9092) and its topic prefix; the drift
+    #: monitor reads the champion's traffic from there
+    kafka_bootstrap: str = ""
+    kafka_topic_prefix: str = "seldon"
 
 
 class Rollout(Strict):
@@ -494,12 +499,22 @@ OBJECT_STORAGE = ("s3://", "gs://", "abfs://", "az://")
 
 
 def cluster_log_problem(policy: Policy) -> str | None:
-    """Why the drift monitor would see nothing of what a KServe predictor serves, or None.
+    """Why the drift monitor would see nothing of what a cluster serves, or None.
 
     On KServe the Bento image serves and writes its inference log; anywhere but object storage
-    that log stays in the predictor's pod, which the monitor's pod never reads.
+    that log stays in the predictor's pod, which the monitor's pod never reads. On Seldon the
+    traffic is in Seldon's Kafka, which the monitor must be told.
     """
     log = policy.package.inference_log
+    if policy.rollout.target == "seldon" and policy.monitor.enabled:
+        if policy.rollout.kubernetes.kafka_bootstrap:
+            return None
+        return (
+            "rollout.kubernetes.kafka_bootstrap is unset: on Seldon Core v2 the served traffic "
+            "is recorded in Seldon's Kafka topics, not by the Bento, and the drift monitor "
+            "reads it from there. Set rollout.kubernetes.kafka_bootstrap (e.g. "
+            "seldon-kafka-bootstrap.seldon-mesh:9092), or monitor.enabled: false"
+        )
     if policy.rollout.target != "kserve" or not log.enabled or not policy.monitor.enabled:
         return None
     if log.uri and log.uri.startswith(OBJECT_STORAGE):

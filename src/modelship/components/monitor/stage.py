@@ -25,6 +25,7 @@ from modelship.components.datasource import read_frame
 from modelship.components.monitor import notify
 from modelship.components.monitor.decide import decide
 from modelship.components.monitor.drift import Reference, evidently_report
+from modelship.components.monitor.kafka_log import read_topics
 from modelship.components.monitor.rollback import (
     ClusterSwitch,
     RollbackDone,
@@ -42,7 +43,9 @@ from modelship.components.monitor.state import (
 from modelship.components.monitor.window import Cut, read_log, windows
 from modelship.components.serving.bentostore import present_bento
 from modelship.components.serving.packaged import packaged_version
+from modelship.components.targets.cluster import Deployable
 from modelship.components.targets.local import GatewayRouter
+from modelship.components.targets.seldon import model_name as seldon_model_name
 from modelship.core.errors import DataError, InputError, RollbackFailed
 from modelship.core.records import PackagedModel
 from modelship.core.tags import TAG_REPORT
@@ -272,8 +275,17 @@ def _judge(
         return result
     if base.note:
         say(base.note)
-    uri = f"{log_root.rstrip('/')}/{model}/v{champion.version}"
-    log = read_log(uri, list(base.kinds), status.cursor_us)
+    k8s = policy.rollout.kubernetes
+    if policy.rollout.target == "seldon" and k8s.kafka_bootstrap:
+        # Triton serves on Seldon, not the Bento: the traffic is what Seldon put in Kafka.
+        # Its tensors carry no names: the reference data's columns give the model's order.
+        seldon_name = seldon_model_name(Deployable(model, champion.version))
+        say(f"reading {seldon_name}'s requests from Kafka at {k8s.kafka_bootstrap}")
+        log = read_topics(k8s.kafka_bootstrap, k8s.kafka_topic_prefix, k8s.namespace,
+                          seldon_name, list(base.kinds), status.cursor_us)  # fmt: skip
+    else:
+        uri = f"{log_root.rstrip('/')}/{model}/v{champion.version}"
+        log = read_log(uri, list(base.kinds), status.cursor_us)
     if log.bad_files or log.bad_rows:
         say(f"skipped {len(log.bad_files)} unreadable log file(s) and {log.bad_rows} bad rows")
     labels = None

@@ -1,0 +1,129 @@
+"""The champion's served traffic on Seldon Core v2: the Kafka topics Seldon writes.
+
+Seldon records every request and answer of a model that serves in a Pipeline in the topics
+``<prefix>.<namespace>.model.<model>.inputs`` and ``.outputs`` (prefix ``seldon`` unless its
+``topicPrefix`` says otherwise), each message an Open Inference Protocol protobuf
+(scheduler/pkg/kafka/topics.go and gateway/worker.go in Seldon Core 2.8/2.9). This reader turns
+them into the same rows the Bento's inference log gives (features by the model's columns, the
+prediction, a request id, the time), so windows, drift and quality are judged the same way.
+
+Each pass reads every partition from the start to the end it finds, by assignment (no consumer
+group, nothing committed: the monitor's cursor is the time of the last row it judged, kept in
+MLflow as for the inference log); rows at or before the cursor are dropped. An answer is joined
+to its request by the message key, else the protocol's ``id``; a message that cannot be decoded
+is skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from modelship.components.monitor.window import LogRead
+from modelship.components.serving import oip
+
+#: the answer that is the prediction: the class label, else a regressor's value
+PREDICTION_OUTPUTS = ("label", "variable", "predict", "output")
+
+
+def topics(prefix: str, namespace: str, model: str) -> tuple[str, str]:
+    base = f"{prefix}.{namespace}.model.{model}"
+    return f"{base}.inputs", f"{base}.outputs"
+
+
+def _drain(consumer: Any, topic: str, timeout_s: float) -> list[Any]:
+    """Every message of ``topic`` from its start to the end offsets seen now."""
+    from kafka import TopicPartition
+
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        return []
+    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assigned)
+    consumer.seek_to_beginning(*assigned)
+    ends = consumer.end_offsets(assigned)
+    messages: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while any(consumer.position(tp) < ends[tp] for tp in assigned):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {topic} took over {timeout_s:.0f} s")
+        for batch in consumer.poll(timeout_ms=500).values():
+            messages.extend(batch)
+    return messages
+
+
+def _key(message: Any, parsed: Any) -> str:
+    """What joins a request to its answer: the message key (Seldon 2.8/2.9 key both with
+    ``<pipeline>.<request id>``), else the protocol's ``id``, else the message's place."""
+    if message.key:
+        return bytes(message.key).decode(errors="replace")
+    if parsed.id:
+        return str(parsed.id)
+    return f"{message.partition}-{message.offset}"
+
+
+def _request_id(message: Any, key: str) -> str:
+    """The request's id, as labels name it: Seldon's ``x-request-id`` header, else the last
+    part of a composite key."""
+    for name, value in message.headers or []:
+        if str(name).lower() == "x-request-id" and value:
+            return bytes(value).decode(errors="replace")
+    return key.rsplit(".", 1)[-1]
+
+
+def read_topics(
+    bootstrap: str, prefix: str, namespace: str, model: str, columns: list[str], after_us: int,
+    *, timeout_s: float = 60.0,
+) -> LogRead:  # fmt: skip
+    """Rows Seldon recorded for ``model`` after ``after_us`` (UTC µs), as :func:`read_log`."""
+    from kafka import KafkaConsumer
+
+    inputs_topic, outputs_topic = topics(prefix, namespace, model)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             group_id=None, request_timeout_ms=30_000)  # fmt: skip
+    try:
+        requests = _drain(consumer, inputs_topic, timeout_s)
+        answers = _drain(consumer, outputs_topic, timeout_s)
+    finally:
+        consumer.close()
+    bad: list[str] = []
+    predictions: dict[str, np.ndarray] = {}
+    for message in answers:
+        try:
+            parsed = oip.parse_response(bytes(message.value))
+            out = oip.tensors(parsed)
+            name = next((n for n in PREDICTION_OUTPUTS if n in out), next(iter(out), None))
+            if name is not None:
+                predictions[_key(message, parsed)] = out[name].reshape(-1)
+        except Exception as e:  # a foreign or torn message: skipped, counted
+            bad.append(f"{outputs_topic}/{message.partition}@{message.offset}: {type(e).__name__}")
+    frames = []
+    for message in requests:
+        stamp_us = int(message.timestamp) * 1000
+        if stamp_us <= after_us:
+            continue
+        try:
+            parsed = oip.parse_request(bytes(message.value))
+            (matrix,) = oip.tensors(parsed).values()
+            matrix = np.asarray(matrix, dtype=float).reshape(len(matrix), -1)
+            if matrix.shape[1] != len(columns):
+                raise ValueError(f"{matrix.shape[1]} features, the model has {len(columns)}")
+        except Exception as e:
+            bad.append(f"{inputs_topic}/{message.partition}@{message.offset}: {type(e).__name__}")
+            continue
+        key = _key(message, parsed)
+        frame = pd.DataFrame(matrix, columns=columns)
+        answer = predictions.get(key)
+        frame["prediction"] = answer if answer is not None and len(answer) == len(frame) else None
+        frame["request_id"] = _request_id(message, key)
+        frame["row"], frame["_us"] = range(len(frame)), stamp_us
+        frames.append(frame)
+    if not frames:
+        return LogRead(pd.DataFrame(columns=[*columns, "prediction", "request_id", "row", "_us"]),
+                       bad)  # fmt: skip
+    rows = pd.concat(frames, ignore_index=True).sort_values("_us", kind="stable")
+    good = np.isfinite(rows[columns].to_numpy(dtype=float)).all(axis=1)
+    return LogRead(rows.loc[good].reset_index(drop=True), bad, int((~good).sum()))
