@@ -12,14 +12,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
@@ -38,6 +35,7 @@ from modelship.components.targets.kubernetes import (
 from modelship.components.targets.seldon import SeldonRouter, seldon_manifests
 from modelship.core.errors import InputError, StageError
 from modelship.core.traffic import TrafficRouter, Weights
+from tests.crds import schema_errors
 from tests.servers.kubeapi import merge_patch
 
 CHAMPION = Deployable(
@@ -61,67 +59,8 @@ CHALLENGER_SECRETS = dataclasses.replace(
 
 # -- the real CRD schemas ----------------------------------------------------------------------
 
-CRD_FILES = {
-    "mlops.seldon.io/v1alpha1/Model": "seldon-core-v2/mlops.seldon.io_models.yaml",
-    "mlops.seldon.io/v1alpha1/Experiment": "seldon-core-v2/mlops.seldon.io_experiments.yaml",
-    "mlops.seldon.io/v1alpha1/Pipeline": "seldon-core-v2/mlops.seldon.io_pipelines.yaml",
-    "serving.kserve.io/v1beta1/InferenceService": "kserve/serving.kserve.io_inferenceservices.yaml",
-}
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-
-
-def schemas_dir() -> Path:
-    env = os.environ.get("MODELSHIP_CRD_SCHEMAS")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "schemas"
-
-
-def _strict(schema: Any) -> Any:
-    """The schema with unknown fields refused wherever it lists its fields.
-
-    CRD schemas leave ``additionalProperties`` out; the API server then drops unknown fields,
-    and since Kubernetes 1.27 ``kubectl`` asks it to refuse them (``--validate=strict``). A
-    misspelt field such as ``canaryTrafficPercentage`` would otherwise pass here and do nothing
-    there.
-    """
-    if isinstance(schema, list):
-        return [_strict(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: _strict(v) for k, v in schema.items()}
-    if (
-        "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
-
-
-@cache
-def crd_validator(api_version: str, kind: str) -> Any:
-    folder = schemas_dir()
-    if not folder.is_dir():
-        pytest.skip(f"no CRD schemas at {folder} (set MODELSHIP_CRD_SCHEMAS to their folder)")
-    path = folder / CRD_FILES[f"{api_version}/{kind}"]
-    with path.open() as f:
-        crd = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 2 MB for KServe
-    assert crd["spec"]["names"]["kind"] == kind
-    group, version = api_version.split("/")
-    assert crd["spec"]["group"] == group
-    versions = {v["name"]: v for v in crd["spec"]["versions"]}
-    assert version in versions, f"{path} serves {sorted(versions)}, not {version}"
-    schema = _strict(versions[version]["schema"]["openAPIV3Schema"])
-    # OpenAPI v3.0 schemas follow draft 4 (boolean exclusiveMinimum and the like)
-    return jsonschema.Draft4Validator(schema)
-
-
-def schema_errors(manifest: Manifest) -> list[str]:
-    validator = crd_validator(manifest["apiVersion"], manifest["kind"])
-    return [
-        f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
-        for e in validator.iter_errors(manifest)
-    ]
 
 
 def object_errors(manifest: Manifest) -> list[str]:
@@ -580,7 +519,8 @@ def test_apply_creates_then_patches_on_conflict(target: str) -> None:
     assert created and not [c for c in api.calls if c[0] == "patch"]
     api.calls.clear()
     router.apply(router.manifests(Weights(30)))
-    assert [verb for verb, _ in api.calls] == ["create", "patch"] * len(created)
+    # the patch goes with the resourceVersion just read, never blind
+    assert [verb for verb, _ in api.calls] == ["create", "get", "patch"] * len(created)
     assert router.get_weights() == Weights(30)
 
 

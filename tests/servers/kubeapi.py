@@ -3,8 +3,10 @@
 No Kubernetes runs on these machines. This answers the requests the official ``kubernetes``
 client sends for namespaced custom objects, as the API reference documents them: ``GET``,
 ``POST`` (201, or 409 ``AlreadyExists``), ``PATCH`` with ``application/merge-patch+json``
-(RFC 7386: a null deletes a key) and ``DELETE``, with ``Status`` bodies on errors and a
-``resourceVersion`` that grows on every write. Nothing else of Kubernetes is here: no
+(RFC 7386: a null deletes a key; a ``metadata.resourceVersion`` in it is a precondition, 409
+``Conflict`` when stale) and ``DELETE``, with ``Status`` bodies on errors and a
+``resourceVersion`` that grows on every write. Objects are checked against the real CRD
+schemas (``tests/crds.py``) and refused with 422 as the API server would. Nothing else of Kubernetes is here: no
 controllers act on the objects, nothing serves them. Used by the rehearsal through a kubeconfig
 in each pod's home.
 """
@@ -39,14 +41,40 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
-class KubeApi:
-    """The objects by (group, version, namespace, plural, name), and a log of the writes."""
+#: the custom resources the stand-in serves, as ``plural.group`` (the CRDs installed)
+ALL_CRDS = frozenset({"models.mlops.seldon.io", "pipelines.mlops.seldon.io",
+                      "experiments.mlops.seldon.io", "inferenceservices.serving.kserve.io"})  # fmt: skip
 
-    def __init__(self) -> None:
+
+class KubeApi:
+    """The objects by (group, version, namespace, plural, name), and a log of the writes.
+
+    Like the API server it refuses: a kind whose CRD is not installed (404, "the server could
+    not find the requested resource"), a namespace that does not exist (404), an object its
+    CRD's schema refuses (422 Invalid, unknown fields included, as ``--validate=strict``), and
+    a patch whose ``metadata.resourceVersion`` is not the stored one (409 Conflict).
+    ``concurrent_writes`` makes that many other writers change an object just before the next
+    patches land, as a busy cluster would.
+    """
+
+    def __init__(
+        self, crds: frozenset[str] = ALL_CRDS, namespaces: frozenset[str] = frozenset(
+            {"default", "models"}), validate: bool = True,
+    ) -> None:  # fmt: skip
         self.objects: dict[Key, dict[str, Any]] = {}
         self.writes: list[tuple[str, str, str]] = []
         self.version = 0
         self.lock = threading.Lock()
+        self.crds, self.namespaces, self.validate = crds, namespaces, validate
+        self.concurrent_writes = 0
+        self.conflicts = 0
+
+    def invalid(self, obj: dict[str, Any]) -> list[str]:
+        from tests.crds import schema_errors, schemas_dir
+
+        if not self.validate or not schemas_dir().is_dir():  # no schemas here: nothing to check
+            return []
+        return schema_errors(obj)
 
     def find(self, kind: str) -> list[dict[str, Any]]:
         return [o for o in self.objects.values() if o.get("kind") == kind]
@@ -75,6 +103,12 @@ def _handler(api: KubeApi) -> type[BaseHTTPRequestHandler]:
                 self._status(404, "NotFound", f"no route {self.path}")
                 return None
             group, version, namespace, plural, name = found.groups()
+            if f"{plural}.{group}" not in api.crds:
+                self._status(404, "NotFound", "the server could not find the requested resource")
+                return None
+            if namespace not in api.namespaces:
+                self._status(404, "NotFound", f'namespaces "{namespace}" not found')
+                return None
             return (group, version, namespace, plural), name
 
         def _body(self) -> Any:
@@ -112,6 +146,11 @@ def _handler(api: KubeApi) -> type[BaseHTTPRequestHandler]:
                         409, "AlreadyExists", f'{where[3]}.{where[0]} "{name}" already exists'
                     )
                     return
+                errors = api.invalid(body)
+                if errors:
+                    self._status(422, "Invalid", f'{body.get("kind")} "{name}" is invalid: '
+                                 + "; ".join(errors))  # fmt: skip
+                    return
                 api.objects[(*where, name)] = self._stamp(body)
                 api.writes.append(("create", body.get("kind", ""), name))
                 self._send(201, body)
@@ -130,7 +169,24 @@ def _handler(api: KubeApi) -> type[BaseHTTPRequestHandler]:
                 if key not in api.objects:
                     self._status(404, "NotFound", f'{where[3]}.{where[0]} "{name}" not found')
                     return
-                api.objects[key] = self._stamp(merge_patch(api.objects[key], patch))
+                if api.concurrent_writes > 0:  # another writer got there first
+                    api.concurrent_writes -= 1
+                    api.objects[key] = self._stamp(api.objects[key])
+                wanted = (patch.get("metadata") or {}).get("resourceVersion")
+                current = api.objects[key]["metadata"]["resourceVersion"]
+                if wanted is not None and wanted != current:
+                    api.conflicts += 1
+                    self._status(409, "Conflict", f'Operation cannot be fulfilled on {where[3]}.'
+                                 f'{where[0]} "{name}": the object has been modified; please '
+                                 "apply your changes to the latest version and try again")  # fmt: skip
+                    return
+                merged = merge_patch(api.objects[key], patch)
+                errors = api.invalid(merged)
+                if errors:
+                    self._status(422, "Invalid", f'{merged.get("kind")} "{name}" is invalid: '
+                                 + "; ".join(errors))  # fmt: skip
+                    return
+                api.objects[key] = self._stamp(merged)
                 api.writes.append(("patch", api.objects[key].get("kind", ""), name or ""))
                 self._send(200, api.objects[key])
 
@@ -150,9 +206,9 @@ def _handler(api: KubeApi) -> type[BaseHTTPRequestHandler]:
 
 
 @contextlib.contextmanager
-def kube_api() -> Iterator[tuple[str, KubeApi]]:
+def kube_api(api: KubeApi | None = None) -> Iterator[tuple[str, KubeApi]]:
     """The stand-in on a free loopback port: its URL and its objects."""
-    api = KubeApi()
+    api = api or KubeApi()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

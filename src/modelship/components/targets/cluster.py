@@ -283,8 +283,20 @@ def _hint(status: int | None, resource: CustomResource, namespace: str) -> str:
     return "retry; if it persists, check the API server (`kubectl get --raw /readyz`)"
 
 
+#: what to install when a kind's CRD is missing, by API group
+INSTALL = {
+    "mlops.seldon.io": "Seldon Core v2 (its CRDs and operator; modelship's manifests follow "
+    "the 2.8/2.9 schemas)",
+    "serving.kserve.io": "KServe (0.16 or later; 0.13-0.15 with deployment_mode: Serverless) "
+    "with Knative Serving, which its canaries need",
+}
+#: tries of a patch that meets 409 Conflict (the object read again before each)
+PATCH_ATTEMPTS = 3
+
+
 class Cluster:
-    """Custom-object calls in one namespace, with every failure a :class:`KubernetesError`."""
+    """Custom-object calls in one namespace, with every failure a :class:`KubernetesError`
+    (or, for a missing CRD or namespace, a :class:`ManifestError`: bad input, exit 2)."""
 
     def __init__(self, api: CustomObjects, namespace: str) -> None:
         self.api = api
@@ -301,8 +313,22 @@ class Cluster:
         try:
             return request()
         except ApiException as e:
+            message = _api_message(e.body)
+            if e.status == 404 and "could not find the requested resource" in message:
+                raise ManifestError(
+                    f"{attempt} failed: {resource.kind} is not installed on this cluster (no "
+                    f"CRD {resource.crd})",
+                    hint=f"install {INSTALL.get(resource.group, resource.group)}, or set "
+                    "rollout.target to the platform the cluster has",
+                ) from e
+            if e.status == 404 and message.startswith(f'namespaces "{self.namespace}"'):
+                raise ManifestError(
+                    f"{attempt} failed: namespace {self.namespace} does not exist",
+                    hint=f"kubectl create namespace {self.namespace}, or set "
+                    "rollout.kubernetes.namespace to the one the models serve in",
+                ) from e
             raise KubernetesError(
-                f"{attempt} failed: HTTP {e.status} {e.reason}: {_api_message(e.body)}",
+                f"{attempt} failed: HTTP {e.status} {e.reason}: {message}",
                 status=e.status,
                 hint=_hint(e.status, resource, self.namespace),
             ) from e
@@ -312,8 +338,8 @@ class Cluster:
                 hint="check `kubectl cluster-info` from this machine and the kubeconfig's server",
             ) from e
 
-    def get(self, resource: CustomResource, name: str) -> Manifest:
-        attempt = f"reading {resource.kind} {self.namespace}/{name}"
+    def get(self, resource: CustomResource, name: str, why: str = "") -> Manifest:
+        attempt = f"{why + ': ' if why else ''}reading {resource.kind} {self.namespace}/{name}"
         found = self._call(
             attempt,
             resource,
@@ -329,12 +355,37 @@ class Cluster:
         return found
 
     def patch(self, resource: CustomResource, name: str, body: Manifest, why: str) -> None:
-        self._call(
-            f"{why}: patching {resource.kind} {self.namespace}/{name}",
-            resource,
-            lambda: self.api.patch_namespaced_custom_object(
-                resource.group, resource.version, self.namespace, resource.plural, name, body
-            ),
+        """Merge-patch ``body`` onto the object as it is now: its ``resourceVersion`` goes with
+        the patch, so a change someone made meanwhile is never overwritten blind; on 409 the
+        object is read again and the patch retried, then it fails saying so."""
+        attempt = f"{why}: patching {resource.kind} {self.namespace}/{name}"
+        for _ in range(PATCH_ATTEMPTS):
+            current = self.get(resource, name, why)
+            version = dig(current, "metadata", "resourceVersion")
+            meta = {
+                **(body.get("metadata") or {}),
+                **({"resourceVersion": version} if version else {}),
+            }
+            guarded = {**body, "metadata": meta}
+            try:
+                self._call(
+                    attempt,
+                    resource,
+                    lambda guarded=guarded: self.api.patch_namespaced_custom_object(  # type: ignore[misc]
+                        resource.group, resource.version, self.namespace, resource.plural, name,
+                        guarded,
+                    ),
+                )  # fmt: skip
+                return
+            except KubernetesError as e:
+                if e.status != 409:
+                    raise
+        raise KubernetesError(
+            f"{attempt} failed: the object changed under every one of {PATCH_ATTEMPTS} tries "
+            "(409 Conflict each time, read again before each)",
+            status=409,
+            hint="another controller writes this object: find it (`kubectl get "
+            f"{resource.crd} {name} -o yaml`, managedFields) and stop it, then retry",
         )
 
     def create_or_patch(

@@ -16,13 +16,13 @@ from modelship.components.targets.kserve import INFERENCE_SERVICE
 from modelship.components.targets.seldon import EXPERIMENT, MODEL, PIPELINE
 
 SERVICE_ACCOUNT = "modelship-pipeline"
-#: what the routers call on each kind (tests/test_rbac.py records it): create, merge-patch on
-#: conflict, and get where the weights are read back (a Seldon Model is never read)
+#: what the routers call on each kind (tests/test_rbac.py records it): create, and where the
+#: object exists, get (its resourceVersion, the patch's precondition) and merge-patch
 VERBS = {
     INFERENCE_SERVICE: ["get", "create", "patch"],
     EXPERIMENT: ["get", "create", "patch"],
-    MODEL: ["create", "patch"],
-    PIPELINE: ["create", "patch"],
+    MODEL: ["get", "create", "patch"],
+    PIPELINE: ["get", "create", "patch"],
 }
 
 

@@ -1,0 +1,90 @@
+"""The routers against the Kubernetes API stand-in over real HTTP, with the official client:
+what a cluster without the CRDs, without the namespace, or with another writer answers, and
+what modelship then says. The stand-in checks every object against the real CRD schemas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelship.components.targets.cluster import (
+    CustomObjects,
+    Deployable,
+    KubernetesError,
+    ManifestError,
+    load_api,
+)
+from modelship.components.targets.kserve import KServeRouter
+from modelship.components.targets.seldon import SeldonRouter
+from modelship.core.traffic import Weights
+from tests.servers.kubeapi import ALL_CRDS, KubeApi, kube_api, write_kubeconfig
+
+CHAMPION = Deployable("bc", "3", image="ghcr.io/acme/bc@sha256:" + "3" * 64,
+                      storage_uri="s3://models/bc/3")  # fmt: skip
+CHALLENGER = Deployable("bc", "4", image="ghcr.io/acme/bc@sha256:" + "4" * 64,
+                        storage_uri="s3://models/bc/4")  # fmt: skip
+
+
+def _api(tmp_path: Path, url: str) -> CustomObjects:
+    return load_api(config_file=str(write_kubeconfig(tmp_path / "kubeconfig", url)))
+
+
+def test_a_canary_runs_through_the_real_client_and_every_object_passes_its_schema(
+    tmp_path: Path,
+) -> None:
+    with kube_api() as (url, api):
+        router = SeldonRouter(_api(tmp_path, url), "models", CHAMPION, CHALLENGER)
+        router.apply(router.manifests(Weights(0)))
+        router.set_weights(Weights(25, mirror=0.5))
+        assert router.get_weights() == Weights(25, mirror=0.5)
+        router.promote()
+        assert router.get_weights() == Weights(100)
+        kinds = sorted({kind for _, kind, _ in api.writes})
+        assert kinds == ["Experiment", "Model", "Pipeline"]
+
+
+def test_a_cluster_without_the_crds_is_bad_input_naming_what_to_install(tmp_path: Path) -> None:
+    kserve_only = KubeApi(crds=frozenset(c for c in ALL_CRDS if "kserve" in c))
+    with kube_api(kserve_only) as (url, _):
+        router = SeldonRouter(_api(tmp_path, url), "models", None, CHALLENGER)
+        with pytest.raises(ManifestError) as missing:  # an InputError: exit 2
+            router.apply(router.manifests(Weights(100)))
+    assert "not installed on this cluster (no CRD models.mlops.seldon.io)" in missing.value.message
+    assert "install Seldon Core v2" in (missing.value.hint or "")
+
+
+def test_a_namespace_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    with kube_api() as (url, _):
+        router = KServeRouter(_api(tmp_path, url), "team-b", None, CHALLENGER)
+        with pytest.raises(ManifestError) as missing:
+            router.apply(router.manifests(Weights(100)))
+    assert "namespace team-b does not exist" in missing.value.message
+    assert "kubectl create namespace team-b" in (missing.value.hint or "")
+
+
+def test_a_stale_update_is_read_again_and_retried_then_fails_clearly(tmp_path: Path) -> None:
+    with kube_api() as (url, api):
+        router = KServeRouter(_api(tmp_path, url), "models", CHAMPION, CHALLENGER)
+        router.apply(router.manifests(Weights(0)))
+        api.concurrent_writes = 2  # two other writers get there first: two 409s, then it lands
+        router.set_weights(Weights(10))
+        assert api.conflicts == 2 and router.get_weights() == Weights(10)
+        api.concurrent_writes = 10  # a writer that never stops
+        with pytest.raises(KubernetesError) as stuck:
+            router.set_weights(Weights(50))
+        api.concurrent_writes = 0
+        assert router.get_weights() == Weights(10)  # nothing written blind
+    assert stuck.value.status == 409 and "changed under every one of 3 tries" in stuck.value.message
+
+
+def test_the_stand_in_refuses_what_the_crd_schema_refuses(tmp_path: Path) -> None:
+    # the API server's 422, which a hand-edited manifest would meet: named, with the fix
+    with kube_api() as (url, _):
+        router = KServeRouter(_api(tmp_path, url), "models", None, CHALLENGER)
+        manifest = router.manifests(Weights(100))[0]
+        manifest["spec"]["predictor"]["canaryTrafficPercentage"] = 10  # misspelt
+        with pytest.raises(KubernetesError) as refused:
+            router.apply([manifest])
+    assert refused.value.status == 422 and "canaryTrafficPercentage" in refused.value.message
+    assert "--dry-run" in (refused.value.hint or "")
