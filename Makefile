@@ -15,15 +15,16 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 # The package stage's image builder: buildah (daemonless) and debootstrap (its base image, since
-# nothing can be pulled here), and docker-registry (distribution) for the push test. Installed
-# from Debian's packages when missing and apt-get can run; without them the stage records
-# "image: skipped (no builder)" and the image tests are skipped.
+# nothing can be pulled here), docker-registry (distribution) for the push test, and Prometheus
+# (2.42), which the analysis' queries run on in the tests. Installed from Debian's packages when
+# missing and apt-get can run; without them the stage records "image: skipped (no builder)" and
+# the tests that need them are skipped.
 image-tools:
-	@if command -v buildah >/dev/null && command -v debootstrap >/dev/null && command -v docker-registry >/dev/null; then :; \
+	@if command -v buildah >/dev/null && command -v debootstrap >/dev/null && command -v docker-registry >/dev/null && command -v prometheus >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing buildah, debootstrap and docker-registry (Debian packages) for the image builds"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap docker-registry >/dev/null; \
-	else echo "note: no buildah/debootstrap/docker-registry and no root apt-get: image tests will be skipped"; fi
+	  echo "installing buildah, debootstrap, docker-registry and prometheus (Debian packages) for the tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap docker-registry prometheus >/dev/null; \
+	else echo "note: no buildah/debootstrap/docker-registry/prometheus and no root apt-get: the tests that need them will be skipped"; fi
 
 demo: $(STAMP)
 	$(VENV)/bin/modelship demo

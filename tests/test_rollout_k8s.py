@@ -19,6 +19,7 @@ from modelship.components.targets.cluster import Deployable
 from modelship.components.targets.prometheus import PrometheusMetrics
 from modelship.policies.schema import Policy
 from tests.servers.controller import FileRegistry
+from tests.servers.prometheus import AVAILABLE as PROMETHEUS
 from tests.test_kubernetes import FakeCustomObjects
 
 
@@ -175,3 +176,41 @@ def test_prometheus_unreachable_is_an_error_not_a_failure(tmp_path: Path) -> Non
     metrics = PrometheusMetrics("http://127.0.0.1:9", {"champion": "1", "challenger": "2"})
     with pytest.raises(Exception, match="could not query Prometheus"):
         metrics.snapshot()
+
+
+@pytest.mark.skipif(not PROMETHEUS, reason="no prometheus (make image-tools installs Debian's)")
+def test_seldons_series_read_through_a_real_prometheus(tmp_path: Path) -> None:
+    # a small exporter emitting Seldon's agent series as scheduler/pkg/metrics/agent.go names
+    # and labels them; the analysis' PromQL runs on Prometheus' own engine
+    from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+    from modelship.components.targets.prometheus import SeldonMetrics
+    from modelship.core.histogram import LatencyHistogram
+    from modelship.core.ports import free_port
+    from modelship.gateway.stats import Outcome
+    from tests.servers.prometheus import prometheus, wait_for
+
+    registry = CollectorRegistry()
+    names = ["server", "server_replica", "model", "model_internal", "method_type", "code"]
+    infer = Counter("seldon_model_infer", "inferences", names, registry=registry)
+    seconds = Counter("seldon_model_infer_seconds", "inference time", names, registry=registry)
+    for model, ok, bad, each in (("m-v1", 300, 0, 0.002), ("m-v2", 90, 10, 0.02)):
+        for code, n in (("200", ok), ("500", bad)):
+            labels = ("triton", "0", model, f"{model}_1", "rest", code)
+            infer.labels(*labels).inc(n)
+            seconds.labels(*labels).inc(n * each)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        with prometheus(tmp_path / "prom", [f"127.0.0.1:{port}"], {"namespace": "models"}) as url:
+            wait_for(url, "seldon_model_infer_total", lambda rows: len(rows) >= 4)
+            metrics = SeldonMetrics(url, {"champion": "m-v1", "challenger": "m-v2"},
+                                    {"champion": "1", "challenger": "2"}, 'namespace="models"')  # fmt: skip
+            snap = metrics.snapshot()
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    hist = LatencyHistogram()
+    assert snap["challenger/live"]["outcomes"] == {Outcome.OK: 90, Outcome.ERROR: 10}
+    assert snap["challenger/live"]["latency"] == {str(hist.index(0.02)): 100}
+    assert snap["champion/live"]["outcomes"] == {Outcome.OK: 300}

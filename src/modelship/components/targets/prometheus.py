@@ -162,6 +162,8 @@ class SeldonMetrics(PrometheusMetrics):
             if model not in by_model:
                 continue
             n = int(float(row["value"][1]))
+            if n <= 0:  # a series Seldon created but never counted on
+                continue
             counts = by_model[model]["outcomes"]
             counts[outcome] = counts.get(outcome, 0) + n
             totals[model] = totals.get(model, 0) + n
