@@ -88,3 +88,41 @@ def test_the_stand_in_refuses_what_the_crd_schema_refuses(tmp_path: Path) -> Non
             router.apply([manifest])
     assert refused.value.status == 422 and "canaryTrafficPercentage" in refused.value.message
     assert "--dry-run" in (refused.value.hint or "")
+
+
+def test_a_controller_killed_mid_canary_resumes_and_the_cluster_follows(tmp_path: Path) -> None:
+    # the first controller sets step 1 and dies; a second (another pod) finds the rollout in
+    # its store, puts the step's weights back on the cluster, and takes it to promotion
+    from modelship.components.rollout.stage import kubernetes_controller
+    from modelship.components.rollout.state import Phase, StatusStore
+    from tests.servers.controller import FileRegistry
+    from tests.test_rollout_k8s import FakePrometheus, policy
+
+    fake = FakePrometheus(["3", "4"])
+    try:
+        with kube_api() as (url, api):
+            pol = policy("kserve", fake.url)
+            store = StatusStore(tmp_path / "store", "bc")
+            book = FileRegistry(tmp_path / "registry.log")
+            first = kubernetes_controller(pol, CHAMPION, CHALLENGER, store, book,
+                                          _api(tmp_path, url))  # fmt: skip
+            status = first.begin("bc", "3", "4", "h")
+            while status.weight == 0:
+                status = first.tick(status).status
+            assert status.weight == 20 and not status.phase.is_terminal
+            isvc = next(iter(api.find("InferenceService")))
+            assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 20
+            # the pod dies; meanwhile someone resets the split by hand
+            api.objects[next(iter(api.objects))]["spec"]["predictor"]["canaryTrafficPercent"] = 0
+            second = kubernetes_controller(pol, CHAMPION, CHALLENGER, store, book,
+                                           _api(tmp_path, url))  # fmt: skip
+            resumed = second.begin("bc", "3", "4", "h")
+            assert resumed.events[-1].endswith("resumed") and resumed.weight == 20
+            isvc = next(iter(api.find("InferenceService")))
+            assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 20  # back as it was
+            done = second.run(resumed)
+            assert done.phase is Phase.PROMOTED, done.reason
+            isvc = next(iter(api.find("InferenceService")))
+            assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    finally:
+        fake.server.shutdown()
