@@ -63,6 +63,25 @@ def test_a_namespace_that_does_not_exist_is_named(tmp_path: Path) -> None:
     assert "kubectl create namespace team-b" in (missing.value.hint or "")
 
 
+def test_a_secret_that_does_not_exist_is_named_before_anything_is_applied(
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    with kube_api() as (url, api):
+        api.secrets.discard(("models", "modelship-rclone"))
+        seldon = dataclasses.replace(CHALLENGER, rclone_secret="modelship-rclone")
+        router = SeldonRouter(_api(tmp_path, url), "models", None, seldon)
+        with pytest.raises(ManifestError) as missing:
+            router.apply(router.manifests(Weights(100)))
+        assert api.writes == []  # nothing applied
+        kserve = dataclasses.replace(CHALLENGER, storage_secret="modelship-settings")
+        isvc = KServeRouter(_api(tmp_path, url), "models", None, kserve)
+        isvc.apply(isvc.manifests(Weights(100)))  # that one exists
+    assert "Secret models/modelship-rclone does not exist" in missing.value.message
+    assert "rclone" in missing.value.message
+
+
 def test_a_stale_update_is_read_again_and_retried_then_fails_clearly(tmp_path: Path) -> None:
     with kube_api() as (url, api):
         router = KServeRouter(_api(tmp_path, url), "models", CHAMPION, CHALLENGER)

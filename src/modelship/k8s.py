@@ -35,7 +35,9 @@ def print_manifests(
         champion = None
     first = plan(policy.rollout)[0]
     weights = Weights(first.weight, first.mirror) if champion else Weights(100)
-    rbac = yaml.safe_dump_all(rbac_manifests(namespace), sort_keys=False)
+    k8s = policy.rollout.kubernetes
+    secrets = tuple(n for n in (k8s.storage_secret, k8s.rclone_secret) if n)
+    rbac = yaml.safe_dump_all(rbac_manifests(namespace, secrets=secrets), sort_keys=False)
     return (
         rbac
         + "---\n"

@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 _PATH = re.compile(r"^/apis/([^/]+)/([^/]+)/namespaces/([^/]+)/([^/?]+)(?:/([^/?]+))?")
+_SECRET = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets/([^/?]+)")
+#: the Secrets that exist, by (namespace, name): the policy's defaults, in both namespaces
+SECRETS = frozenset((ns, name) for ns in ("default", "models")
+                    for name in ("modelship-settings", "modelship-rclone"))  # fmt: skip
 
 Key = tuple[str, str, str, str, str]
 
@@ -66,6 +70,8 @@ class KubeApi:
         self.version = 0
         self.lock = threading.Lock()
         self.crds, self.namespaces, self.validate = crds, namespaces, validate
+        #: the Secrets that exist (their data is never served here)
+        self.secrets: set[tuple[str, str]] = set(SECRETS)
         self.concurrent_writes = 0
         self.conflicts = 0
 
@@ -122,6 +128,15 @@ def _handler(api: KubeApi) -> type[BaseHTTPRequestHandler]:
             return obj
 
         def do_GET(self) -> None:
+            secret = _SECRET.match(self.path)
+            if secret:
+                namespace, name = secret.groups()
+                if (namespace, name) not in api.secrets:
+                    self._status(404, "NotFound", f'secrets "{name}" not found')
+                else:
+                    self._send(200, {"kind": "Secret", "apiVersion": "v1",
+                                     "metadata": {"name": name, "namespace": namespace}})  # fmt: skip
+                return
             parsed = self._key()
             if parsed is None:
                 return

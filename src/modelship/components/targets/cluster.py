@@ -388,6 +388,29 @@ class Cluster:
             f"{resource.crd} {name} -o yaml`, managedFields) and stop it, then retry",
         )
 
+    def check_secret(self, name: str, used_for: str) -> None:
+        """Refuse to go on when the Secret ``name`` is missing from the namespace: the pods
+        that read it would start and fail, far from here. Only where the API is the real
+        client's (a test's in-memory API has no Secrets); a 403 (no right to look) passes."""
+        api_client = getattr(self.api, "api_client", None)
+        if api_client is None:
+            return
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            client.CoreV1Api(api_client).read_namespaced_secret(name, self.namespace)
+        except ApiException as e:
+            if e.status == 404 and "secrets" in _api_message(e.body):
+                raise ManifestError(
+                    f"Secret {self.namespace}/{name} does not exist ({used_for})",
+                    hint="create it (docs/kubernetes.md says which keys), or name another in "
+                    "the policy's rollout.kubernetes",
+                ) from e
+            if e.status not in (403, 404):
+                raise KubernetesError(f"reading Secret {self.namespace}/{name} failed: HTTP "
+                                      f"{e.status} {_api_message(e.body)}", status=e.status) from e  # fmt: skip
+
     def create_or_patch(
         self, resource: CustomResource, manifest: Manifest, patch: Manifest | None = None
     ) -> None:

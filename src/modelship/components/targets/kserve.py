@@ -190,6 +190,9 @@ class KServeRouter(ClusterRouter):
         return kserve_manifests(self.champion, self.challenger, weights, self.cluster.namespace)
 
     def apply(self, manifests: Sequence[Manifest]) -> None:
+        if self.challenger.storage_secret:
+            self.cluster.check_secret(self.challenger.storage_secret,
+                                      "the predictor's object-store keys")  # fmt: skip
         self.cluster.apply(manifests, (INFERENCE_SERVICE,), _patch_for)
 
     def get_weights(self) -> Weights:

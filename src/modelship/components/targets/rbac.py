@@ -26,13 +26,23 @@ VERBS = {
 }
 
 
-def rbac_manifests(namespace: str, service_account: str = SERVICE_ACCOUNT) -> list[Manifest]:
+#: the Secrets the serving pods read storage with (rollout.kubernetes' defaults): the rollout
+#: checks they exist before it applies anything, and may read nothing else
+SECRETS = ("modelship-settings", "modelship-rclone")
+
+
+def rbac_manifests(
+    namespace: str, service_account: str = SERVICE_ACCOUNT, secrets: tuple[str, ...] = SECRETS
+) -> list[Manifest]:
     labels = {"app.kubernetes.io/managed-by": "modelship"}
     meta = {"name": service_account, "namespace": namespace, "labels": labels}
     rules = [
         {"apiGroups": [resource.group], "resources": [resource.plural], "verbs": list(verbs)}
         for resource, verbs in VERBS.items()
     ]
+    if secrets:  # existence only, of these names only
+        rules.append({"apiGroups": [""], "resources": ["secrets"],
+                      "resourceNames": sorted(set(secrets)), "verbs": ["get"]})  # fmt: skip
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta),

@@ -233,6 +233,9 @@ class SeldonRouter(ClusterRouter):
         for version in (self.champion, self.challenger):
             if version is not None:
                 check_storage(version, self.fetch)
+        if self.challenger.rclone_secret:
+            self.cluster.check_secret(self.challenger.rclone_secret,
+                                      "the rclone config Seldon's servers read the model with")  # fmt: skip
         self.cluster.apply(manifests, (MODEL, PIPELINE, EXPERIMENT), _patch_for)
 
     def get_weights(self) -> Weights:
