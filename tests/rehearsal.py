@@ -162,6 +162,10 @@ class Cluster:
                 # python3 runs the step in the container
                 inside = [part.replace(sys.executable, "python3") for part in command]
                 mounts = [f"--volume={p}:{p}" for p in (folder, self.root / "pipeline-root")]
+                # the node's files a pod's env names (its registries.conf), read-only, as a
+                # cluster mounts a ConfigMap
+                mounts += [f"--volume={v}:{v}:ro" for v in self.node_env.values()
+                           if Path(v).is_file()]  # fmt: skip
                 settings = [f"--env={k}={v}" for k, v in env.items() if k != "PATH"]
                 return subprocess.run(
                     [*BUILDAH, "run", "--isolation", "chroot", f"--workingdir={folder}", *mounts,

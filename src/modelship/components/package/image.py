@@ -323,7 +323,7 @@ class Layered:
         }))  # fmt: skip
         with log.open("a") as out:
             out.write(f"Bento {tag} as layer {layer.digest} ({layer.size} bytes)\n")
-        return Image(tag, layer.digest, self.name, f"{layer.size / 1e6:.1f} MB Bento layer",
+        return Image(tag, layer.digest, self.name, f"{layer.size / 1e3:.0f} kB Bento layer",
                      layout=str(layout))  # fmt: skip
 
     def push(self, image: Image, target: str, log: Path) -> str:
