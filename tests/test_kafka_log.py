@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelship.components.monitor.kafka_log import read_topics, topics
+from modelship.components.monitor.kafka_log import read_topics
+from modelship.components.serving.seldon_kafka import topics
 from modelship.core.ports import free_port
 
 COLUMNS = ["f0", "f1", "f2"]
@@ -206,3 +207,23 @@ def test_a_monitor_pass_on_seldon_judges_the_traffic_from_kafka(
     assert [w.outcome for w in result.windows] == [WindowOutcome.DRIFT] * 2, said
     assert any("from Kafka" in line for line in said)
     assert result.actions  # the policy's action (alert) was taken
+
+
+def test_a_canary_on_seldon_compares_the_answers_seldon_recorded(broker: str, pb2: Any) -> None:
+    # the rollout's prediction source on Seldon: each version's outputs topic, since the step
+    from modelship.components.rollout.targets import SeldonAnswers
+
+    now_ms = int(time.time() * 1000)
+    _, champion_out = topics("seldon", "models", "cm-v1")
+    _, challenger_out = topics("seldon", "models", "cm-v2")
+    _produce(broker, [
+        (champion_out, "old", _response(pb2, "old", [9, 9]), now_ms - 60_000),  # before the step
+        (champion_out, "a", _response(pb2, "a", [0, 1, 1]), now_ms),
+        (challenger_out, "b", _response(pb2, "b", [1, 1]), now_ms + 1),
+    ])  # fmt: skip
+    source = SeldonAnswers(broker, "seldon", "models", {"1": "cm-v1", "2": "cm-v2"})
+    since = (now_ms - 1000) / 1000
+    champion = source.predictions("1", since)
+    assert champion is not None and list(champion["prediction"]) == [0, 1, 1]
+    challenger = source.predictions("2", since)
+    assert challenger is not None and list(challenger["prediction"]) == [1, 1]

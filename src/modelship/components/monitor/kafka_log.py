@@ -16,62 +16,18 @@ is skipped and counted, never fatal.
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
 from modelship.components.monitor.window import LogRead
 from modelship.components.serving import oip
-
-#: the answer that is the prediction: the class label, else a regressor's value
-PREDICTION_OUTPUTS = ("label", "variable", "predict", "output")
-
-
-def topics(prefix: str, namespace: str, model: str) -> tuple[str, str]:
-    base = f"{prefix}.{namespace}.model.{model}"
-    return f"{base}.inputs", f"{base}.outputs"
-
-
-def _drain(consumer: Any, topic: str, timeout_s: float) -> list[Any]:
-    """Every message of ``topic`` from its start to the end offsets seen now."""
-    from kafka import TopicPartition
-
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        return []
-    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-    consumer.assign(assigned)
-    consumer.seek_to_beginning(*assigned)
-    ends = consumer.end_offsets(assigned)
-    messages: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    while any(consumer.position(tp) < ends[tp] for tp in assigned):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"reading {topic} took over {timeout_s:.0f} s")
-        for batch in consumer.poll(timeout_ms=500).values():
-            messages.extend(batch)
-    return messages
-
-
-def _key(message: Any, parsed: Any) -> str:
-    """What joins a request to its answer: the message key (Seldon 2.8/2.9 key both with
-    ``<pipeline>.<request id>``), else the protocol's ``id``, else the message's place."""
-    if message.key:
-        return bytes(message.key).decode(errors="replace")
-    if parsed.id:
-        return str(parsed.id)
-    return f"{message.partition}-{message.offset}"
-
-
-def _request_id(message: Any, key: str) -> str:
-    """The request's id, as labels name it: Seldon's ``x-request-id`` header, else the last
-    part of a composite key."""
-    for name, value in message.headers or []:
-        if str(name).lower() == "x-request-id" and value:
-            return bytes(value).decode(errors="replace")
-    return key.rsplit(".", 1)[-1]
+from modelship.components.serving.seldon_kafka import (
+    PREDICTION_OUTPUTS,
+    drain,
+    join_key,
+    request_id,
+    topics,
+)
 
 
 def read_topics(
@@ -85,8 +41,8 @@ def read_topics(
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                              group_id=None, request_timeout_ms=30_000)  # fmt: skip
     try:
-        requests = _drain(consumer, inputs_topic, timeout_s)
-        answers = _drain(consumer, outputs_topic, timeout_s)
+        requests = drain(consumer, inputs_topic, timeout_s)
+        answers = drain(consumer, outputs_topic, timeout_s)
     finally:
         consumer.close()
     bad: list[str] = []
@@ -97,7 +53,7 @@ def read_topics(
             out = oip.tensors(parsed)
             name = next((n for n in PREDICTION_OUTPUTS if n in out), next(iter(out), None))
             if name is not None:
-                predictions[_key(message, parsed)] = out[name].reshape(-1)
+                predictions[join_key(message, parsed)] = out[name].reshape(-1)
         except Exception as e:  # a foreign or torn message: skipped, counted
             bad.append(f"{outputs_topic}/{message.partition}@{message.offset}: {type(e).__name__}")
     frames = []
@@ -114,11 +70,11 @@ def read_topics(
         except Exception as e:
             bad.append(f"{inputs_topic}/{message.partition}@{message.offset}: {type(e).__name__}")
             continue
-        key = _key(message, parsed)
+        key = join_key(message, parsed)
         frame = pd.DataFrame(matrix, columns=columns)
         answer = predictions.get(key)
         frame["prediction"] = answer if answer is not None and len(answer) == len(frame) else None
-        frame["request_id"] = _request_id(message, key)
+        frame["request_id"] = request_id(message, key)
         frame["row"], frame["_us"] = range(len(frame)), stamp_us
         frames.append(frame)
     if not frames:

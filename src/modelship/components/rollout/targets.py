@@ -90,6 +90,22 @@ class InferenceLogs:
         return frame.loc[stamps >= since, ["prediction"]].reset_index(drop=True)
 
 
+class SeldonAnswers:
+    """Each version's answers as Seldon recorded them in Kafka (its Model's outputs topic)."""
+
+    def __init__(self, bootstrap: str, prefix: str, namespace: str, models: dict[str, str]) -> None:
+        self.bootstrap, self.prefix, self.namespace = bootstrap, prefix, namespace
+        #: model version -> the Seldon Model's name
+        self.models = models
+
+    def predictions(self, version: str, since: float) -> pd.DataFrame | None:
+        from modelship.components.serving.seldon_kafka import answers
+
+        found = answers(self.bootstrap, self.prefix, self.namespace, self.models[version],
+                        after_us=int(since * 1e6))  # fmt: skip
+        return found[["prediction"]].reset_index(drop=True)
+
+
 class NoLogs:
     def predictions(self, version: str, since: float) -> pd.DataFrame | None:
         return None
@@ -172,6 +188,12 @@ def cluster_ports(
     # pods write their logs where the cluster can reach; a local folder is not that
     shared = bool(uri) and "://" in str(uri) and not str(uri).startswith("file://")
     predictions: PredictionSource = InferenceLogs(str(uri), champion.model) if shared else NoLogs()
+    if rollout.target == "seldon":  # Triton answers there, not the Bento: Seldon's own record
+        predictions = NoLogs()
+        if k8s.kafka_bootstrap:
+            predictions = SeldonAnswers(k8s.kafka_bootstrap, k8s.kafka_topic_prefix,
+                                        k8s.namespace, {v.version: seldon_model_name(v)
+                                                        for v in (champion, challenger)})  # fmt: skip
     return TargetPorts(router, metrics, predictions)
 
 
