@@ -421,6 +421,43 @@ def rollout_abort(model: str, wait: float) -> None:
 
 
 @main.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON lines.")
+@click.option("--verify", is_flag=True, help="Check the hash chain; exit 1 if it is broken.")
+@_errors_to_exit_codes
+def audit(model: str, as_json: bool, verify: bool) -> None:
+    """Every change to what serves MODEL, oldest first: who asked, what moved, under which
+    policy. Each entry holds the hash of the one before (--verify checks the chain)."""
+    from mlflow import MlflowClient
+
+    from modelship.registry.audit import AuditTrail
+    from modelship.registry.audit import verify as check
+
+    settings = Settings.from_env()
+    settings.prepare()
+    trail = AuditTrail(MlflowClient(), settings, model)
+    entries = trail.entries()
+    if as_json:
+        for entry in entries:
+            click.echo(json.dumps(entry, sort_keys=True))
+    else:
+        for e in entries:
+            detail = ", ".join(f"{k}={v}" for k, v in sorted(e.get("detail", {}).items()))
+            version = f"v{e['version']}" if e.get("version") else "-"
+            click.echo(f"{e['seq']:>4}  {e['at']}  {e['action']:<22} {version:<6} "
+                       f"{e['actor']}" + (f"  ({detail})" if detail else ""))  # fmt: skip
+        if not entries:
+            click.echo(f"no audit entries for {model}", err=True)
+    if verify:
+        problems = check(entries, trail.head())
+        for p in problems:
+            click.echo(f"entry {p.seq}: {p.what}", err=True)
+        if problems:
+            raise SystemExit(1)
+        click.echo(f"the chain of {len(entries)} entries is intact", err=True)
+
+
+@main.command()
 @click.option("--model", "models", multiple=True, help="Watch only this model (repeatable).")
 @click.option("--interval", default=10.0, show_default=True, help="Seconds between polls.")
 @click.option("--once", is_flag=True, help="Poll once and exit (for cron or a KFP recurring run).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from mlflow import MlflowClient
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -50,6 +51,11 @@ def send(settings: Settings, model: str, command: Command, wait_s: float) -> str
             hint="a new rollout starts with the next `modelship deploy`",
         )
     files.send(command)
+    from modelship.registry.audit import record
+
+    record(
+        MlflowClient(), model, f"{command} requested", status.challenger, phase=str(status.phase)
+    )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         time.sleep(0.1 if settings.embedded else 0.5)

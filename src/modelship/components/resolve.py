@@ -67,6 +67,8 @@ def run(
         kfp_run=kfp_run,
     )
     registry.set_tag(ref, TAG_RUN, run.run_id)
+    registry.audit(ref.name, "deployment started", ref.version, policy_hash=loaded.digest,
+                   mlflow_run=run.run_id, kfp_run=kfp_run or None)  # fmt: skip
     events.emit(
         "resolve",
         "step",

@@ -209,7 +209,16 @@ class Registry:
         with contextlib.suppress(MlflowException):  # no challenger alias to clear
             self.client.delete_registered_model_alias(ref.name, CHALLENGER)
         self.set_state(ref, ModelState.PROMOTED, "promoted to champion")
+        self.audit(ref.name, "promoted", ref.version,
+                   champion_before=old.version if old else None)  # fmt: skip
         return old
 
     def set_challenger(self, ref: ModelRef) -> None:
         self.client.set_registered_model_alias(ref.name, CHALLENGER, ref.version)
+        self.audit(ref.name, "canary started", ref.version)
+
+    def audit(self, model: str, action: str, version: str | None = None, **detail: object) -> None:
+        """Record a change to what serves ``model`` in its audit trail (registry/audit.py)."""
+        from modelship.registry.audit import record
+
+        record(self.client, model, action, version, **detail)

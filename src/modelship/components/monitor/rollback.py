@@ -119,6 +119,8 @@ def rollback(
             registry.set_tag(previous, TAG_K8S_OBJECTS, ", ".join(objects))
         registry.client.set_registered_model_alias(current.name, CHAMPION, previous.version)
         registry.client.delete_registered_model_alias(current.name, PREVIOUS)
+        registry.audit(current.name, "rolled back", previous.version, rolled_back=current.version,
+                       reason=reason, where="cluster" if objects else "gateway" if router else "aliases")  # fmt: skip
         registry.set_state(current, ModelState.ROLLED_BACK, reason)
         if report:
             registry.set_tag(current, TAG_REPORT, report)

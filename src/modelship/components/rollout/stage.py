@@ -54,6 +54,7 @@ class MlflowRollouts:
     def rolled_back(self, model: str, challenger: str, reason: str) -> None:
         ref = self.registry.resolve(model, version=challenger)
         self.registry.set_state(ref, ModelState.ROLLED_BACK, reason)
+        self.registry.audit(model, "canary aborted", challenger, reason=reason)
         with contextlib.suppress(Exception):  # the alias may be gone already
             self.registry.client.delete_registered_model_alias(model, CHALLENGER)
 
