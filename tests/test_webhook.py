@@ -73,6 +73,17 @@ def test_bad_deliveries_are_refused(tamper: Any, status: int, words: str) -> Non
     assert refused.value.status == status and words in refused.value.reason
 
 
+@pytest.mark.parametrize("delivery_id", ["../../etc/passwd", "a b", "x" * 129, "-rf"])
+def test_a_delivery_id_that_could_name_another_file_is_refused(delivery_id: str) -> None:
+    # it names the deployment's log file and the audit trail's actor: even signed, only an id
+    headers, body = _delivery()
+    headers["X-MLflow-Delivery-Id"] = delivery_id
+    headers["X-MLflow-Signature"] = sign(SECRET, delivery_id, str(int(NOW)), body)
+    with pytest.raises(Refused) as refused:
+        check(headers, body, secret=SECRET, now=NOW)
+    assert refused.value.status == 400 and "delivery id" in refused.value.reason
+
+
 def test_wrong_secret_and_stale_timestamp_are_refused() -> None:
     headers, body = _delivery(secret="not-the-secret")
     with pytest.raises(Refused, match="signature does not match"):

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,9 @@ class Delivery:
     model: str
     version: str
     alias: str | None = None
+
+
+_DELIVERY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def sign(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
@@ -81,6 +85,9 @@ def check(
         )
     if not hmac.compare_digest(sign(secret, delivery_id, timestamp, body), signature):
         raise Refused(401, "signature does not match: wrong secret, or the body was altered")
+    if not _DELIVERY_ID.fullmatch(delivery_id):
+        # it names a log file and goes into the audit trail: only what MLflow sends (a UUID)
+        raise Refused(400, "the delivery id is not letters, digits, '.', '_' or '-' (128 at most)")
     try:
         sent = float(timestamp)
     except ValueError:

@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from modelship.core.errors import InputError
 from modelship.core.settings import Settings
+from modelship.registry.audit import ACTOR_ENV
 from modelship.registry.webhook import Delivery, Refused, SeenDeliveries, check, should_deploy
 
 log = logging.getLogger("modelship.webhook")
@@ -63,7 +64,14 @@ class LocalDispatcher:
         with out.open("w") as f:
             self.running.append(
                 subprocess.Popen(
-                    cmd, stdout=f, stderr=subprocess.STDOUT, env=self.settings.child_env()
+                    cmd,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    # the audit trail names the delivery that asked for this deployment
+                    env={
+                        **self.settings.child_env(),
+                        ACTOR_ENV: f"MLflow webhook delivery {delivery.delivery_id}",
+                    },
                 )
             )
         return f"local deployment of {delivery.model} v{delivery.version} (log {out})"
