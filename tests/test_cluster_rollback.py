@@ -73,6 +73,14 @@ def test_a_rollback_serves_the_previous_champion_on_the_cluster_then_moves_the_a
         assert [c["weight"] for c in candidates] == [100]
         assert candidates[0]["name"].endswith(f"-v{v1.version}-pipeline")
     assert version_tags(promoted["name"])[v1.version][TAG_K8S_OBJECTS]
+    # on record: who rolled back, to what, why, and where the traffic was switched
+    from mlflow import MlflowClient
+
+    from modelship.registry.audit import AuditTrail
+
+    last = AuditTrail(MlflowClient(), Settings.from_env(), promoted["name"]).entries()[-1]
+    assert (last["action"], last["version"]) == ("rolled back", v1.version)
+    assert last["actor"].startswith("drift monitor") and last["detail"]["where"] == "cluster"
 
 
 def test_a_cluster_that_refuses_the_switch_leaves_the_aliases(promoted: dict[str, Any]) -> None:

@@ -89,8 +89,11 @@ class AuditTrail:
         """Every entry, oldest first."""
         return [self._read(name) for name in self._names()]
 
-    def append(self, action: str, version: str | None = None, **detail: Any) -> dict[str, Any]:
-        """Record ``action`` (on ``version``) with ``detail``; the entry as written."""
+    def append(
+        self, action: str, version: str | None = None, by: str | None = None, **detail: Any
+    ) -> dict[str, Any]:
+        """Record ``action`` (on ``version``, asked by ``by``, else :func:`actor`) with
+        ``detail``; the entry as written."""
         names = self._names()
         last = self._read(names[-1]) if names else None
         entry: dict[str, Any] = {
@@ -99,7 +102,7 @@ class AuditTrail:
             "model": self.model,
             "action": action,
             "version": version,
-            "actor": actor(),
+            "actor": by or actor(),
             "detail": {k: v for k, v in detail.items() if v is not None},
             "prev": last["hash"] if last else GENESIS,
         }
@@ -151,14 +154,15 @@ def verify(entries: list[dict[str, Any]], head: str | None) -> list[Problem]:
 
 
 def record(
-    client: MlflowClient, model: str, action: str, version: str | None = None, **detail: Any
-) -> None:
+    client: MlflowClient, model: str, action: str, version: str | None = None,
+    by: str | None = None, **detail: Any,
+) -> None:  # fmt: skip
     """Append to ``model``'s trail; a trail that cannot be written never stops the change it
     records (the change already happened): that is said on stderr."""
     import sys
 
     try:
-        AuditTrail(client, Settings.from_env(), model).append(action, version, **detail)
+        AuditTrail(client, Settings.from_env(), model).append(action, version, by, **detail)
     except Exception as e:  # MLflow and network errors alike
         print(f"modelship: could not record {action} of {model} in the audit trail: {e}",
               file=sys.stderr)  # fmt: skip

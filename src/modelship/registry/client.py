@@ -217,8 +217,11 @@ class Registry:
         self.client.set_registered_model_alias(ref.name, CHALLENGER, ref.version)
         self.audit(ref.name, "canary started", ref.version)
 
-    def audit(self, model: str, action: str, version: str | None = None, **detail: object) -> None:
+    def audit(
+        self, model: str, action: str, version: str | None = None, by: str | None = None,
+        **detail: object,
+    ) -> None:  # fmt: skip
         """Record a change to what serves ``model`` in its audit trail (registry/audit.py)."""
         from modelship.registry.audit import record
 
-        record(self.client, model, action, version, **detail)
+        record(self.client, model, action, version, by, **detail)

@@ -22,6 +22,7 @@ from modelship.core.tags import TAG_K8S_OBJECTS, TAG_REPORT
 from modelship.core.traffic import Weights
 from modelship.core.verdict import ModelState
 from modelship.policies.schema import Policy
+from modelship.registry.audit import actor
 from modelship.registry.client import CHAMPION, PREVIOUS, ModelRef, Registry
 
 #: moves a cluster's traffic to the version it is given; what it applied, for the record
@@ -119,7 +120,8 @@ def rollback(
             registry.set_tag(previous, TAG_K8S_OBJECTS, ", ".join(objects))
         registry.client.set_registered_model_alias(current.name, CHAMPION, previous.version)
         registry.client.delete_registered_model_alias(current.name, PREVIOUS)
-        registry.audit(current.name, "rolled back", previous.version, rolled_back=current.version,
+        registry.audit(current.name, "rolled back", previous.version, by=f"drift monitor ({actor()})",
+                       rolled_back=current.version,
                        reason=reason, where="cluster" if objects else "gateway" if router else "aliases")  # fmt: skip
         registry.set_state(current, ModelState.ROLLED_BACK, reason)
         if report:
