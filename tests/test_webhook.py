@@ -84,6 +84,21 @@ def test_a_delivery_id_that_could_name_another_file_is_refused(delivery_id: str)
     assert refused.value.status == 400 and "delivery id" in refused.value.reason
 
 
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [({"name": "--policy=x.yaml"}, "starts with '-'"), ({"name": "a/b"}, "'/' or ':'"),
+     ({"version": "3; rm -rf /"}, "not a model version"), ({"version": "0"}, "not a model version"),
+     ({"name": "m\nx"}, "control characters")],
+)  # fmt: skip
+def test_names_and_versions_are_checked_before_they_become_arguments(
+    data: dict[str, Any], words: str
+) -> None:
+    headers, body = _delivery(**data)
+    with pytest.raises(Refused) as refused:
+        check(headers, body, secret=SECRET, now=NOW)
+    assert refused.value.status == 400 and words in refused.value.reason
+
+
 def test_wrong_secret_and_stale_timestamp_are_refused() -> None:
     headers, body = _delivery(secret="not-the-secret")
     with pytest.raises(Refused, match="signature does not match"):

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from modelship.core.errors import RegistryError
+from modelship.core.identifiers import check_alias, check_model_name
 from modelship.core.tags import TAG_DIGEST, TAG_REASON, TAG_STATE
 from modelship.core.verdict import ModelState
 from modelship.registry.digest import tree_digest, verify
@@ -73,6 +74,9 @@ class Registry:
         """The version named by number or alias; the latest version when neither is given."""
         if version and alias:
             raise RegistryError("give a version or an alias, not both")
+        check_model_name(name)
+        if alias:
+            check_alias(alias)
         try:
             if alias:
                 mv = self.client.get_model_version_by_alias(name, alias)

@@ -18,6 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelship.core.errors import InputError
+from modelship.core.identifiers import check_alias, check_model_name, check_version
+
 SIGNATURE = "x-mlflow-signature"
 TIMESTAMP = "x-mlflow-timestamp"
 DELIVERY = "x-mlflow-delivery-id"
@@ -109,6 +112,13 @@ def check(
             422, f"event {event} is not one modelship acts on ({CREATED}, {ALIAS_CREATED})"
         )
     alias = str(data.get("alias")) if event == ALIAS_CREATED else None
+    try:  # they become a process's arguments: MLflow's rules, checked before anything runs
+        check_model_name(model)
+        check_version(version)
+        if alias is not None:
+            check_alias(alias)
+    except InputError as e:
+        raise Refused(400, e.message) from None
     return Delivery(delivery_id, event, model, version, alias)
 
 
