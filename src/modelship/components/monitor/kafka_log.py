@@ -22,9 +22,9 @@ import pandas as pd
 from modelship.components.monitor.window import LogRead
 from modelship.components.serving import oip
 from modelship.components.serving.seldon_kafka import (
-    PREDICTION_OUTPUTS,
-    drain,
     join_key,
+    prediction_of,
+    read,
     request_id,
     topics,
 )
@@ -35,25 +35,16 @@ def read_topics(
     *, timeout_s: float = 60.0,
 ) -> LogRead:  # fmt: skip
     """Rows Seldon recorded for ``model`` after ``after_us`` (UTC µs), as :func:`read_log`."""
-    from kafka import KafkaConsumer
-
     inputs_topic, outputs_topic = topics(prefix, namespace, model)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             group_id=None, request_timeout_ms=30_000)  # fmt: skip
-    try:
-        requests = drain(consumer, inputs_topic, timeout_s)
-        answers = drain(consumer, outputs_topic, timeout_s)
-    finally:
-        consumer.close()
+    requests, answers = read(bootstrap, [inputs_topic, outputs_topic], timeout_s)
     bad: list[str] = []
     predictions: dict[str, np.ndarray] = {}
     for message in answers:
         try:
             parsed = oip.parse_response(bytes(message.value))
-            out = oip.tensors(parsed)
-            name = next((n for n in PREDICTION_OUTPUTS if n in out), next(iter(out), None))
-            if name is not None:
-                predictions[join_key(message, parsed)] = out[name].reshape(-1)
+            found = prediction_of(oip.tensors(parsed))
+            if found is not None:
+                predictions[join_key(message, parsed)] = found
         except Exception as e:  # a foreign or torn message: skipped, counted
             bad.append(f"{outputs_topic}/{message.partition}@{message.offset}: {type(e).__name__}")
     frames = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from modelship.components.serving import oip
@@ -64,19 +65,30 @@ def request_id(message: Any, key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
 
+def read(bootstrap: str, names: list[str], timeout_s: float) -> list[list[Any]]:
+    """Each topic's messages, start to end, with one consumer that commits nothing."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             group_id=None, request_timeout_ms=30_000)  # fmt: skip
+    try:
+        return [drain(consumer, name, timeout_s) for name in names]
+    finally:
+        consumer.close()
+
+
+def prediction_of(out: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The answer's predictions, one per row: its label, else a regressor's value."""
+    name = next((n for n in PREDICTION_OUTPUTS if n in out), next(iter(out), None))
+    return None if name is None else out[name].reshape(-1)
+
+
 def answers(bootstrap: str, prefix: str, namespace: str, model: str, after_us: int = 0,
             timeout_s: float = 60.0) -> pd.DataFrame:  # fmt: skip
     """``model``'s predictions Seldon recorded after ``after_us``: one row per predicted row
     (``prediction``, ``_us``); an answer that cannot be decoded is left out."""
-    from kafka import KafkaConsumer
-
     _, outputs_topic = topics(prefix, namespace, model)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             group_id=None, request_timeout_ms=30_000)  # fmt: skip
-    try:
-        messages = drain(consumer, outputs_topic, timeout_s)
-    finally:
-        consumer.close()
+    (messages,) = read(bootstrap, [outputs_topic], timeout_s)
     frames = []
     for message in messages:
         stamp_us = int(message.timestamp) * 1000
@@ -86,9 +98,9 @@ def answers(bootstrap: str, prefix: str, namespace: str, model: str, after_us: i
             out = oip.tensors(oip.parse_response(bytes(message.value)))
         except Exception:  # a foreign or torn message says nothing about the version
             continue
-        name = next((n for n in PREDICTION_OUTPUTS if n in out), next(iter(out), None))
-        if name is not None:
-            frames.append(pd.DataFrame({"prediction": out[name].reshape(-1), "_us": stamp_us}))
+        found = prediction_of(out)
+        if found is not None:
+            frames.append(pd.DataFrame({"prediction": found, "_us": stamp_us}))
     if not frames:
         return pd.DataFrame({"prediction": [], "_us": []})
     return pd.concat(frames, ignore_index=True)
