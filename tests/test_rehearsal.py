@@ -79,13 +79,13 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         kube_api() as (kube_url, kube),
     ):
         conf = str(root / "registry" / "registries.conf")
-        deploy, image = DEPLOY, None
+        deploy, monitor, image = DEPLOY, PIPELINE_DIR / "monitor.yaml", None
         if IMAGE:  # the pipeline as a cluster gets it: compiled against the pushed image
             image = _push_pipeline_image(IMAGE, registry, conf, root)
-            deploy = compile_all(root / "compiled", image=image)[0]
+            deploy, monitor = compile_all(root / "compiled", image=image)[:2]
         yield {"s3": s3, "mlflow": mlflow_url, "registry": registry, "kube": kube,
                "kubeconfig": write_kubeconfig(root / "kubeconfig", kube_url, "models"),
-               "registries_conf": conf, "deploy": deploy, "image": image}  # fmt: skip
+               "registries_conf": conf, "deploy": deploy, "monitor": monitor, "image": image}  # fmt: skip
 
 
 def _push_pipeline_image(image: str, registry: str, conf: str, root: Path) -> str:
@@ -305,6 +305,53 @@ def _boto() -> dict[str, str]:
     return {"aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
             "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
             "region_name": CREDENTIALS["AWS_DEFAULT_REGION"]}  # fmt: skip
+
+
+def test_the_monitor_pipeline_judges_the_champions_log_in_the_object_store(
+    servers: dict[str, Any], laptop: dict[str, Any], tmp_path: Path, data: Any
+) -> None:
+    # after the first test, v1 serves on KServe and its Bento writes its inference log to S3:
+    # here that log is written as the Bento writes it (Parquet parts), drifted; the compiled
+    # monitor.yaml runs in its own pod, reads it from S3, finds the drift and alerts (v1 has no
+    # previous champion to roll back to)
+    import uuid
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    reference = data[2].drop(columns=["target"])
+    drifted = reference.sample(450, replace=True, random_state=5).reset_index(drop=True) * 1.6
+    start_us = 1_900_000_000_000_000
+    table = pa.table({
+        **{c: pa.array(drifted[c].to_numpy(np.float32)) for c in drifted},
+        "request_id": pa.array([uuid.uuid4().hex for _ in range(len(drifted))]),
+        "timestamp": pa.array([start_us + i * 1000 for i in range(len(drifted))],
+                              pa.timestamp("us", tz="UTC")),
+        "prediction": pa.array(np.zeros(len(drifted), dtype=np.int64)),
+    })  # fmt: skip
+    host = servers["s3"].removeprefix("http://")
+    s3 = pafs.S3FileSystem(endpoint_override=host, scheme="http",
+                           access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                           secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region="us-east-1")  # fmt: skip
+    pq.write_table(table, f"modelship/inference/{MODEL}/v{laptop['v1']}/part-000001.parquet",
+                   filesystem=s3)  # fmt: skip
+    text = ON_CLUSTER.replace("REGISTRY", servers["registry"]) + (
+        "monitor: {window: {rows: 200}, min_rows: 100, consecutive_windows: 1, action: alert,"
+        " cooldown_s: 0}\n"
+    )
+    policy = load_policy(MODEL, text=text).policy
+    cluster = _cluster(tmp_path, servers)
+    (tmp_path / "pods").mkdir()
+    task = cluster.run(
+        servers["monitor"], {"model_name": MODEL, "policy_yaml": policy_yaml(policy)}
+    )
+    report = json.loads(Path(task.output.path).read_text())
+    assert [p.task for p in cluster.pods] == ["monitor_model"], cluster.logs()
+    assert set(cluster.pods[0].env) <= POD_KEYS
+    assert [w["outcome"] for w in report["windows"]] == ["drift", "drift"], cluster.logs()
+    assert report["actions"] and report["waiting_rows"] == 50
 
 
 def test_a_local_rollout_is_refused_in_the_first_pod_and_nothing_is_written(
