@@ -1,4 +1,4 @@
-"""A real Prometheus (Debian's ``prometheus`` 2.42) scraping given targets every second.
+"""A real Prometheus (Debian's ``prometheus`` 2.42) scraping given targets every 3 s.
 
 Runs as a plain process with its own config and data folder on a free loopback port; the
 analysis' PromQL then runs on the real query engine, against series scraped from real
@@ -31,7 +31,9 @@ def prometheus(
     port = free_port()
     config = root / "prometheus.yml"
     config.write_text(json.dumps({  # YAML is a superset of JSON
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        # a scrape may take that long on a loaded 2-core machine: BentoML's /metrics gathers
+        # its workers' series (with 1 s, every scrape of the Bento timed out in a CI run)
+        "global": {"scrape_interval": "3s", "scrape_timeout": "3s", "evaluation_interval": "3s"},
         "scrape_configs": [{"job_name": "served", "static_configs": [
             {"targets": targets, "labels": labels or {}}]}],
     }))  # fmt: skip
@@ -43,8 +45,8 @@ def prometheus(
         yield url
 
 
-def wait_for(url: str, promql: str, check: object, timeout_s: float = 30.0) -> list[dict]:  # type: ignore[type-arg]
-    """Query until ``check(result)`` holds (scrapes land every second); the last result."""
+def wait_for(url: str, promql: str, check: object, timeout_s: float = 90.0) -> list[dict]:  # type: ignore[type-arg]
+    """Query until ``check(result)`` holds (a scrape lands every 3 s); the last result."""
     deadline = time.monotonic() + timeout_s
     result: list[dict] = []  # type: ignore[type-arg]
     while time.monotonic() < deadline:
@@ -54,4 +56,9 @@ def wait_for(url: str, promql: str, check: object, timeout_s: float = 30.0) -> l
         if callable(check) and check(result):
             return result
         time.sleep(0.5)
-    raise AssertionError(f"{promql} never satisfied the check: {result}")
+    with urllib.request.urlopen(f"{url}/api/v1/targets", timeout=5) as answer:
+        targets = json.loads(answer.read())["data"]["activeTargets"]
+    health = [
+        (t["scrapeUrl"], t["health"], t["lastError"], t["lastScrapeDuration"]) for t in targets
+    ]
+    raise AssertionError(f"{promql} never satisfied the check: {result}; targets: {health}")
