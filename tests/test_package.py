@@ -391,23 +391,25 @@ def test_a_changed_bento_in_mlflow_is_refused_and_never_lands_in_the_store(
 @pytest.mark.slow
 @pytest.mark.skipif(not PROMETHEUS, reason="no prometheus (make image-tools installs Debian's)")
 def test_the_bentos_metrics_answer_the_analysis_through_a_real_prometheus(
-    server: str, deployed: dict[str, Any], data: Any, tmp_path: Path
+    home: Path, deployed: dict[str, Any], data: Any, tmp_path: Path
 ) -> None:
     # what KServe's scraping annotations hand to Prometheus: the Bento's own /metrics; the
-    # analysis' PromQL runs on Prometheus' engine against what the real Bento counted
+    # analysis' PromQL runs on Prometheus' engine against what the real Bento counted. A
+    # server of its own: the module's has met other servers of the same store by now
     from modelship.components.targets.prometheus import PrometheusMetrics
     from modelship.gateway.stats import Outcome
     from tests.servers.prometheus import prometheus, wait_for
 
     features = data[3].drop(columns=["target"]).head(3)
-    for _ in range(20):
-        assert _post(server, {"inputs": features.to_dict(orient="records")}).status_code == 200
-    assert _post(server, {"inputs": [[1.0]]}).status_code == 400  # a client error, counted too
     version = deployed["version"]
-    with prometheus(tmp_path / "prom", [server.removeprefix("http://")]) as url:
-        wait_for(url, f'sum(modelship_requests_total{{version="{version}"}})',
-                 lambda rows: bool(rows) and float(rows[0]["value"][1]) >= 21)  # fmt: skip
-        snap = PrometheusMetrics(url, {"champion": version, "challenger": version}).snapshot()
+    with bento_server(home, deployed["tag"], tmp_path / "serve.log") as (server, _):
+        for _ in range(20):
+            assert _post(server, {"inputs": features.to_dict(orient="records")}).status_code == 200
+        assert _post(server, {"inputs": [[1.0]]}).status_code == 400  # a client error, counted
+        with prometheus(tmp_path / "prom", [server.removeprefix("http://")]) as url:
+            wait_for(url, f'sum(modelship_requests_total{{version="{version}"}})',
+                     lambda rows: bool(rows) and float(rows[0]["value"][1]) >= 21)  # fmt: skip
+            snap = PrometheusMetrics(url, {"champion": version, "challenger": version}).snapshot()
     live = snap["champion/live"]
     assert live["outcomes"][Outcome.OK] >= 20 and live["outcomes"][Outcome.CLIENT_ERROR] >= 1
     assert sum(live["latency"].values()) >= 20  # from the Bento's histogram buckets
