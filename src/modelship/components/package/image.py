@@ -83,16 +83,22 @@ REGISTRY_USER_ENV = "MODELSHIP_REGISTRY_USERNAME"
 REGISTRY_PASSWORD_ENV = "MODELSHIP_REGISTRY_PASSWORD"
 
 
+def _credentials() -> tuple[str, str] | None:
+    """The registry's user and password from the environment (the Secret's keys in a pod)."""
+    user, password = os.environ.get(REGISTRY_USER_ENV), os.environ.get(REGISTRY_PASSWORD_ENV)
+    return (user, password) if user and password else None
+
+
 def auth_file(target: str, folder: Path) -> Path | None:
     """A containers auth file (0600, in ``folder``) for ``target``'s registry from the
     environment's credentials; None without them. A file, so the password is never on a
     command line that ``ps`` shows."""
     import base64
 
-    user, password = os.environ.get(REGISTRY_USER_ENV), os.environ.get(REGISTRY_PASSWORD_ENV)
-    if not (user and password):
+    credentials = _credentials()
+    if credentials is None:
         return None
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    token = base64.b64encode(":".join(credentials).encode()).decode()
     path = folder / "registry-auth.json"
     path.touch(mode=0o600)
     path.write_text(json.dumps({"auths": {target.split("/", 1)[0]: {"auth": token}}}))
@@ -235,11 +241,6 @@ BENTO_ENV = {
 }
 BENTO_CMD = ["bentoml", "serve", "bentos.service:ModelService", "--host", "0.0.0.0",
              "--port", "3000"]  # fmt: skip
-
-
-def _credentials() -> tuple[str, str] | None:
-    user, password = os.environ.get(REGISTRY_USER_ENV), os.environ.get(REGISTRY_PASSWORD_ENV)
-    return (user, password) if user and password else None
 
 
 def missing_packages(bento: Path) -> list[str]:
