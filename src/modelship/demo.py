@@ -22,6 +22,7 @@ import pandas as pd
 from rich.console import Console
 
 from modelship.core.errors import InputError
+from modelship.core.lifeline import tied
 from modelship.core.settings import Settings
 
 MODEL = "breast-cancer"
@@ -226,7 +227,7 @@ def _production(settings: Settings, console: Console) -> None:
     port = free_port()
     cmd = [sys.executable, "-m", "modelship.cli", "serve", MODEL, "--port", str(port)]
     with (logs / "serve.out").open("wb") as out:
-        serve = subprocess.Popen(cmd, env=settings.child_env(), stdout=out,
+        serve = subprocess.Popen(tied(cmd), env=settings.child_env(), stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 180

@@ -14,12 +14,14 @@ from typing import TypeVar
 
 from modelship.core.errors import ModelshipError
 from modelship.core.events import EventSink
+from modelship.core.lifeline import watch_anchor
 
 T = TypeVar("T")
 ERROR_MARKER = "MODELSHIP_ERROR"
 
 
 def run_step(stage: str, body: Callable[[EventSink], T]) -> T:
+    watch_anchor()  # on this machine, the step ends when the process running the pipeline does
     events = EventSink.from_env()
     events.emit(stage, "start")
     t0 = time.perf_counter()

@@ -19,6 +19,7 @@ from typing import Any
 
 from modelship.core.errors import InputError, ModelshipError, StageError
 from modelship.core.events import EVENTS_ENV, read_all
+from modelship.core.lifeline import LIFELINE_ENV, anchor
 from modelship.core.settings import Settings
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -85,6 +86,7 @@ def run_deploy(
 
     os.environ.update(settings.child_env())
     os.environ[EVENTS_ENV] = str(local_run.events)
+    os.environ[LIFELINE_ENV] = anchor()  # the steps end with this process, however it ends
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(settings.home / "pipeline-root"),

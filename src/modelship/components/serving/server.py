@@ -25,6 +25,7 @@ from typing import Any
 
 from modelship.components.containers import BUILDAH, remove_container
 from modelship.core.errors import ModelshipError
+from modelship.core.lifeline import tied
 from modelship.core.ports import PortInUse, free_port, pick_port, port_free
 from modelship.core.records import PackagedModel
 
@@ -245,7 +246,7 @@ class _Interrupted(KeyboardInterrupt):
 
 
 def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Interrupted(f"signal {signum}")
+    raise _Interrupted(f"interrupted by {signal.Signals(signum).name}")
 
 
 @contextlib.contextmanager
@@ -257,7 +258,8 @@ def served(launch: Launch, port: int, log: Path, ready_timeout_s: float) -> Iter
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         with log.open("wb") as out:
-            proc = subprocess.Popen(launch.cmd, stdout=out, stderr=subprocess.STDOUT,
+            # its own session (the group is stopped as one), tied to this process' life
+            proc = subprocess.Popen(tied(launch.cmd), stdout=out, stderr=subprocess.STDOUT,
                                     env=launch.env, start_new_session=True)  # fmt: skip
         server = Server(f"http://127.0.0.1:{port}", port, proc, 0.0, log)
         try:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from modelship.components.metrics import Predictions
 from modelship.components.mlmodel import Signature
+from modelship.core.lifeline import tied
 from modelship.core.verdict import Check
 
 
@@ -62,7 +63,7 @@ class Probe:
         ]
         self.started = time.perf_counter()
         with self.output.open("w") as out:  # a file, not a pipe: a chatty model cannot block
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(tied(cmd), stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def result(self) -> ProbeResult:
         remaining = self.timeout_s - (time.perf_counter() - self.started)
