@@ -7,7 +7,9 @@ from typing import Any
 from rich.table import Table
 
 from modelship.core.tags import TAG_DIGEST, TAG_REASON, TAG_RUN, TAG_STATE
+from modelship.core.verdict import ModelState
 from modelship.registry.client import Registry
+from modelship.registry.deployments import DeploymentRun
 
 
 def model_status(model: str, registry: Registry | None = None) -> dict[str, Any]:
@@ -21,17 +23,37 @@ def model_status(model: str, registry: Registry | None = None) -> dict[str, Any]
             {
                 "version": v.version,
                 "aliases": sorted(v.aliases),
-                "state": v.tags.get(TAG_STATE),
-                "reason": v.tags.get(TAG_REASON),
-                "digest": v.tags.get(TAG_DIGEST),
                 "deployment_run": v.tags.get(TAG_RUN),
+                "digest": v.tags.get(TAG_DIGEST),
+                **_state(registry, v.version, v.tags),
             }
             for v in versions
         ],
     }
 
 
-_STATE_STYLE = {"rejected": "red", "rolled_back": "red", "promoted": "green", "validated": "cyan"}
+def _state(registry: Registry, version: str, tags: dict[str, str]) -> dict[str, str | None]:
+    """The version's state tag, or ``interrupted`` where its deploy was killed (a killed
+    process records nothing: its run still says RUNNING, its process is gone)."""
+    state, reason, run = tags.get(TAG_STATE), tags.get(TAG_REASON), tags.get(TAG_RUN)
+    if run and state not in _SETTLED:
+        why = DeploymentRun(registry.client, run).interrupted()
+        if why is not None:
+            return {
+                "state": str(ModelState.INTERRUPTED),
+                "reason": f"interrupted after {state or 'registration'}: {why}; "
+                f"deploy it again to start over (modelship deploy ... --version {version})",
+            }
+    return {"state": state, "reason": reason}
+
+
+#: states a deploy ends in: their run is closed, nothing to look up
+_SETTLED = {str(s) for s in (ModelState.PROMOTED, ModelState.REJECTED, ModelState.ROLLED_BACK,
+                             ModelState.INTERRUPTED)}  # fmt: skip
+
+
+_STATE_STYLE = {"rejected": "red", "rolled_back": "red", "promoted": "green", "validated": "cyan",
+                "interrupted": "yellow"}  # fmt: skip
 
 
 def render_status(report: dict[str, Any]) -> Table:

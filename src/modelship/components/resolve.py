@@ -8,12 +8,33 @@ from pathlib import Path
 from modelship.core.errors import DigestMismatch, InputError
 from modelship.core.events import NO_EVENTS, EventSink
 from modelship.core.settings import Settings
-from modelship.core.tags import TAG_RUN
+from modelship.core.tags import TAG_RUN, TAG_STATE
 from modelship.core.verdict import ModelState
 from modelship.policies.loader import load_policy
 from modelship.policies.schema import cluster_log_problem
 from modelship.registry.client import ModelRef, Registry
 from modelship.registry.deployments import DeploymentRun
+
+
+def _close_interrupted(registry: Registry, ref: ModelRef) -> None:
+    """A deploy of ``ref`` still running here is refused; one that was killed is closed (its
+    run and the version's state say so) before this one starts over."""
+    previous = ref.tags.get(TAG_RUN)
+    if not previous:
+        return
+    run = DeploymentRun(registry.client, previous)
+    owner = run.local_owner()
+    if owner is None:
+        return
+    pid, alive = owner
+    if alive:
+        raise InputError(
+            f"{ref} is being deployed now by process {pid} (MLflow run {previous})",
+            hint=f"wait for it to end, or stop it (kill {pid}) and deploy again",
+        )
+    reason = f"interrupted after {ref.tags.get(TAG_STATE) or 'registration'}: {run.interrupted()}"
+    run.fail(reason, outcome="interrupted", status="KILLED")
+    registry.set_state(ref, ModelState.INTERRUPTED, reason)
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,7 @@ def run(
     if settings.pod_secret and (problem := cluster_log_problem(loaded.policy)) is not None:
         raise InputError(problem, hint="edit the policy the run was given (policy_yaml)")
     ref = registry.resolve(model, version=version, alias=alias)
+    _close_interrupted(registry, ref)
     events.emit("resolve", "step", step=f"download {ref}")
     try:
         _, digest = registry.checked_download(ref, dest)

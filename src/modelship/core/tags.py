@@ -34,3 +34,6 @@ RUN_ERROR = "modelship.error"
 #: the Kubeflow Pipelines run that made a deployment run (how `modelship submit` finds it)
 RUN_KFP = "modelship.kfp_run"
 RUN_BENTO_DIGEST = "modelship.bento_digest"
+#: the process that runs the deployment on this machine (``HOST PID:START_TICKS``, from
+#: ``modelship.core.lifeline``), so a run it left open when it was killed reads as interrupted
+RUN_OWNER = "modelship.owner"

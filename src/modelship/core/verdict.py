@@ -29,6 +29,9 @@ class ModelState(StrEnum):
     PROMOTED = "promoted"
     REJECTED = "rejected"
     ROLLED_BACK = "rolled_back"
+    #: the deploy that carried it was killed between or inside stages (found by the next
+    #: ``modelship status`` or deploy, since a killed process records nothing)
+    INTERRUPTED = "interrupted"
 
     @property
     def is_terminal(self) -> bool:

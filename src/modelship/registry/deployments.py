@@ -8,6 +8,8 @@ stages run in separate processes.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -16,8 +18,9 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
 from modelship.core.errors import RegistryError
+from modelship.core.lifeline import LIFELINE_ENV, anchor_alive
 from modelship.core.settings import Settings
-from modelship.core.tags import RUN_ERROR, RUN_KFP, RUN_MODEL, RUN_OUTCOME, RUN_VERSION
+from modelship.core.tags import RUN_ERROR, RUN_KFP, RUN_MODEL, RUN_OUTCOME, RUN_OWNER, RUN_VERSION
 from modelship.core.verdict import Verdict
 from modelship.registry.client import ModelRef
 
@@ -62,6 +65,8 @@ class DeploymentRun:
         tags = {RUN_MODEL: ref.name, RUN_VERSION: ref.version}
         if kfp_run:
             tags[RUN_KFP] = kfp_run
+        if owner := os.environ.get(LIFELINE_ENV):  # set where the pipeline runs on this machine
+            tags[RUN_OWNER] = f"{socket.gethostname()} {owner}"
         try:
             exp = ensure_experiment(client, settings, EXPERIMENT)
             run = client.create_run(exp, run_name=f"{ref.name}-v{ref.version}", tags=tags)
@@ -113,11 +118,32 @@ class DeploymentRun:
         status = RunStatus.to_string(RunStatus.FINISHED if passed else RunStatus.FAILED)
         self.client.set_terminated(self.run_id, status)
 
-    def fail(self, error: str) -> None:
+    def fail(self, error: str, *, outcome: str = "error", status: str = "FAILED") -> None:
         """Close a run whose pipeline crashed, with the error that ended it."""
-        self.client.set_tag(self.run_id, RUN_OUTCOME, "error")
+        self.client.set_tag(self.run_id, RUN_OUTCOME, outcome)
         self.client.set_tag(self.run_id, RUN_ERROR, error[:4000])
-        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FAILED))
+        self.client.set_terminated(self.run_id, status)
+
+    def local_owner(self) -> tuple[str, bool] | None:
+        """The pid of the process running this deployment on this machine, and whether it still
+        runs. None once the run ended, and where it runs elsewhere (a cluster's run ends with its
+        KFP run, which this cannot see)."""
+        try:
+            run = self.client.get_run(self.run_id)
+        except MlflowException:
+            return None
+        host, _, process = run.data.tags.get(RUN_OWNER, "").partition(" ")
+        if run.info.status != "RUNNING" or host != socket.gethostname() or not process:
+            return None
+        return process.partition(":")[0], anchor_alive(process)
+
+    def interrupted(self) -> str | None:
+        """Why this run is over though it says RUNNING (its process was killed, or the machine
+        restarted), or None."""
+        owner = self.local_owner()
+        if owner is None or owner[1]:
+            return None
+        return f"the deploy that ran it (pid {owner[0]} on {socket.gethostname()}) is gone"
 
 
 def scratch_dir(prefix: str) -> Path:

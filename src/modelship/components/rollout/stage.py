@@ -144,7 +144,12 @@ def _drive(
             status = controller.run(status)
         except BaseException as e:
             # the target closes with this step: record the rollout as over, champion untouched
-            _abandon(store, controller, f"{type(e).__name__}: {e}")
+            why = (
+                (str(e) or "interrupted")
+                if isinstance(e, KeyboardInterrupt)
+                else f"{type(e).__name__}: {e}"
+            )
+            _abandon(store, controller, why)
             raise
         if status.phase is Phase.PROMOTED:
             # in-flight requests on the old champion finish, then it stops
