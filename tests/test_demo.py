@@ -3,18 +3,65 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.support import cli
 
 pytestmark = pytest.mark.slow
 
+#: secrets the demo runs with: none may appear in a file it writes or on a command line
+SECRETS = {
+    "MODELSHIP_GATEWAY_TOKEN": "gw-7Qm2-known-admin-token",
+    "MODELSHIP_WEBHOOK_SECRET": "wh-9Xc4-known-webhook-secret",
+    "MODELSHIP_NOTIFY_SECRET": "nt-3Lp8-known-notify-secret",
+    "AWS_SECRET_ACCESS_KEY": "aws-5Rz1-known-secret-key",
+    "MODELSHIP_REGISTRY_PASSWORD": "reg-2Vb6-known-password",
+}
+
+
+class CommandLines:
+    """Every process' command line, sampled while the demo runs (what `ps` would show)."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.5):
+            for proc in psutil.process_iter(["cmdline"]):
+                self.seen.add(" ".join(proc.info["cmdline"] or []))
+
+    def __enter__(self) -> CommandLines:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def _files_holding(root: Path, secret: bytes) -> list[str]:
+    return [str(p.relative_to(root)) for p in root.rglob("*")
+            if p.is_file() and not p.is_symlink() and secret in p.read_bytes()]  # fmt: skip
+
 
 def test_demo_deploys_three_versions_and_rejects_the_degraded_one(tmp_path: Path) -> None:
-    proc = cli(tmp_path, "demo", "--json", timeout=600)
+    env = SECRETS | {"AWS_ACCESS_KEY_ID": "aws-known-key-id", "MODELSHIP_REGISTRY_USERNAME": "u"}
+    with CommandLines() as lines:
+        proc = cli(tmp_path, "demo", "--json", timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the secrets stay secret: not on a command line, in the output, a log, a report, a
+    # Bento, the MLflow store or its artifacts (everything the demo wrote is under its home)
+    for name, secret in SECRETS.items():
+        assert not [c for c in lines.seen if secret in c], f"{name} on a command line"
+        assert secret not in proc.stdout + proc.stderr, f"{name} in the demo's output"
+        assert not _files_holding(tmp_path, secret.encode()), f"{name} written to a file"
+    assert len(lines.seen) > 10  # the sampler saw the demo's processes
     summaries = json.loads(proc.stdout)
     assert [s["outcome"] for s in summaries] == ["passed", "passed", "rejected"]
     assert summaries[2]["rejected_at"] == "validate"

@@ -46,7 +46,7 @@ def serve(settings: Settings, model: str, host_port: int, log_dir: Path,
     standby = packaged_version(registry, previous)[0] if previous is not None else None
     env = settings.child_env()
     port = pick_port(host_port, "--port", "pass another --port")
-    token = secrets.token_urlsafe(24)
+    token = settings.gateway_token or secrets.token_urlsafe(24)
     record_path, token_path = serving_paths(settings.home, model)
     record_path.parent.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelship.core.errors import InputError
@@ -39,6 +39,8 @@ SECRET_OPTIONAL = (
     # the monitor's notification webhook's HMAC secret (components/monitor/notify.py)
     "MODELSHIP_NOTIFY_SECRET",
 )
+#: the gateway's admin API token; where it is not set, each gateway start makes a random one
+GATEWAY_TOKEN_ENV = "MODELSHIP_GATEWAY_TOKEN"
 #: keys that mean nothing one without the other
 _SECRET_PAIRS = (
     ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
@@ -86,6 +88,9 @@ class Settings:
     policies: Path | None = None
     #: in a pipeline pod, the Kubernetes Secret its settings came from (``SETTINGS_SECRET_ENV``)
     pod_secret: str | None = None
+    #: the admin token for the gateways modelship starts (``GATEWAY_TOKEN_ENV``); None: random.
+    #: Never in a repr, a log line or a command line: it reaches the gateway in its environment
+    gateway_token: str | None = field(default=None, repr=False)
 
     @property
     def bentoml_home(self) -> Path:
@@ -117,6 +122,7 @@ class Settings:
                 artifact_root=None,
                 policies=policies,
                 pod_secret=env.get(SETTINGS_SECRET_ENV) or None,
+                gateway_token=env.get(GATEWAY_TOKEN_ENV) or None,
             )
         return cls(
             home=home,
@@ -124,6 +130,7 @@ class Settings:
             registry_uri=uri,
             artifact_root=str(home / "artifacts"),
             policies=policies,
+            gateway_token=env.get(GATEWAY_TOKEN_ENV) or None,
         )
 
     def prepare(self) -> None:

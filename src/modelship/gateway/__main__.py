@@ -10,9 +10,10 @@ import sys
 
 from aiohttp import web
 
+from modelship.core.settings import GATEWAY_TOKEN_ENV
 from modelship.gateway.app import Backend, GatewayConfig, create_app
 
-TOKEN_ENV = "MODELSHIP_GATEWAY_TOKEN"
+TOKEN_ENV = GATEWAY_TOKEN_ENV
 
 
 def _backend(spec: str) -> Backend:

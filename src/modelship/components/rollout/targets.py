@@ -35,6 +35,7 @@ from modelship.components.targets.seldon import model_name as seldon_model_name
 from modelship.core.errors import InputError, StageError
 from modelship.core.events import EventSink
 from modelship.core.records import PackageRecord
+from modelship.core.settings import GATEWAY_TOKEN_ENV
 from modelship.core.tags import TAG_K8S_OBJECTS
 from modelship.core.traffic import TrafficRouter, Weights
 from modelship.policies.schema import Policy
@@ -127,7 +128,7 @@ def local_target(plan: RolloutPlan) -> Iterator[TargetPorts]:
     env = {k: v for k, v in plan.env.items() if k != "MODELSHIP_INFERENCE_LOG"}
     logs = log_root(plan.policy, os.environ | env, plan.home)
     env["MODELSHIP_INFERENCE_LOG"] = logs
-    token = secrets.token_urlsafe(24)
+    token = plan.env.get(GATEWAY_TOKEN_ENV) or secrets.token_urlsafe(24)
     with contextlib.ExitStack() as stack:
         servers = {}
         for variant, what in (("champion", old), ("challenger", record.packaged)):
