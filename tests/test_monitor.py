@@ -6,6 +6,10 @@ import hashlib
 import hmac
 import json
 import os
+import signal
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -313,6 +317,53 @@ def test_a_rollback_that_cannot_complete_is_loud_and_changes_nothing(
         assert champion("watched") == "2" and stack.predict() == "champion"
         assert notices.actions() == ["rollback_failed"]
     finally:
+        stack.stop()
+
+
+@pytest.mark.slow
+def test_a_pass_killed_mid_rollback_is_finished_by_the_next(
+    store: dict[str, Any], tmp_path: Path
+) -> None:
+    """SIGKILL after the gateway switched and before the aliases moved (the registry's writes
+    held back by a lock on the embedded store): the next pass makes them agree."""
+    registry = Registry()
+    registry.promote(registry.resolve("watched", version="2"))  # v2 champion, v1 previous
+    stack = Stack(tmp_path)
+    db = sqlite3.connect(store["home"] / "mlflow.db", timeout=0, isolation_level=None)
+    try:
+        stack.start_backend("champion")
+        stack.start_backend("challenger")
+        stack.start_gateway()
+        router = GatewayRouter(stack.url, TOKEN)
+        router._call("PUT", "/admin/backends", {
+            v: {"url": f"http://127.0.0.1:{stack.ports[v]}", "version": version}
+            for v, version in (("champion", "2"), ("challenger", "1"))})  # fmt: skip
+        write_log(store["home"], "watched", "2", rows(store["reference"], 400, shift=1.0, seed=7),
+                  time.time())  # fmt: skip
+        db.execute("BEGIN IMMEDIATE")  # readers go on; the pass' first registry write waits
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        killed = subprocess.Popen(
+            [sys.executable, "-m", "tests.servers.monitor_pass", str(store["home"]), "watched",
+             stack.url, policy().model_dump_json()],
+            env=env | {"MODELSHIP_GATEWAY_TOKEN": TOKEN}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while router.describe()["backends"]["champion"]["version"] != "1":
+            assert killed.poll() is None, killed.communicate()[0]
+            assert time.monotonic() < deadline, "the pass never switched the gateway"
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        db.execute("ROLLBACK")
+        assert champion("watched") == "2"  # traffic on v1, aliases still on v2: the half state
+        result = monitor(store, "watched", policy(), router=router)
+        assert result.actions[0].startswith("finished the rollback of v2 to v1"), result.actions
+        assert champion("watched") == "1" and stack.predict() == "challenger"
+        assert "previous" not in Registry().resolve("watched", version="1").aliases
+        assert version_tags("watched")["2"]["modelship.state"] == "rolled_back"
+    finally:
+        db.close()
         stack.stop()
 
 

@@ -10,9 +10,12 @@ person must finish: never a silent half-state.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from mlflow.exceptions import MlflowException
 
 from modelship.components.targets.cluster import CustomObjects, load_api
 from modelship.components.targets.kubernetes import deployable, serve_alone
@@ -59,8 +62,15 @@ def previous_of(registry: Registry, model: str) -> ModelRef | None:
         return None
 
 
+class RegistryBehind(RollbackFailed):
+    """Traffic is on the previous champion, but the registry's aliases were not moved."""
+
+
 def switch_traffic(router: GatewayRouter, previous: ModelRef) -> None:
     state = router.describe()
+    serving = state["backends"].get("champion") or {}
+    if serving.get("version") == previous.version and "challenger" not in state["backends"]:
+        return  # switched already: a pass killed after the switch is being finished
     standby = state["backends"].get("challenger")
     if standby is None or standby.get("version") != previous.version:
         raise RollbackFailed(
@@ -116,23 +126,34 @@ def rollback(
             ) from e
         traffic_s = time.perf_counter() - started
     try:
-        if objects:
-            registry.set_tag(previous, TAG_K8S_OBJECTS, ", ".join(objects))
-        registry.client.set_registered_model_alias(current.name, CHAMPION, previous.version)
-        registry.client.delete_registered_model_alias(current.name, PREVIOUS)
-        registry.audit(current.name, "rolled back", previous.version, by=f"drift monitor ({actor()})",
-                       rolled_back=current.version,
-                       reason=reason, where="cluster" if objects else "gateway" if router else "aliases")  # fmt: skip
-        registry.set_state(current, ModelState.ROLLED_BACK, reason)
-        if report:
-            registry.set_tag(current, TAG_REPORT, report)
-        registry.set_state(previous, ModelState.PROMOTED,
-                           f"champion again: v{current.version} was rolled back")  # fmt: skip
+        record_rollback(registry, current, previous, reason, report=report, objects=objects,
+                        where="cluster" if objects else "gateway" if router else "aliases")  # fmt: skip
     except Exception as e:
         done = "traffic is on" if router is not None or cluster is not None else "nothing moved to"
-        raise RollbackFailed(
+        raise RegistryBehind(
             f"{done} v{previous.version}, but the registry could not be updated: {e}",
-            hint=f"set the alias by hand: champion -> v{previous.version} of {current.name}",
+            hint=f"set the alias by hand: champion -> v{previous.version} of {current.name}, or "
+            "run the monitor again (its next pass finishes the rollback)",
         ) from e
     switched = "gateway" if router is not None else "cluster" if cluster is not None else "registry"
     return RollbackDone(current.version, previous.version, switched, traffic_s)
+
+
+def record_rollback(
+    registry: Registry, current: ModelRef, previous: ModelRef, reason: str, *,
+    report: str | None = None, objects: list[str] | None = None, where: str = "aliases",
+) -> None:  # fmt: skip
+    """The registry's half of a rollback, after the traffic moved: safe to run twice (a pass
+    killed half way through it is finished by the next)."""
+    if objects:
+        registry.set_tag(previous, TAG_K8S_OBJECTS, ", ".join(objects))
+    registry.client.set_registered_model_alias(current.name, CHAMPION, previous.version)
+    with contextlib.suppress(MlflowException):  # gone already where this runs a second time
+        registry.client.delete_registered_model_alias(current.name, PREVIOUS)
+    registry.audit(current.name, "rolled back", previous.version, by=f"drift monitor ({actor()})",
+                   rolled_back=current.version, reason=reason, where=where)  # fmt: skip
+    registry.set_state(current, ModelState.ROLLED_BACK, reason)
+    if report:
+        registry.set_tag(current, TAG_REPORT, report)
+    registry.set_state(previous, ModelState.PROMOTED,
+                       f"champion again: v{current.version} was rolled back")  # fmt: skip

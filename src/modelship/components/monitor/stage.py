@@ -28,8 +28,10 @@ from modelship.components.monitor.drift import Reference, evidently_report
 from modelship.components.monitor.kafka_log import read_topics
 from modelship.components.monitor.rollback import (
     ClusterSwitch,
+    RegistryBehind,
     RollbackDone,
     previous_of,
+    record_rollback,
     rollback,
 )
 from modelship.components.monitor.state import (
@@ -37,6 +39,7 @@ from modelship.components.monitor.state import (
     MonitorStateStore,
     MonitorStatus,
     MonitorStore,
+    PendingRollback,
     WindowOutcome,
     WindowRecord,
 )
@@ -239,17 +242,49 @@ def run_pass(
     ``store`` keeps the cursor and breaches (a file under ``home`` when None); the pass holds
     its lease throughout, so two passes never act on the same champion.
     """
-    champion = registry.champion(model)
-    if champion is None:
-        raise InputError(f"{model} has no champion to monitor",
-                         hint=f"deploy a version first: modelship deploy {model}")  # fmt: skip
     store = store or MonitorStore(home / "monitor", model)
     store.acquire()
     try:
-        return _judge(model, policy, champion, store, registry, bentoml_home, log_root, router,
-                      secret, log_reports, say, cluster)  # fmt: skip
+        finished = _finish_interrupted(store, registry, model, router, cluster)
+        if finished:
+            say(finished)
+        champion = registry.champion(model)
+        if champion is None:
+            raise InputError(f"{model} has no champion to monitor",
+                             hint=f"deploy a version first: modelship deploy {model}")  # fmt: skip
+        result = _judge(model, policy, champion, store, registry, bentoml_home, log_root, router,
+                        secret, log_reports, say, cluster)  # fmt: skip
+        if finished:
+            result.actions.insert(0, finished)
+        return result
     finally:
         store.release()
+
+
+def _finish_interrupted(store: MonitorStateStore, registry: Registry, model: str,
+                        router: GatewayRouter | None, cluster: ClusterSwitch | None) -> str | None:  # fmt: skip
+    """Finish the rollback a killed pass left half done (saved before it moved anything), so
+    traffic and aliases agree again; what was done, or None when nothing was pending."""
+    status = store.load()
+    pending = status.rolling_back if status is not None else None
+    if status is None or pending is None:
+        return None
+    champion = registry.champion(model)
+    reason = f"{pending.reason} (finished by the next pass: the one that began it was stopped)"
+    if champion is not None and champion.version == pending.rolled_back:
+        done = rollback(registry, champion, reason, router, cluster=cluster)
+        text = (f"finished the rollback of v{done.rolled_back} to v{done.restored} that a "
+                f"stopped pass began ({done.switched})")  # fmt: skip
+    elif champion is not None and champion.version == pending.restored:
+        current = registry.resolve(model, version=pending.rolled_back)
+        record_rollback(registry, current, champion, reason)
+        text = f"finished recording the rollback of v{pending.rolled_back} to v{pending.restored}"
+    else:
+        text = (f"dropped the unfinished rollback of v{pending.rolled_back}: the champion is "
+                f"{'v' + champion.version if champion else 'gone'} now")  # fmt: skip
+    store.save(status.model_copy(update={"rolling_back": None,
+                                         "events": [*status.events, f"{time.time():.3f} {text}"]}))  # fmt: skip
+    return text
 
 
 def _judge(
@@ -335,7 +370,14 @@ def _act(store: MonitorStateStore, status: MonitorStatus, record: WindowRecord, 
          champion: ModelRef, router: GatewayRouter | None, secret: str,
          say: Say, cluster: ClusterSwitch | None = None) -> MonitorStatus:  # fmt: skip
     decision = decide(status, record, mon, has_previous, time.time())
-    store.save(decision.status)
+    status = decision.status
+    if decision.action is Action.ROLLBACK:
+        previous = previous_of(registry, model)
+        # saved before anything moves: a pass killed half way is finished by the next one
+        status = status.model_copy(update={"rolling_back": PendingRollback(
+            rolled_back=champion.version, restored=previous.version if previous else "",
+            reason=decision.reason)})  # fmt: skip
+    store.save(status)
     result.windows.append(record)
     say(f"window of {record.rows} rows: {record.outcome}: {record.reason}")
 
@@ -349,8 +391,12 @@ def _act(store: MonitorStateStore, status: MonitorStatus, record: WindowRecord, 
         try:
             done = rollback(registry, champion, decision.reason, router, cluster=cluster)
         except RollbackFailed as e:
+            if not isinstance(e, RegistryBehind):  # nothing moved: nothing for a next pass
+                store.save(status.model_copy(update={"rolling_back": None}))
             tell(_notice(model, "rollback_failed", str(e)))
             raise
+        status = status.model_copy(update={"rolling_back": None})
+        store.save(status)
         result.rollback = done
         text = (f"rolled back v{done.rolled_back} to v{done.restored} ({done.switched}"
                 + (f", traffic in {done.traffic_s * 1e3:.0f} ms" if done.traffic_s else "") + ")")  # fmt: skip
@@ -362,4 +408,4 @@ def _act(store: MonitorStateStore, status: MonitorStatus, record: WindowRecord, 
         result.actions.append(f"alert: {decision.reason}")
         say(f"alert: {decision.reason}")
         tell(_notice(model, "alert", decision.reason))
-    return decision.status
+    return status

@@ -54,6 +54,17 @@ class WindowRecord(BaseModel):
     figures: dict[str, Any] = {}
 
 
+class PendingRollback(BaseModel):
+    """A rollback under way, saved before anything moves: a pass killed half way (traffic
+    switched, aliases not yet) leaves it behind, and the next pass finishes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rolled_back: str
+    restored: str
+    reason: str
+
+
 class MonitorStatus(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -66,6 +77,7 @@ class MonitorStatus(BaseModel):
     last_action_at: float | None = None
     windows: list[WindowRecord] = []
     events: list[str] = []
+    rolling_back: PendingRollback | None = None
 
 
 class MonitorStateStore(Protocol):
