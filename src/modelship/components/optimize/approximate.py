@@ -10,6 +10,7 @@ fatal: the exact variants stand whatever happens here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,12 @@ from modelship.components.optimize.convert import (
     Converted,
     convert_model,
 )
-from modelship.components.optimize.variants import SessionSettings, build_variants, open_session
+from modelship.components.optimize.variants import (
+    SessionSettings,
+    VariantFile,
+    build_variants,
+    open_session,
+)
 from modelship.core.verdict import Check
 from modelship.policies.schema import Approximate, ApproximationKind, MetricName, Variant
 
@@ -73,8 +79,19 @@ _VARIANTS = {
 }
 
 
+#: reference rows the searches train and rank on: students see each row once per class, so a
+#: reference table of millions would make the stage take hours for no better student
+MAX_REFERENCE_ROWS = 20_000
+
+
 def find(converted: Converted, rows: Rows, policy: Approximate) -> list[Approximation]:
     """What each kind in the policy finds, in the policy's order."""
+    if len(rows.reference) > MAX_REFERENCE_ROWS:
+        target = rows.reference_target
+        rows = dataclasses.replace(
+            rows, reference=rows.reference.iloc[:MAX_REFERENCE_ROWS],
+            reference_target=None if target is None else target[:MAX_REFERENCE_ROWS],
+        )  # fmt: skip
     unusable = rows.budget.unusable
     if not rows.budget.base:
         why = (
@@ -113,7 +130,7 @@ def judge(
         if vf.path is None:
             raise ConversionFailed(vf.error or "the optimized graph was not written")
         path = vf.path.rename(workdir / "variants" / f"{name}.onnx")
-        session = open_session(vf.__class__(vf.variant, path), settings)
+        session = open_session(VariantFile(vf.variant, path), settings)
         outputs = session.run(None, {INPUT_NAME: x})
     except Exception as e:  # a converter or runtime that refuses the smaller model: drop it
         return Judged(name, [Check(name=f"variant.{name}.builds", kind="approximation",
