@@ -168,7 +168,11 @@ def test_pruned_sklearn_mlp_has_smaller_weight_matrices_in_the_onnx_graph(
 
 
 def test_pruned_pytorch_mlp_shrinks_its_linear_layers(data: Data, tmp_path: Path) -> None:
+    """The module as the stage gets it: saved by MLflow as pt2 and loaded back, an exported
+    graph (not the Sequential that was saved), rebuilt as layers to prune."""
+    import mlflow.pytorch
     import torch
+    from mlflow.models import infer_signature
 
     x, y, _, val = data
     torch.manual_seed(0)
@@ -183,6 +187,11 @@ def test_pruned_pytorch_mlp_shrinks_its_linear_layers(data: Data, tmp_path: Path
         loss.backward()
         optimizer.step()
     net.eval()
+    example = features[:2].numpy()
+    signature = infer_signature(example, net(features[:2]).detach().numpy())
+    mlflow.pytorch.save_model(net, str(tmp_path / "m"), input_example=example, signature=signature)
+    loaded = mlflow.pytorch.load_model(str(tmp_path / "m"))
+    assert not isinstance(loaded, torch.nn.Sequential)
     # the network was trained on standardized rows: feed it the same
     mean, std = x.mean(), x.std()
     scaled = (
@@ -193,15 +202,41 @@ def test_pruned_pytorch_mlp_shrinks_its_linear_layers(data: Data, tmp_path: Path
         .assign(target=data[2]["target"]),
         ((val.drop(columns="target") - mean) / std).astype("float32").assign(target=val["target"]),
     )
-    converted = convert_model(net, "pytorch", scaled[3].drop(columns="target"))
+    converted = convert_model(loaded, "pytorch", scaled[3].drop(columns="target"))
     rows = _rows(scaled, converted)
-    found = neurons.prune(net, "pytorch", rows)
+    found = neurons.prune(loaded, "pytorch", rows)
     assert found.model is not None, found.out_of_budget
     assert found.model[0].out_features < 64 == net[0].out_features
     assert found.model[2].in_features == found.model[0].out_features
     judged = _judge(found, converted, rows, tmp_path)
     assert judged.session is not None and judged.path is not None, judged.detail
     assert all(64 not in shape for shape in _matrices(judged.path))
+
+
+def test_structured_pruning_skips_an_exported_graph_that_is_not_a_chain_of_layers(
+    data: Data, tmp_path: Path
+) -> None:
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    class Residual(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(30, 30), torch.nn.Linear(30, 2)
+
+        def forward(self, x: Any) -> Any:
+            return self.b(torch.relu(self.a(x)) + x)
+
+    net = Residual().eval()
+    example = data[3].drop(columns="target").to_numpy(np.float32)[:2]
+    signature = infer_signature(example, net(torch.tensor(example)).detach().numpy())
+    mlflow.pytorch.save_model(net, str(tmp_path / "m"), input_example=example, signature=signature)
+    loaded = mlflow.pytorch.load_model(str(tmp_path / "m"))
+    converted = convert_model(loaded, "pytorch", data[3].drop(columns="target").astype("float32"))
+    found = neurons.prune(loaded, "pytorch", _rows(data, converted))
+    assert found.model is None and found.skipped
+    assert "the exported graph has the operator add" in found.skipped
 
 
 def test_structured_pruning_skips_a_model_without_neurons(data: Data) -> None:

@@ -167,9 +167,50 @@ _ELEMENTWISE = {
 }  # fmt: skip
 
 
+_GRAPH_OPS = {"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "gelu": "GELU",
+              "silu": "SiLU", "elu": "ELU", "leaky_relu": "LeakyReLU"}  # fmt: skip
+
+
+def _from_graph(module: Any) -> Any:
+    """The chain of ``aten.linear`` and element-wise activations in an exported graph (what
+    MLflow loads from a ``pt2`` model) as an ``nn.Sequential``; a string saying why not."""
+    import torch
+
+    layers: list[Any] = []
+    ops = [n for n in module.graph.nodes if n.op == "call_function"]
+    previous = next((n for n in module.graph.nodes if n.op == "placeholder"), None)
+    for node in ops:
+        name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+        if node.args[0] is not previous:
+            return f"a graph that is not one chain of layers (at {name})"
+        if name == "linear":
+            weight = module.get_parameter(node.args[1].target)
+            bias = module.get_parameter(node.args[2].target) if len(node.args) > 2 else None
+            linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(weight)
+                if bias is not None:
+                    linear.bias.copy_(bias)
+            layers.append(linear)
+        elif name in _GRAPH_OPS and len(node.args) == 1:
+            layers.append(getattr(torch.nn, _GRAPH_OPS[name])())
+        elif name not in ("dropout",):
+            return f"the operator {name}"
+        previous = node
+    return torch.nn.Sequential(*layers).eval()
+
+
 def _torch(module: Any, rows: Rows) -> Approximation:
     import torch
 
+    if not isinstance(module, torch.nn.Sequential) and isinstance(module, torch.fx.GraphModule):
+        rebuilt = _from_graph(module)
+        if isinstance(rebuilt, str):
+            return Approximation(
+                VARIANT, skipped=f"applies to a chain of Linear layers and element-wise "
+                f"activations; the exported graph has {rebuilt}",
+            )  # fmt: skip
+        module = rebuilt
     if not isinstance(module, torch.nn.Sequential):
         return Approximation(
             VARIANT, skipped=f"applies to a PyTorch Sequential of Linear layers; the model is "
