@@ -273,6 +273,21 @@ def test_too_few_reference_rows_to_distil_from_is_skipped_with_the_reason(data: 
     assert "fewer than optimize.approximate.min_reference_rows (10000)" in str(students[0].skipped)
 
 
+def test_students_train_on_at_most_max_reference_rows(
+    data: Data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forest = _forest(data, trees=5)
+    converted = convert_model(forest, "sklearn", data[3].drop(columns="target"))
+    monkeypatch.setattr(approximate, "MAX_REFERENCE_ROWS", 250)
+    policy = Approximate.model_validate(
+        {"kinds": ["distillation"], "max_metric_drop": {"accuracy": 0.05}, "min_reference_rows": 1}
+    )
+    found = approximate.find(converted, _rows(data, converted), policy)
+    assert len(data[2]) > 250
+    assert all("over 250 reference rows" in f.kept for f in found if f.model is not None)
+    assert any(f.model is not None for f in found)
+
+
 def test_a_budget_metric_that_does_not_fit_the_task_skips_every_kind(data: Data) -> None:
     forest = _forest(data, trees=5)
     converted = convert_model(forest, "sklearn", data[3].drop(columns="target"))
