@@ -456,7 +456,8 @@ def test_stage_skips_kinds_that_do_not_apply_and_never_fails_for_them(
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x, y)
     version = register(settings, MODEL, model, x, ref, val)
     policy = _policy(
-        kinds=["ensemble_pruning", "structured_pruning"], max_metric_drop={"accuracy": 0.01}
+        kinds=["ensemble_pruning", "structured_pruning"],
+        max_metric_drop={"accuracy": 0.01, "rmse": 1.0},
     )
     verdict, out = _run(settings, version, policy, tmp_path)
     assert verdict.passed, verdict.reason
@@ -464,6 +465,8 @@ def test_stage_skips_kinds_that_do_not_apply_and_never_fails_for_them(
     for variant in ("ensemble_pruning", "structured_pruning"):
         applies = checks[f"variant.{variant}.applies"]
         assert applies.skipped and "LogisticRegression" in applies.reason
+    rmse = checks["optimize.approximate.rmse"]  # a regression metric on a classifier: named
+    assert rmse.skipped and "rmse does not apply to a classification model" in rmse.reason
     assert json.loads((out / "optimize.json").read_text())["variant"] == "fp32"
 
 

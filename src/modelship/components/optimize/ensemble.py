@@ -57,7 +57,7 @@ def prune(model: Any, flavor: str, rows: Rows) -> Approximation:
     total = _members(last)
     k = _smallest(staged, rows)
     if k is None:
-        return _out_of_budget(rows, total, unit)
+        return _out_of_budget(total, unit)
     return Approximation(
         VARIANT, with_last(model, truncated(last, k)), "sklearn", f"{k} of {total} {unit}",
         {"members": k, "members_original": total},
@@ -114,7 +114,7 @@ def _smallest(stages: Iterator[tuple[int, NDArray[Any]]], rows: Rows) -> int | N
     return None
 
 
-def _out_of_budget(rows: Rows, total: int, unit: str) -> Approximation:
+def _out_of_budget(total: int, unit: str) -> Approximation:
     return Approximation(
         VARIANT, out_of_budget=f"no ensemble smaller than the original's {total} {unit} stays "
         "within the budget",
@@ -134,4 +134,4 @@ def _lightgbm(model: Any, rows: Rows) -> Approximation:
                 VARIANT, pruned, "lightgbm", f"{k} of {total} boosting rounds",
                 {"members": k, "members_original": total},
             )  # fmt: skip
-    return _out_of_budget(rows, total, "boosting rounds")
+    return _out_of_budget(total, "boosting rounds")

@@ -241,6 +241,11 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
                 Budget(dict(opt.approximate.max_metric_drop), y_true, converted.native,
                        vp.positive_label),
             )  # fmt: skip
+            checks += [
+                Check(name=f"optimize.approximate.{metric}", kind="approximation", passed=True,
+                      skipped=True, blocking=False, reason=f"not in the budget: {why}")
+                for metric, why in rows.budget.unusable.items()
+            ]  # fmt: skip
             for j, timed in _approximate(
                 converted, rows, policy, workdir, calibration, settings, events
             ):
