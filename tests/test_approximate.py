@@ -470,6 +470,21 @@ def test_stage_skips_kinds_that_do_not_apply_and_never_fails_for_them(
     assert json.loads((out / "optimize.json").read_text())["variant"] == "fp32"
 
 
+def test_a_model_that_does_not_convert_skips_the_approximate_variants_with_the_reason(
+    settings: Settings, data: Data, tmp_path: Path
+) -> None:
+    from sklearn.kernel_ridge import KernelRidge
+
+    x, y, ref, val = data
+    version = register(settings, MODEL, KernelRidge().fit(x, y), x, ref, val)
+    policy = _policy(kinds=["distillation"], max_metric_drop={"accuracy": 0.01})
+    verdict, out = _run(settings, version, policy, tmp_path)
+    assert verdict.passed, verdict.reason  # served native, as on_conversion_failure says
+    summary = {c.name: c for c in verdict.checks}["optimize.approximate"]
+    assert summary.skipped and "did not convert to ONNX" in summary.reason
+    assert json.loads((out / "optimize.json").read_text())["variant"] == "native"
+
+
 def test_default_policy_tries_no_approximate_variant(
     settings: Settings, forest_version: str, tmp_path: Path
 ) -> None:

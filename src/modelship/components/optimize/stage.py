@@ -315,6 +315,12 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
                             reason="no ONNX variant passed and optimize.on_conversion_failure is reject"))  # fmt: skip
     if judged:
         checks.append(_approximate_check(judged, record.variant, choice))
+    elif opt.approximate.kinds and converted is None:
+        checks.append(Check(name="optimize.approximate", kind="approximation", passed=True,
+                            skipped=True, blocking=False,
+                            reason="skipped: the original model did not convert to ONNX (the "
+                            "approximations start from a converted model; a student of a model "
+                            "that does not convert is not tried)"))  # fmt: skip
     record.save(out_dir)
     verdict = Verdict.from_checks(NAME, checks, figures=figures)
     table = _table(reports, native_timing)
