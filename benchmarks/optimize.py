@@ -1,12 +1,16 @@
 """Native MLflow pyfunc predict against each ONNX Runtime variant the optimize stage builds.
 
-    .venv/bin/python benchmarks/optimize.py [--repeats 3]
+    .venv/bin/python benchmarks/optimize.py [--repeats 3] [--budget 0.01]
 
 Models: a RandomForest of 200 trees (breast_cancer), LightGBM (breast_cancer), and a small MLP
 (scikit-learn's digits) in scikit-learn and in PyTorch. For each: single-row
 p50/p99 and batch-1024 rows/s, the median over ``--repeats`` measurements, all in this one
 process; plus a bare ONNX Runtime session on the converted graph (default session options) as
-the reference the stage's choice should come close to. Ratios are printed at the end.
+the reference the stage's choice should come close to. Then the approximate variants the stage
+can build (ensemble pruning, structured pruning, distillation; an accuracy drop of at most
+``--budget`` on the held-out rows, the training rows as reference data), timed the same way, and
+once, for the scikit-learn MLP, unstructured sparsity (80% of each layer's weights zeroed) to
+show what it does not buy on ONNX Runtime's CPU kernels. Ratios are printed at the end.
 """
 
 from __future__ import annotations
@@ -21,16 +25,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modelship.components.optimize.convert import INPUT_NAME, convert
+from modelship.components.mlmodel import read_mlmodel
+from modelship.components.optimize import approximate
+from modelship.components.optimize.approximation import Rows
+from modelship.components.optimize.budget import Budget
+from modelship.components.optimize.convert import INPUT_NAME, Converted, convert, convert_model
 from modelship.components.optimize.timing import Timing, measure
 from modelship.components.optimize.variants import SessionSettings, build_variants, open_session
-from modelship.components.validate.model_check import read_mlmodel
-from modelship.policies.schema import Variant
+from modelship.policies.schema import Approximate, ApproximationKind, MetricName, Variant
 
 BATCH = 1024
 
 
-def _models() -> list[tuple[str, Any, pd.DataFrame, pd.Series, str]]:  # type: ignore[type-arg]
+Frame = pd.DataFrame
+Labels = pd.Series  # type: ignore[type-arg]
+
+
+def _models() -> list[tuple[str, Any, Frame, Labels, str, Frame, Labels]]:
     import lightgbm as lgb
     from sklearn.datasets import load_breast_cancer, load_digits
     from sklearn.ensemble import RandomForestClassifier
@@ -47,13 +58,14 @@ def _models() -> list[tuple[str, Any, pd.DataFrame, pd.Series, str]]:  # type: i
     booster = lgb.train(params, lgb.Dataset(xt, yt), 200)
     mlp = MLPClassifier((256, 128), solver="lbfgs", max_iter=300, random_state=0).fit(dt, dyt)
     torch_mlp = _torch_mlp(dt, dyt)
-    # timed and scored on held-out rows
+    # timed and scored on held-out rows; the training rows are the approximations' reference
     return [
-        ("random forest, 200 trees", forest, xv, yv, "sklearn"),
-        ("LightGBM, 200 rounds", booster, xv, yv, "lightgbm"),
-        ("MLP 64-256-128-10 (digits)", mlp, dv, dyv, "sklearn"),
-        ("PyTorch MLP 64-256-128-10 (digits)", torch_mlp, dv.astype("float32"), dyv, "pytorch"),
-    ]
+        ("random forest, 200 trees", forest, xv, yv, "sklearn", xt, yt),
+        ("LightGBM, 200 rounds", booster, xv, yv, "lightgbm", xt, yt),
+        ("MLP 64-256-128-10 (digits)", mlp, dv, dyv, "sklearn", dt, dyt),
+        ("PyTorch MLP 64-256-128-10 (digits)", torch_mlp, dv.astype("float32"), dyv, "pytorch",
+         dt.astype("float32"), dyt),
+    ]  # fmt: skip
 
 
 def _torch_mlp(x: pd.DataFrame, y: pd.Series) -> Any:  # type: ignore[type-arg]
@@ -112,11 +124,64 @@ def _accuracy(session: Any, x: np.ndarray, y: np.ndarray, classes: tuple[Any, ..
     return float(np.mean(np.asarray(classes)[np.argmax(scores, axis=1)] == y))
 
 
+def _timed(session: Any, xs: np.ndarray, repeats: int) -> dict[str, float]:  # type: ignore[type-arg]
+    return _median(
+        [
+            measure(lambda r, s=session: s.run(None, {INPUT_NAME: r}), xs, [BATCH])
+            for _ in range(repeats)
+        ]
+    )
+
+
+def _approximations(
+    converted: Converted, x: Frame, y: Labels, xt: Frame, yt: Labels, budget: float,
+    workdir: Path, repeats: int,
+) -> tuple[dict[str, dict[str, float]], dict[str, float], list[str]]:  # fmt: skip
+    """Each approximate variant within the budget, timed: timings, accuracy, and what each
+    kept (or why there is none)."""
+    xs = x.to_numpy(np.float32)
+    limits = {MetricName.ACCURACY: budget}
+    rows = Rows(x, xt, np.asarray(yt), Budget(limits, np.asarray(y), converted.native))
+    policy = Approximate(kinds=list(ApproximationKind), max_metric_drop=limits)
+    (workdir / "variants").mkdir(parents=True, exist_ok=True)
+    timings: dict[str, dict[str, float]] = {}
+    accuracy: dict[str, float] = {}
+    notes = []
+    for found in approximate.find(converted, rows, policy):
+        judged = approximate.judge(
+            found, converted, rows, xs, workdir, xt.to_numpy(np.float32)[:512], SessionSettings()
+        )
+        notes.append(f"{judged.variant}: {judged.detail}")
+        if judged.session is None:
+            continue
+        label = f"approximate {judged.variant}"
+        timings[label] = _timed(judged.session, xs, repeats)
+        accuracy[label] = _accuracy(judged.session, xs, np.asarray(y), converted.native.classes)
+    return timings, accuracy, notes
+
+
+def _sparse_mlp(mlp: Any, x: Frame, workdir: Path) -> Any:
+    """The MLP with 80% of each layer's weights (smallest magnitude) set to zero, as the
+    optimized fp32 graph: the same matrices, mostly zeros."""
+    import copy
+
+    sparse = copy.deepcopy(mlp)
+    last = sparse.steps[-1][1] if hasattr(sparse, "steps") else sparse
+    for w in last.coefs_:
+        w[np.abs(w) < np.quantile(np.abs(w), 0.8)] = 0.0
+    converted = convert_model(sparse, "sklearn", x)
+    [vf] = build_variants(converted.onnx_bytes, [Variant.FP32], workdir, x.to_numpy(np.float32))
+    return open_session(vf, SessionSettings())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--budget", type=float, default=0.01, help="largest accuracy drop an approximation may cost"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import mlflow.pyfunc
@@ -129,7 +194,8 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     ratios = []
-    for name, model, x, y, flavor in _models():
+    notes = []
+    for name, model, x, y, flavor, xt, yt in _models():
         with tempfile.TemporaryDirectory() as tmp:
             path = _save(model, x, flavor, Path(tmp))
             converted = convert(path, read_mlmodel(path), x)
@@ -172,6 +238,17 @@ def main() -> None:
                     ]
                 )
                 accuracy[label] = _accuracy(session, xs, np.asarray(y), converted.native.classes)
+            found, found_accuracy, kept = _approximations(
+                converted, x, y, xt, yt, args.budget, Path(tmp) / "a", args.repeats
+            )
+            rows.update(found)
+            accuracy.update(found_accuracy)
+            notes += [f"{name}: {k}" for k in kept]
+            if name.startswith("MLP"):
+                sparse = _sparse_mlp(model, x, Path(tmp) / "sparse")
+                label = "unstructured 80% zeros (fp32)"
+                rows[label] = _timed(sparse, xs, args.repeats)
+                accuracy[label] = _accuracy(sparse, xs, np.asarray(y), converted.native.classes)
             native_acc = float(np.mean(np.asarray(converted.native.values) == np.asarray(y)))
             for runtime, t in rows.items():
                 acc = accuracy.get(runtime, native_acc)
@@ -192,10 +269,19 @@ def main() -> None:
                     f"{int8['rows_per_s'] / fp32['rows_per_s']:.2f}x, accuracy "
                     f"{accuracy['modelship int8_dynamic'] - accuracy['modelship fp32']:+.4f}"
                 )
+            for label in [r for r in rows if r.startswith(("approximate", "unstructured"))]:
+                t = rows[label]
+                ratio += (
+                    f"; {label.removeprefix('approximate ')} p50 {fp32['p50_us'] / t['p50_us']:.2f}x "
+                    f"fp32's speed, batch {t['rows_per_s'] / fp32['rows_per_s']:.2f}x, accuracy "
+                    f"{accuracy[label] - native_acc:+.4f} vs the original"
+                )
             ratios.append(ratio)
     print("\n".join(lines))
     print()
     print("\n".join(f"- {r}" for r in ratios))
+    print()
+    print("\n".join(f"- {n}" for n in notes))
 
 
 if __name__ == "__main__":

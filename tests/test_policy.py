@@ -183,6 +183,32 @@ def test_wrong_literal_is_an_error(policy_dir: Path) -> None:
         ),
         ("rollout: {mirror_share: 1.5}\n", "rollout.mirror_share", "less than or equal to 1"),
         ("optimize: {batch_sizes: [1, 0]}\n", "optimize.batch_sizes.1", "greater than or equal"),
+        (
+            "optimize:\n  approximate:\n    kinds: [distillation]\n"
+            "    max_metric_drop: {acuracy: 0.01}\n",
+            "optimize.approximate.max_metric_drop.acuracy.[key]",
+            "'acuracy'",
+        ),
+        (
+            "optimize:\n  approximate: {max_metric_drop: {accuracy: -0.01}}\n",
+            "optimize.approximate.max_metric_drop.accuracy",
+            "greater than or equal to 0",
+        ),
+        (
+            "optimize:\n  approximate: {kinds: [pruning], max_metric_drop: {f1: 0.01}}\n",
+            "optimize.approximate.kinds.0",
+            "'ensemble_pruning', 'structured_pruning' or 'distillation'",
+        ),
+        (
+            "optimize:\n  approximate: {kinds: [distillation]}\n",
+            "optimize.approximate",
+            "max_metric_drop must name at least one metric",
+        ),
+        (
+            "optimize:\n  approximate: {min_reference_rows: 0}\n",
+            "optimize.approximate.min_reference_rows",
+            "greater than or equal to 1",
+        ),
     ],
 )
 def test_out_of_range_values_are_errors(policy_dir: Path, text: str, key: str, words: str) -> None:

@@ -51,6 +51,13 @@ class OptimizeRecord(Record):
     #: ONNX Runtime session settings the timings were measured with
     session: dict[str, Any] = {}
     batch_sizes: list[int] = []
+    #: the variant is approximate (pruned or distilled): it may answer differently from the
+    #: original, within the policy's metric budget
+    approximate: bool = False
+    #: what the approximation kept, for a person ("37 of 200 trees")
+    approximation: str = ""
+    #: each budget metric's drop against the original on the validation rows (negative: better)
+    metric_drop: dict[str, float] = {}
 
     @property
     def intra_op_threads(self) -> int:

@@ -154,6 +154,40 @@ class Equivalence(Strict):
     max_rel_error: Annotated[float, Field(ge=0.0)] = 1e-4
 
 
+class ApproximationKind(StrEnum):
+    """Variants that trade some accuracy for speed; judged by a metric budget, not equivalence."""
+
+    #: fewer trees: a subset of a forest's trees, a prefix of a boosted model's rounds
+    ENSEMBLE_PRUNING = "ensemble_pruning"
+    #: whole hidden neurons of an MLP removed, so its dense layers shrink
+    STRUCTURED_PRUNING = "structured_pruning"
+    #: a smaller student trained on the original model's outputs over the reference data
+    DISTILLATION = "distillation"
+
+
+class Approximate(Strict):
+    """Approximate variants, off unless ``kinds`` names some."""
+
+    kinds: list[ApproximationKind] = []
+    #: largest drop of each named validation metric against the original model, same data, in
+    #: the metric's units (a drop is a worsening: lower accuracy, higher rmse)
+    max_metric_drop: dict[MetricName, Annotated[float, Field(ge=0.0)]] = {}
+    #: an approximate variant wins only when it beats the best exact variant on the objective by
+    #: more than this share; smaller gains are within the noise of a shared machine
+    min_gain: Annotated[float, Field(ge=0.0, le=10.0)] = 0.1
+    #: distillation needs at least this many reference rows to train a student on
+    min_reference_rows: Annotated[int, Field(ge=1)] = 200
+
+    @model_validator(mode="after")
+    def _budget_for_kinds(self) -> Approximate:
+        if self.kinds and not self.max_metric_drop:
+            raise ValueError(
+                "max_metric_drop must name at least one metric (e.g. {accuracy: 0.01}) when "
+                "kinds are set: approximate variants are judged by that budget"
+            )
+        return self
+
+
 class Optimize(Strict):
     enabled: bool = True
     on_conversion_failure: Literal["native", "reject"] = "native"
@@ -164,6 +198,7 @@ class Optimize(Strict):
     objective: Literal["latency", "throughput"] = "latency"
     batch_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = [1, 64, 1024]
     intra_op_threads: Annotated[int, Field(ge=0, le=256)] = 1
+    approximate: Approximate = Approximate()
 
 
 # -- package -----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ signature's columns in order; classifiers give ``label`` and ``probabilities`` (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,9 @@ class Converted:
     native: NativeOutputs
     flavor: str
     converter: str
+    #: the loaded native model, which approximate variants start from: the Python object, or
+    #: the ONNX bytes for a model that was ONNX already
+    model: Any = field(default=None, repr=False, compare=False)
 
 
 def _flavor(mlmodel: dict[str, Any]) -> str:
@@ -78,16 +81,18 @@ def _sklearn(model: Any, features: pd.DataFrame, target_opset: int) -> tuple[byt
         options=options,
         target_opset={"": target_opset, "ai.onnx.ml": 3},
     )
+    return onx.SerializeToString(), _sklearn_outputs(model, features)
+
+
+def _sklearn_outputs(model: Any, features: pd.DataFrame) -> NativeOutputs:
     if hasattr(model, "predict_proba"):
-        native = NativeOutputs(
+        return NativeOutputs(
             "classification",
             np.asarray(model.predict(features)),
             np.asarray(model.predict_proba(features), dtype=np.float64),
             tuple(np.asarray(model.classes_).tolist()),
         )
-    else:
-        native = NativeOutputs("regression", np.asarray(model.predict(features), dtype=np.float64))
-    return onx.SerializeToString(), native
+    return NativeOutputs("regression", np.asarray(model.predict(features), dtype=np.float64))
 
 
 def _lightgbm(
@@ -104,15 +109,21 @@ def _lightgbm(
         zipmap=False,
         target_opset=min(target_opset, 15),  # onnxmltools' LightGBM converter stops at 15
     )
+    return onx.SerializeToString(), lightgbm_outputs(booster, features)
+
+
+def lightgbm_outputs(
+    booster: Any, features: pd.DataFrame, num_iteration: int | None = None
+) -> NativeOutputs:
+    if hasattr(booster, "booster_"):
+        booster = booster.booster_
     task, n_classes = _booster_task(booster)
-    raw = np.asarray(booster.predict(features), dtype=np.float64)
+    raw = np.asarray(booster.predict(features, num_iteration=num_iteration), dtype=np.float64)
     if task == "classification":
         scores = np.column_stack([1 - raw, raw]) if raw.ndim == 1 else raw
         classes = tuple(range(n_classes))
-        native = NativeOutputs(task, np.argmax(scores, axis=1), scores, classes)
-    else:
-        native = NativeOutputs(task, raw)
-    return onx.SerializeToString(), native
+        return NativeOutputs(task, np.argmax(scores, axis=1), scores, classes)
+    return NativeOutputs(task, raw)
 
 
 def _pytorch(module: Any, features: pd.DataFrame, target_opset: int) -> tuple[bytes, NativeOutputs]:
@@ -125,10 +136,8 @@ def _pytorch(module: Any, features: pd.DataFrame, target_opset: int) -> tuple[by
     import torch
 
     x = torch.tensor(features.to_numpy(np.float32))
-    with torch.no_grad():
-        logits = module(x)
-    raw = logits.detach().numpy().astype(np.float64)
-    classify = raw.ndim == 2 and raw.shape[1] > 1
+    native = _pytorch_outputs(module, features)
+    classify = native.task == "classification"
 
     class Head(torch.nn.Module):  # type: ignore[misc]
         def __init__(self, inner: Any) -> None:
@@ -148,31 +157,89 @@ def _pytorch(module: Any, features: pd.DataFrame, target_opset: int) -> tuple[by
             dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True,
             external_data=False, opset_version=max(target_opset, 18),
         )  # fmt: skip
-    if classify:
+    return program.model_proto.SerializeToString(), native
+
+
+def _pytorch_outputs(module: Any, features: pd.DataFrame) -> NativeOutputs:
+    import torch
+
+    with torch.no_grad():
+        logits = module(torch.tensor(features.to_numpy(np.float32)))
+    raw = logits.detach().numpy().astype(np.float64)
+    if raw.ndim == 2 and raw.shape[1] > 1:
         scores = np.exp(raw - raw.max(axis=1, keepdims=True))
         scores /= scores.sum(axis=1, keepdims=True)
-        native = NativeOutputs(
+        return NativeOutputs(
             "classification", np.argmax(raw, axis=1), scores, tuple(range(raw.shape[1]))
         )
-    else:
-        native = NativeOutputs("regression", raw.reshape(-1))
-    return program.model_proto.SerializeToString(), native
+    return NativeOutputs("regression", raw.reshape(-1))
 
 
 def _onnx(
     model_dir: Path, mlmodel: dict[str, Any], features: pd.DataFrame
 ) -> tuple[bytes, NativeOutputs]:
+    data = (model_dir / mlmodel["flavors"]["onnx"]["data"]).read_bytes()
+    return data, _onnx_outputs(data, features)
+
+
+def _onnx_outputs(data: bytes, features: pd.DataFrame) -> NativeOutputs:
     import onnxruntime as ort
 
-    data = (model_dir / mlmodel["flavors"]["onnx"]["data"]).read_bytes()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     outputs = session.run(None, {name: features.to_numpy(np.float32)})
     if len(outputs) >= 2 and np.asarray(outputs[1]).ndim == 2:
         scores = np.asarray(outputs[1], dtype=np.float64)
         classes = tuple(range(scores.shape[1]))
-        return data, NativeOutputs("classification", np.argmax(scores, axis=1), scores, classes)
-    return data, NativeOutputs("regression", np.asarray(outputs[0], dtype=np.float64).reshape(-1))
+        return NativeOutputs("classification", np.argmax(scores, axis=1), scores, classes)
+    return NativeOutputs("regression", np.asarray(outputs[0], dtype=np.float64).reshape(-1))
+
+
+_CONVERTERS = {"sklearn": _sklearn, "lightgbm": _lightgbm, "pytorch": _pytorch}
+_CONVERTER_NAMES = {
+    "sklearn": "skl2onnx",
+    "lightgbm": "onnxmltools",
+    "pytorch": "torch.onnx (dynamo)",
+}
+
+
+def predict_native(model: Any, flavor: str, features: pd.DataFrame) -> NativeOutputs:
+    """What ``model`` (a :attr:`Converted.model` of ``flavor``) says about ``features``."""
+    if flavor == "onnx":
+        return _onnx_outputs(model, features)
+    if flavor == "lightgbm":
+        return lightgbm_outputs(model, features)
+    if flavor == "pytorch":
+        return _pytorch_outputs(model, features)
+    return _sklearn_outputs(model, features)
+
+
+def convert_model(
+    model: Any, flavor: str, features: pd.DataFrame, target_opset: int = 17
+) -> Converted:
+    """An in-memory model of ``flavor`` (sklearn, lightgbm, pytorch) to ONNX, as :func:`convert`
+    converts a saved one: the approximate variants take this path."""
+    try:
+        data, native = _CONVERTERS[flavor](model, features, target_opset)
+    except Exception as e:  # converters raise many types for unsupported operators
+        raise ConversionFailed(
+            f"converting the {flavor} model to ONNX failed: {type(e).__name__}: {e}"
+        ) from e
+    return Converted(data, native, flavor, _CONVERTER_NAMES[flavor], model)
+
+
+def _load(flavor: str, model_dir: Path) -> Any:
+    if flavor == "sklearn":
+        import mlflow.sklearn
+
+        return mlflow.sklearn.load_model(str(model_dir))
+    if flavor == "pytorch":
+        import mlflow.pytorch
+
+        return mlflow.pytorch.load_model(str(model_dir))
+    import mlflow.lightgbm
+
+    return mlflow.lightgbm.load_model(str(model_dir))
 
 
 def convert(
@@ -186,25 +253,10 @@ def convert(
     try:
         if flavor == "onnx":
             data, native = _onnx(model_dir, mlmodel, features)
-            return Converted(data, native, flavor, "none (already ONNX)")
-        if flavor == "sklearn":
-            import mlflow.sklearn
-
-            data, native = _sklearn(
-                mlflow.sklearn.load_model(str(model_dir)), features, target_opset
-            )
-            return Converted(data, native, flavor, "skl2onnx")
-        if flavor == "pytorch":
-            import mlflow.pytorch
-
-            data, native = _pytorch(
-                mlflow.pytorch.load_model(str(model_dir)), features, target_opset
-            )
-            return Converted(data, native, flavor, "torch.onnx (dynamo)")
-        import mlflow.lightgbm
-
-        data, native = _lightgbm(mlflow.lightgbm.load_model(str(model_dir)), features, target_opset)
-        return Converted(data, native, flavor, "onnxmltools")
+            return Converted(data, native, flavor, "none (already ONNX)", data)
+        model = _load(flavor, model_dir)
+        data, native = _CONVERTERS[flavor](model, features, target_opset)
+        return Converted(data, native, flavor, _CONVERTER_NAMES[flavor], model)
     except ConversionFailed:
         raise
     except Exception as e:  # converters raise many types for unsupported operators

@@ -3,7 +3,9 @@
 Takes the validation verdict and refuses to run without a passing one. Its output is the
 chosen ONNX file with ``optimize.json`` beside it (input name, columns, classes, session
 settings), which packaging serves; or, where no variant passed and the policy allows it, a
-record that says to serve the native model.
+record that says to serve the native model. Where the policy asks for approximate variants
+(``optimize.approximate``), they are judged by its metric budget and timed beside the exact
+ones; one is chosen only when it is clearly faster (:func:`budget.choose`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from modelship.components.mlmodel import (
     read_mlmodel,
     read_signature,
 )
-from modelship.components.optimize import equivalence
+from modelship.components.optimize import approximate, equivalence
+from modelship.components.optimize.approximation import Rows
+from modelship.components.optimize.budget import Budget, Choice, choose, describe_drops, score
 from modelship.components.optimize.convert import INPUT_NAME, ConversionFailed, Converted, convert
 from modelship.components.optimize.plot import latency_chart
 from modelship.components.optimize.timing import Timing, measure
@@ -96,11 +100,55 @@ def _runner(session: Any) -> Callable[[Any], Any]:
     return run_rows
 
 
-def _pick(timings: dict[str, Timing], objective: str, batch_sizes: list[int]) -> str:
-    if objective == "throughput":
-        size = max(batch_sizes)
-        return max(timings, key=lambda v: timings[v].rows_per_s[size])
-    return min(timings, key=lambda v: timings[v].p50_us)
+def _approximate(
+    converted: Converted, rows: Rows, policy: Policy, workdir: Path, calibration: np.ndarray,
+    settings: SessionSettings, events: Any,
+) -> list[tuple[approximate.Judged, Timing | None]]:  # fmt: skip
+    """The approximate variants the policy asks for, each judged by its budget, and timed as
+    the exact ones are where it stayed within it."""
+    opt = policy.optimize
+    events.emit(NAME, "step", step=f"approximate: {', '.join(map(str, opt.approximate.kinds))}")
+    x = rows.validation.to_numpy(np.float32)
+    out = []
+    for found in approximate.find(converted, rows, opt.approximate):
+        events.emit(NAME, "step", step=f"metric budget and timing: {found.variant}")
+        j = approximate.judge(found, converted, rows, x, workdir, calibration, settings)
+        timing = None if j.session is None else measure(_runner(j.session), x, opt.batch_sizes)
+        out.append((j, timing))
+    return out
+
+
+def _approximate_figures(
+    judged: list[approximate.Judged], timings: dict[str, Timing], exact: list[str],
+    objective: str, size: int,
+) -> dict[str, float]:  # fmt: skip
+    """Each approximate variant's metric drops, sizes and (where timed) its objective against
+    the best exact variant's: the cost in accuracy beside the gain in speed."""
+    figures: dict[str, float] = {}
+    best = max((score(timings[v], objective, size) for v in exact), default=None)
+    for j in judged:
+        figures.update({f"{j.variant}.drop.{m}": round(d, 6) for m, d in j.drops.items()})
+        figures.update({f"{j.variant}.{k}": v for k, v in j.figures.items()})
+        if j.variant in timings and best is not None:
+            gain = score(timings[j.variant], objective, size) / best
+            figures[f"{j.variant}.gain_vs_exact"] = round(gain, 3)
+    return figures
+
+
+def _approximate_check(
+    judged: list[approximate.Judged], chosen: str, choice: Choice | None
+) -> Check:
+    """What became of the approximate variants, in one line for the verdict."""
+    within = [j.variant for j in judged if j.session is not None]
+    if not within:
+        why = "; ".join(f"{j.variant}: {j.detail}" for j in judged)
+        return Check(name="optimize.approximate", kind="approximation", passed=True,
+                     blocking=False, measured=0,
+                     reason=f"no approximate variant stayed within the budget, so {chosen} is "
+                     f"chosen as without them ({why})"[:1000])  # fmt: skip
+    why = choice.reason if choice is not None and choice.reason else f"{chosen} chosen"
+    return Check(name="optimize.approximate", kind="approximation", passed=True, blocking=False,
+                 measured=len(within), reason=f"within the budget: {', '.join(within)}; {why}")  # fmt: skip
 
 
 def _table(reports: list[VariantReport], native: Timing) -> str:
@@ -143,9 +191,8 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
     features = model_inputs(validation, signature, vp.validation_data.target)
     y_true = validation[vp.validation_data.target].to_numpy()
     x = features.to_numpy(np.float32)
-    calibration = model_inputs(reference, signature, vp.validation_data.target).to_numpy(
-        np.float32
-    )[:512]
+    reference_features = model_inputs(reference, signature, vp.validation_data.target)
+    calibration = reference_features.to_numpy(np.float32)[:512]
     settings = SessionSettings(intra_op_threads=opt.intra_op_threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +202,9 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
     checks: list[Check] = []
     reports: list[VariantReport] = []
     timings: dict[str, Timing] = {}
+    judged: list[approximate.Judged] = []
+    choice: Choice | None = None
+    paths: dict[str, Path] = {}
     events.emit(NAME, "step", step="convert to ONNX")
     try:
         converted: Converted | None = convert(model_dir, mlmodel, features)
@@ -180,18 +230,49 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
                 continue
             timing = measure(_runner(session), x, opt.batch_sizes)
             timings[str(vf.variant)] = timing
+            assert vf.path is not None
+            paths[str(vf.variant)] = vf.path
             reports.append(VariantReport(str(vf.variant), "passed", "equivalent", timing.as_dict()))
+        if opt.approximate.kinds:
+            target = vp.validation_data.target
+            rows = Rows(
+                features, reference_features,
+                reference[target].to_numpy() if target in reference.columns else None,
+                Budget(dict(opt.approximate.max_metric_drop), y_true, converted.native,
+                       vp.positive_label),
+            )  # fmt: skip
+            checks += [
+                Check(name=f"optimize.approximate.{metric}", kind="approximation", passed=True,
+                      skipped=True, blocking=False, reason=f"not in the budget: {why}")
+                for metric, why in rows.budget.unusable.items()
+            ]  # fmt: skip
+            for j, timed in _approximate(
+                converted, rows, policy, workdir, calibration, settings, events
+            ):
+                judged.append(j)
+                checks += j.checks
+                if timed is None or j.path is None:
+                    status = "skipped" if j.skipped else "failed"
+                    reports.append(VariantReport(j.variant, status, j.detail, {}))
+                    continue
+                timings[j.variant], paths[j.variant] = timed, j.path
+                reports.append(VariantReport(j.variant, "passed", j.detail, timed.as_dict()))
 
     figures: dict[str, float] = {f"native.{k}": v for k, v in native_timing.as_dict().items()}
     common: dict[str, Any] = {"session": asdict(settings), "batch_sizes": opt.batch_sizes}
     if timings:
-        chosen = _pick(timings, opt.objective, opt.batch_sizes)
+        size = max(opt.batch_sizes)
+        within = {j.variant for j in judged if j.session is not None}
+        exact = [v for v in timings if v not in within]
+        choice = choose(
+            {v: timings[v] for v in exact}, {v: timings[v] for v in within},
+            opt.objective, size, opt.approximate.min_gain,
+        )  # fmt: skip
+        chosen = choice.variant
         best = timings[chosen]
         speedup = native_timing.p50_us / best.p50_us
-        size = max(opt.batch_sizes)
         batch_speedup = best.rows_per_s[size] / native_timing.rows_per_s[size]
-        vf_path = workdir / "variants" / f"{chosen}.onnx"
-        (out_dir / "model.onnx").write_bytes(vf_path.read_bytes())
+        (out_dir / "model.onnx").write_bytes(paths[chosen].read_bytes())
         reports = [
             VariantReport(
                 r.variant, "chosen" if r.variant == chosen else r.status, r.detail, r.timing
@@ -202,17 +283,25 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
             {f"{v}.{k}": val for v, t in timings.items() for k, val in t.as_dict().items()}
         )
         figures.update({"speedup_p50": speedup, f"speedup_batch_{size}": batch_speedup})
+        figures.update(_approximate_figures(judged, timings, exact, opt.objective, size))
         assert converted is not None
+        cost = next((j for j in judged if j.variant == chosen and choice.approximate), None)
         record = OptimizeRecord(
             variant=chosen, input_name=INPUT_NAME, columns=[c for c, _ in signature.columns],
             task=converted.native.task, classes=list(converted.native.classes),
-            p50_us=best.p50_us, speedup_p50=speedup, objective=opt.objective, **common,
+            p50_us=best.p50_us, speedup_p50=speedup, objective=opt.objective,
+            approximate=cost is not None, approximation=cost.kept if cost else "",
+            metric_drop={str(m): d for m, d in cost.drops.items()} if cost else {}, **common,
         )  # fmt: skip
+        paid = f"; approximate, {describe_drops(cost.drops)} against the original" if cost else ""
         checks.append(Check(
             name="optimize.selection", kind="selection", passed=True, measured=chosen,
-            threshold=f"best {opt.objective}",
+            threshold=f"best {opt.objective}" + (
+                f", approximate only above {1 + opt.approximate.min_gain:.2f}x the best exact"
+                if opt.approximate.kinds else ""
+            ),
             reason=f"{chosen}: p50 {best.p50_us:.1f} us, {speedup:.0f}x faster than pyfunc predict "
-            f"for one row, {batch_speedup:.1f}x at batch {size}",
+            f"for one row, {batch_speedup:.1f}x at batch {size}{paid}",
         ))  # fmt: skip
     elif opt.on_conversion_failure == "native":
         record = OptimizeRecord(
@@ -224,6 +313,14 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
         record = OptimizeRecord(variant="none", reason="no ONNX variant passed", **common)
         checks.append(Check(name="optimize.selection", kind="selection", passed=False,
                             reason="no ONNX variant passed and optimize.on_conversion_failure is reject"))  # fmt: skip
+    if judged:
+        checks.append(_approximate_check(judged, record.variant, choice))
+    elif opt.approximate.kinds and converted is None:
+        checks.append(Check(name="optimize.approximate", kind="approximation", passed=True,
+                            skipped=True, blocking=False,
+                            reason="skipped: the original model did not convert to ONNX (the "
+                            "approximations start from a converted model; a student of a model "
+                            "that does not convert is not tried)"))  # fmt: skip
     record.save(out_dir)
     verdict = Verdict.from_checks(NAME, checks, figures=figures)
     table = _table(reports, native_timing)
@@ -239,6 +336,12 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
         if record.speedup_p50 is not None:
             registry.set_tag(ref, TAG_SPEEDUP, f"{record.speedup_p50:.0f}x p50 vs pyfunc")
     if (deployment := ctx.deployment) is not None:
+        if opt.approximate.kinds:
+            # tags, not params: a retried step may choose differently, and params never change
+            deployment.set_tags({
+                "modelship.optimize.variant": record.variant,
+                "modelship.optimize.metric_drop": describe_drops(record.metric_drop) or "none (exact)",
+            })  # fmt: skip
         deployment.log_text(table, "optimize/variants.md")
         deployment.log_file(chart, "optimize")
         deployment.log_text(record.model_dump_json(indent=2), "optimize/optimize.json")

@@ -1,0 +1,151 @@
+"""The approximate variants the policy asks for: found, converted to ONNX, judged by the budget.
+
+Each kind (``optimize.approximate.kinds``) gives one or more variants, found on the native model
+(see :mod:`ensemble`, :mod:`neurons`, :mod:`distill`). The one each settles on is converted, its
+graph optimized as the exact ``fp32`` variant's is, and judged again from the ONNX session's own
+outputs on the validation rows: every budget metric within its drop, and a graph smaller than
+the original's. What does not apply is skipped with the reason; what fails is dropped, never
+fatal: the exact variants stand whatever happens here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modelship.components.optimize import distill, ensemble, equivalence, neurons
+from modelship.components.optimize.approximation import Approximation, Rows
+from modelship.components.optimize.budget import describe_drops
+from modelship.components.optimize.convert import (
+    INPUT_NAME,
+    ConversionFailed,
+    Converted,
+    convert_model,
+)
+from modelship.components.optimize.variants import (
+    SessionSettings,
+    VariantFile,
+    build_variants,
+    open_session,
+)
+from modelship.core.verdict import Check
+from modelship.policies.schema import Approximate, ApproximationKind, MetricName, Variant
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One approximate variant after judging: its checks, and its file and session when it
+    passed them all."""
+
+    variant: str
+    checks: list[Check]
+    path: Path | None = None
+    session: Any = None
+    kept: str = ""
+    drops: dict[MetricName, float] = field(default_factory=dict)
+    figures: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False
+
+    @property
+    def detail(self) -> str:
+        if self.session is not None:
+            return f"approximate: {self.kept}; {describe_drops(self.drops)}"
+        return "; ".join(c.reason for c in self.checks if not c.passed or c.skipped)[:200]
+
+
+def _finders(
+    converted: Converted, rows: Rows, policy: Approximate
+) -> dict[ApproximationKind, Callable[[], list[Approximation]]]:
+    model, flavor = converted.model, converted.flavor
+    return {
+        ApproximationKind.ENSEMBLE_PRUNING: lambda: [ensemble.prune(model, flavor, rows)],
+        ApproximationKind.STRUCTURED_PRUNING: lambda: [neurons.prune(model, flavor, rows)],
+        ApproximationKind.DISTILLATION: lambda: distill.distil(
+            model, flavor, rows, policy.min_reference_rows
+        ),
+    }
+
+
+_VARIANTS = {
+    ApproximationKind.ENSEMBLE_PRUNING: [ensemble.VARIANT],
+    ApproximationKind.STRUCTURED_PRUNING: [neurons.VARIANT],
+    ApproximationKind.DISTILLATION: [distill.GBM, distill.MLP],
+}
+
+
+#: reference rows the searches train and rank on: students see each row once per class, so a
+#: reference table of millions would make the stage take hours for no better student
+MAX_REFERENCE_ROWS = 20_000
+
+
+def find(converted: Converted, rows: Rows, policy: Approximate) -> list[Approximation]:
+    """What each kind in the policy finds, in the policy's order."""
+    if len(rows.reference) > MAX_REFERENCE_ROWS:
+        target = rows.reference_target
+        rows = dataclasses.replace(
+            rows, reference=rows.reference.iloc[:MAX_REFERENCE_ROWS],
+            reference_target=None if target is None else target[:MAX_REFERENCE_ROWS],
+        )  # fmt: skip
+    unusable = rows.budget.unusable
+    if not rows.budget.base:
+        why = (
+            "no metric in optimize.approximate.max_metric_drop can judge this model: "
+            + "; ".join(unusable.values())
+        )
+        return [Approximation(v, skipped=why) for k in policy.kinds for v in _VARIANTS[k]]
+    finders = _finders(converted, rows, policy)
+    found: list[Approximation] = []
+    for kind in policy.kinds:
+        try:
+            found += finders[kind]()
+        except Exception as e:  # a library that refuses a copy it did not fit: drop this kind
+            found += [Approximation(v, out_of_budget=f"search failed: {type(e).__name__}: {e}")
+                      for v in _VARIANTS[kind]]  # fmt: skip
+    return found
+
+
+def judge(
+    found: Approximation, converted: Converted, rows: Rows, x: NDArray[np.float32],
+    workdir: Path, calibration: NDArray[np.float32], settings: SessionSettings,
+) -> Judged:  # fmt: skip
+    """Convert what was found, optimize its graph, and check the budget on its session."""
+    name = found.variant
+    if found.skipped:
+        return Judged(name, [Check(name=f"variant.{name}.applies", kind="approximation",
+                                   passed=True, skipped=True, blocking=False,
+                                   reason=f"skipped: {found.skipped}")], skipped=True)  # fmt: skip
+    if found.out_of_budget or found.model is None:
+        return Judged(name, [Check(name=f"variant.{name}.budget", kind="approximation",
+                                   passed=False, blocking=False,
+                                   reason=found.out_of_budget or "nothing found")])  # fmt: skip
+    try:
+        onnx = convert_model(found.model, found.flavor, rows.validation).onnx_bytes
+        [vf] = build_variants(onnx, [Variant.FP32], workdir / "approximate" / name, calibration)
+        if vf.path is None:
+            raise ConversionFailed(vf.error or "the optimized graph was not written")
+        path = vf.path.rename(workdir / "variants" / f"{name}.onnx")
+        session = open_session(VariantFile(vf.variant, path), settings)
+        outputs = session.run(None, {INPUT_NAME: x})
+    except Exception as e:  # a converter or runtime that refuses the smaller model: drop it
+        return Judged(name, [Check(name=f"variant.{name}.builds", kind="approximation",
+                                   passed=False, blocking=False,
+                                   reason=f"could not be built: {type(e).__name__}: {e}")])  # fmt: skip
+    got = equivalence.from_onnx(outputs, converted.native)
+    checks = rows.budget.checks(name, got.values, got.scores)
+    smaller = len(onnx) < len(converted.onnx_bytes)
+    checks.append(Check(
+        name=f"variant.{name}.smaller", kind="approximation", blocking=False, passed=smaller,
+        measured=len(onnx), threshold=f"< {len(converted.onnx_bytes)} bytes",
+        reason=f"its ONNX graph is {len(onnx):,} bytes, the original's {len(converted.onnx_bytes):,}",
+    ))  # fmt: skip
+    figures = {**found.figures, "onnx_bytes": float(len(onnx))}
+    drops = rows.budget.drops(got.values, got.scores)
+    passed = all(c.passed for c in checks)
+    return Judged(name, checks, path if passed else None, session if passed else None,
+                  found.kept, drops, figures)  # fmt: skip

@@ -1,0 +1,497 @@
+"""Approximate variants: pruning and distillation under a metric budget, and how one is chosen.
+
+The search and judging are tested on in-memory models over the demo's breast-cancer split (a
+second or two each); the stage is run against a real MLflow store where what matters is what
+the verdict, the record and the served file say.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from modelship.components.contract import run_stage
+from modelship.components.optimize import approximate, distill, ensemble, neurons
+from modelship.components.optimize import stage as optimize
+from modelship.components.optimize.approximation import Rows
+from modelship.components.optimize.budget import Budget, choose
+from modelship.components.optimize.convert import Converted, convert_model
+from modelship.components.optimize.timing import Timing
+from modelship.components.optimize.variants import SessionSettings
+from modelship.core.records import OptimizeRecord
+from modelship.core.settings import Settings
+from modelship.core.verdict import Verdict
+from modelship.policies.loader import load_policy
+from modelship.policies.schema import Approximate, MetricName, Policy
+from modelship.registry.client import Registry
+from modelship.registry.deployments import DeploymentRun
+from tests.support import register, stage_context
+
+MODEL = "breast-cancer"
+PASSED = Verdict(stage="validate", passed=True, reason="all checks passed")
+BUDGET = {MetricName.ACCURACY: 0.02, MetricName.ROC_AUC: 0.01}
+
+Data = tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.DataFrame]
+
+
+def _rows(data: Data, converted: Converted, budget: dict[MetricName, float] = BUDGET) -> Rows:
+    _, _, ref, val = data
+    return Rows(
+        val.drop(columns="target"), ref.drop(columns="target"), ref["target"].to_numpy(),
+        Budget(budget, val["target"].to_numpy(), converted.native),
+    )  # fmt: skip
+
+
+def _judge(found: Any, converted: Converted, rows: Rows, tmp: Path) -> approximate.Judged:
+    (tmp / "variants").mkdir(parents=True, exist_ok=True)
+    x = rows.validation.to_numpy(np.float32)
+    return approximate.judge(
+        found, converted, rows, x, tmp, rows.reference.to_numpy(np.float32), SessionSettings()
+    )
+
+
+def _forest(data: Data, trees: int = 100) -> Any:
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y, _, _ = data
+    return RandomForestClassifier(trees, random_state=0).fit(x, y)
+
+
+def _matrices(path: Path) -> list[tuple[int, ...]]:
+    """The shapes of the weight matrices the graph's MatMul and Gemm nodes multiply by,
+    largest first."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    weights = {n.input[1] for n in graph.node if n.op_type in ("MatMul", "Gemm")}
+    shapes = [tuple(t.dims) for t in graph.initializer if t.name in weights]
+    return sorted(shapes, key=lambda s: -int(np.prod(s)))
+
+
+# -- ensemble pruning --------------------------------------------------------------------------
+
+
+def test_pruned_forest_has_fewer_trees_and_its_measured_drop_is_within_budget(
+    data: Data, tmp_path: Path
+) -> None:
+    forest = _forest(data)
+    converted = convert_model(forest, "sklearn", data[3].drop(columns="target"))
+    rows = _rows(data, converted)
+    found = ensemble.prune(forest, "sklearn", rows)
+    assert found.model is not None, found.out_of_budget
+    pruned = found.model
+    assert len(pruned.estimators_) < 100 and found.figures["members"] == len(pruned.estimators_)
+    assert len(forest.estimators_) == 100  # the original is untouched
+    judged = _judge(found, converted, rows, tmp_path)
+    assert judged.session is not None, judged.detail
+    # judged again on the ONNX session's own outputs, every budget metric within its drop
+    assert set(judged.drops) == set(BUDGET)
+    assert all(judged.drops[m] <= BUDGET[m] for m in BUDGET)
+    drop_checks = [c for c in judged.checks if ".drop." in c.name]
+    assert len(drop_checks) == 2 and all(c.passed for c in drop_checks)
+    assert judged.figures["onnx_bytes"] < len(converted.onnx_bytes)
+
+
+@pytest.mark.parametrize("kind", ["gradient_boosting", "hist_gradient_boosting", "lightgbm"])
+def test_boosted_models_keep_a_prefix_of_their_rounds(
+    data: Data, tmp_path: Path, kind: str
+) -> None:
+    import lightgbm as lgb
+    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
+
+    x, y, _, val = data
+    flavor = "lightgbm" if kind == "lightgbm" else "sklearn"
+    model: Any = {
+        "gradient_boosting": lambda: GradientBoostingClassifier(random_state=0).fit(x, y),
+        "hist_gradient_boosting": lambda: HistGradientBoostingClassifier(random_state=0).fit(x, y),
+        "lightgbm": lambda: lgb.train(
+            {"objective": "binary", "verbose": -1}, lgb.Dataset(x, y), 100
+        ),
+    }[kind]()
+    converted = convert_model(model, flavor, val.drop(columns="target"))
+    rows = _rows(data, converted)
+    found = ensemble.prune(model, flavor, rows)
+    assert found.model is not None, found.out_of_budget
+    assert found.figures["members"] < found.figures["members_original"] == 100
+    assert "boosting rounds" in found.kept
+    judged = _judge(found, converted, rows, tmp_path)
+    assert judged.session is not None, judged.detail
+
+
+#: a drop of nothing in any of these; every prefix of a 21-tree forest loses some (a 100-tree
+#: one has a 48-tree prefix that loses none on this split). An odd count: no tied votes, which
+#: float32 ONNX can break the other way (the fp32 variant would then fail equivalence)
+NOTHING = {MetricName.ACCURACY: 0.0, MetricName.ROC_AUC: 0.0, MetricName.LOG_LOSS: 0.0}
+
+
+def test_budget_of_zero_where_pruning_loses_accuracy_finds_nothing(data: Data) -> None:
+    forest = _forest(data, trees=21)
+    converted = convert_model(forest, "sklearn", data[3].drop(columns="target"))
+    found = ensemble.prune(forest, "sklearn", _rows(data, converted, NOTHING))
+    assert found.model is None and found.out_of_budget
+    assert "no ensemble smaller than the original's 21 trees" in found.out_of_budget
+
+
+# -- structured pruning ------------------------------------------------------------------------
+
+
+def test_pruned_sklearn_mlp_has_smaller_weight_matrices_in_the_onnx_graph(
+    data: Data, tmp_path: Path
+) -> None:
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, _, val = data
+    mlp = make_pipeline(
+        StandardScaler(), MLPClassifier((64, 32), solver="lbfgs", max_iter=400, random_state=0)
+    ).fit(x, y)
+    converted = convert_model(mlp, "sklearn", val.drop(columns="target"))
+    rows = _rows(data, converted)
+    found = neurons.prune(mlp, "sklearn", rows)
+    assert found.model is not None, found.out_of_budget
+    assert "fine-tuned on the reference rows" in found.kept  # the reference data has labels
+    judged = _judge(found, converted, rows, tmp_path)
+    assert judged.session is not None and judged.path is not None, judged.detail
+    original = tmp_path / "original.onnx"
+    original.write_bytes(converted.onnx_bytes)
+    before, after = _matrices(original), _matrices(judged.path)
+    assert len(after) == len(before) == 3  # the same layers ...
+    assert all(np.prod(a) < np.prod(b) for a, b in zip(after, before, strict=True))  # ... smaller
+    assert any(64 in shape for shape in before) and not any(64 in shape for shape in after)
+
+
+def test_pruned_pytorch_mlp_shrinks_its_linear_layers(data: Data, tmp_path: Path) -> None:
+    """The module as the stage gets it: saved by MLflow as pt2 and loaded back, an exported
+    graph (not the Sequential that was saved), rebuilt as layers to prune."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    x, y, _, val = data
+    torch.manual_seed(0)
+    features = torch.tensor(((x - x.mean()) / x.std()).to_numpy(np.float32))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(30, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2)
+    )  # fmt: skip
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(features), torch.tensor(y.to_numpy()))
+        loss.backward()
+        optimizer.step()
+    net.eval()
+    example = features[:2].numpy()
+    signature = infer_signature(example, net(features[:2]).detach().numpy())
+    mlflow.pytorch.save_model(net, str(tmp_path / "m"), input_example=example, signature=signature)
+    loaded = mlflow.pytorch.load_model(str(tmp_path / "m"))
+    assert not isinstance(loaded, torch.nn.Sequential)
+    # the network was trained on standardized rows: feed it the same
+    mean, std = x.mean(), x.std()
+    scaled = (
+        data[0],
+        data[1],
+        ((data[2].drop(columns="target") - mean) / std)
+        .astype("float32")
+        .assign(target=data[2]["target"]),
+        ((val.drop(columns="target") - mean) / std).astype("float32").assign(target=val["target"]),
+    )
+    converted = convert_model(loaded, "pytorch", scaled[3].drop(columns="target"))
+    rows = _rows(scaled, converted)
+    found = neurons.prune(loaded, "pytorch", rows)
+    assert found.model is not None, found.out_of_budget
+    assert found.model[0].out_features < 64 == net[0].out_features
+    assert found.model[2].in_features == found.model[0].out_features
+    judged = _judge(found, converted, rows, tmp_path)
+    assert judged.session is not None and judged.path is not None, judged.detail
+    assert all(64 not in shape for shape in _matrices(judged.path))
+
+
+def test_structured_pruning_skips_an_exported_graph_that_is_not_a_chain_of_layers(
+    data: Data, tmp_path: Path
+) -> None:
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    class Residual(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(30, 30), torch.nn.Linear(30, 2)
+
+        def forward(self, x: Any) -> Any:
+            return self.b(torch.relu(self.a(x)) + x)
+
+    net = Residual().eval()
+    example = data[3].drop(columns="target").to_numpy(np.float32)[:2]
+    signature = infer_signature(example, net(torch.tensor(example)).detach().numpy())
+    mlflow.pytorch.save_model(net, str(tmp_path / "m"), input_example=example, signature=signature)
+    loaded = mlflow.pytorch.load_model(str(tmp_path / "m"))
+    converted = convert_model(loaded, "pytorch", data[3].drop(columns="target").astype("float32"))
+    found = neurons.prune(loaded, "pytorch", _rows(data, converted))
+    assert found.model is None and found.skipped
+    assert "the exported graph has the operator add" in found.skipped
+
+
+def test_structured_pruning_skips_a_model_without_neurons(data: Data) -> None:
+    forest = _forest(data, trees=5)
+    converted = convert_model(forest, "sklearn", data[3].drop(columns="target"))
+    found = neurons.prune(forest, "sklearn", _rows(data, converted))
+    assert found.model is None and found.skipped
+    assert "the model is RandomForestClassifier" in found.skipped
+
+
+# -- distillation ------------------------------------------------------------------------------
+
+
+def test_distilled_students_are_smaller_and_within_budget(data: Data, tmp_path: Path) -> None:
+    forest = _forest(data)
+    converted = convert_model(forest, "sklearn", data[3].drop(columns="target"))
+    rows = _rows(data, converted)
+    students = distill.distil(forest, "sklearn", rows, min_rows=200)
+    assert [s.variant for s in students] == [distill.GBM, distill.MLP]
+    judged = [_judge(s, converted, rows, tmp_path) for s in students if s.model is not None]
+    assert judged, [s.out_of_budget for s in students]
+    for j in judged:
+        assert j.session is not None, j.detail
+        smaller = next(c for c in j.checks if c.name.endswith(".smaller"))
+        assert smaller.passed and smaller.measured < len(converted.onnx_bytes)  # type: ignore[operator]
+        assert all(j.drops[m] <= BUDGET[m] for m in BUDGET)
+
+
+def test_too_few_reference_rows_to_distil_from_is_skipped_with_the_reason(data: Data) -> None:
+    forest = _forest(data, trees=5)
+    converted = convert_model(forest, "sklearn", data[3].drop(columns="target"))
+    students = distill.distil(forest, "sklearn", _rows(data, converted), min_rows=10_000)
+    assert all(s.model is None and s.skipped for s in students)
+    assert "fewer than optimize.approximate.min_reference_rows (10000)" in str(students[0].skipped)
+
+
+def test_students_train_on_at_most_max_reference_rows(
+    data: Data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forest = _forest(data, trees=5)
+    converted = convert_model(forest, "sklearn", data[3].drop(columns="target"))
+    monkeypatch.setattr(approximate, "MAX_REFERENCE_ROWS", 250)
+    policy = Approximate.model_validate(
+        {"kinds": ["distillation"], "max_metric_drop": {"accuracy": 0.05}, "min_reference_rows": 1}
+    )
+    found = approximate.find(converted, _rows(data, converted), policy)
+    assert len(data[2]) > 250
+    assert all("over 250 reference rows" in f.kept for f in found if f.model is not None)
+    assert any(f.model is not None for f in found)
+
+
+def test_a_budget_metric_that_does_not_fit_the_task_skips_every_kind(data: Data) -> None:
+    forest = _forest(data, trees=5)
+    converted = convert_model(forest, "sklearn", data[3].drop(columns="target"))
+    rows = _rows(data, converted, {MetricName.RMSE: 0.1})
+    policy = Approximate.model_validate(
+        {"kinds": ["ensemble_pruning", "distillation"], "max_metric_drop": {"rmse": 0.1}}
+    )
+    found = approximate.find(converted, rows, policy)
+    assert [f.variant for f in found] == [ensemble.VARIANT, distill.GBM, distill.MLP]
+    assert all(f.skipped and "rmse does not apply" in f.skipped for f in found)
+
+
+# -- the choice --------------------------------------------------------------------------------
+
+
+def _timing(p50_us: float, rows_per_s: float = 1000.0) -> Timing:
+    return Timing(p50_us, p50_us * 2, {1024: rows_per_s})
+
+
+def test_exact_wins_when_the_approximate_gain_is_within_min_gain() -> None:
+    exact = {"fp32": _timing(10.0)}
+    choice = choose(exact, {"ensemble_pruning": _timing(9.5)}, "latency", 1024, 0.1)
+    assert choice.variant == "fp32" and not choice.approximate
+    assert "fp32 kept" in choice.reason and "1.05x" in choice.reason
+    tie = choose(exact, {"ensemble_pruning": _timing(10.0)}, "latency", 1024, 0.0)
+    assert tie.variant == "fp32"  # a tie goes to the exact variant
+
+
+def test_approximate_wins_only_beyond_min_gain_on_the_policys_objective() -> None:
+    exact = {"fp32": _timing(10.0, rows_per_s=1000.0), "int8_dynamic": _timing(8.0, 900.0)}
+    approx = {"ensemble_pruning": _timing(5.0, 1050.0)}
+    latency = choose(exact, approx, "latency", 1024, 0.1)
+    assert latency.variant == "ensemble_pruning" and latency.approximate
+    assert latency.gain == pytest.approx(1.6)  # against the best exact one, int8_dynamic
+    throughput = choose(exact, approx, "throughput", 1024, 0.1)
+    assert throughput.variant == "fp32"  # 1.05x fp32's rows/s is within the margin
+    assert choose({}, approx, "latency", 1024, 0.1).variant == "ensemble_pruning"
+
+
+# -- the stage ---------------------------------------------------------------------------------
+
+
+def _policy(**approximate: Any) -> Policy:
+    base = load_policy(MODEL).policy.model_dump(by_alias=True)
+    base["optimize"]["approximate"] = approximate
+    return Policy.model_validate(base)
+
+
+def _run(
+    settings: Settings, version: str, policy: Policy, tmp: Path, deployment: bool = False
+) -> tuple[Verdict, Path]:
+    registry = Registry()
+    ref = registry.resolve(MODEL, version=version)
+    model_dir, digest = registry.checked_download(ref, tmp / "model")
+    out = tmp / "optimized"
+    ctx = stage_context(settings, ref, policy, tmp / "work", registry)
+    if deployment:
+        run = DeploymentRun.open(registry.client, settings, ref, digest=digest,
+                                 policy_hash="0", policy_json="{}")  # fmt: skip
+        ctx = dataclasses.replace(ctx, deployment=run)
+    verdict = run_stage(
+        optimize.STAGE, ctx, optimize.OptimizeInputs(model_dir, digest, out), PASSED
+    )
+    return verdict, out
+
+
+def _register_forest(settings: Settings, data: Data, trees: int) -> str:
+    x, _, ref, val = data
+    return register(
+        settings, MODEL, _forest(data, trees), x, ref, val,
+        skops_trusted_types=["sklearn.tree._tree.Tree"],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def forest_version(settings: Settings, data: Data) -> str:
+    return _register_forest(settings, data, 100)
+
+
+def _serves_like_packaging_does(out: Path, tmp: Path, policy: Policy, data: Data) -> None:
+    """The package stage's own steps on the optimize output (the Bento's files and serving
+    config), then the Bento's predictor on them: the served file answers as judged."""
+    from modelship.bentos.config import MODEL_DIR
+    from modelship.bentos.model import load
+    from modelship.components.package.bento import assemble, serving_config
+
+    record = OptimizeRecord.load(out)
+    context = tmp / "bento-context"
+    files, _ = assemble(context, out, tmp / "model", record)
+    config = serving_config(
+        MODEL, "1", "sha256:0", record, record.columns, policy.package, files
+    )  # fmt: skip
+    assert config.onnx and config.variant == record.variant
+    served = context / MODEL_DIR
+    assert (served / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    val = data[3]
+    answers = load(config, served).predict(val.drop(columns="target").to_numpy(np.float32))
+    accuracy = np.mean([a["prediction"] for a in answers] == val["target"].to_numpy())
+    assert accuracy > 0.9
+
+
+def test_stage_serves_the_pruned_forest_and_names_its_cost(
+    settings: Settings, data: Data, forest_version: str, tmp_path: Path
+) -> None:
+    policy = _policy(kinds=["ensemble_pruning"], max_metric_drop={"accuracy": 0.02})
+    verdict, out = _run(settings, forest_version, policy, tmp_path, deployment=True)
+    assert verdict.passed, verdict.reason
+    figures = verdict.figures
+    # beside the exact variant: its timing, its drop, its size, its gain over fp32
+    for key in ("p50_us", "drop.accuracy", "members", "gain_vs_exact"):
+        assert f"ensemble_pruning.{key}" in figures, key
+    assert figures["ensemble_pruning.members"] < 100
+    assert figures["ensemble_pruning.drop.accuracy"] <= 0.02
+    assert "fp32.p50_us" in figures
+    record = OptimizeRecord.load(out)
+    selection = next(c for c in verdict.checks if c.name == "optimize.selection")
+    if record.variant == "ensemble_pruning":
+        assert record.approximate and record.metric_drop.keys() == {"accuracy"}
+        assert "approximate, accuracy drop" in selection.reason
+        served = tmp_path / "work" / "variants" / "ensemble_pruning.onnx"
+        assert (out / "model.onnx").read_bytes() == served.read_bytes()
+    else:  # fp32 kept: then only because the pruned forest was not clearly faster
+        assert figures["ensemble_pruning.gain_vs_exact"] <= 1.1
+    # the record packaging reads is the same contract as an exact variant's
+    assert record.input_name == "input" and record.classes == [0, 1]
+    table = (tmp_path / "work" / "variants.md").read_text()
+    assert "| ensemble_pruning |" in table and "accuracy drop" in table
+    _serves_like_packaging_does(out, tmp_path, policy, data)
+    # the deployment's MLflow run: the drop and the gain as metrics, the choice's cost as tags
+    import mlflow
+
+    [run] = mlflow.search_runs(experiment_names=["modelship-deployments"], output_format="list")
+    assert run.data.metrics["optimize.ensemble_pruning.drop.accuracy"] == pytest.approx(
+        figures["ensemble_pruning.drop.accuracy"]
+    )
+    assert "optimize.ensemble_pruning.gain_vs_exact" in run.data.metrics
+    assert run.data.tags["modelship.optimize.variant"] == record.variant
+    assert run.data.tags["modelship.optimize.metric_drop"].startswith(
+        "accuracy drop" if record.approximate else "none"
+    )
+
+
+def test_stage_with_a_budget_no_variant_meets_serves_the_exact_variant_with_the_reason(
+    settings: Settings, data: Data, tmp_path: Path
+) -> None:
+    version = _register_forest(settings, data, 21)
+    policy = _policy(kinds=["ensemble_pruning"], max_metric_drop={str(m): 0.0 for m in NOTHING})
+    verdict, out = _run(settings, version, policy, tmp_path)
+    assert verdict.passed, verdict.reason
+    checks = {c.name: c for c in verdict.checks}
+    assert not checks["variant.ensemble_pruning.budget"].passed
+    summary = checks["optimize.approximate"]
+    assert "no approximate variant stayed within the budget" in summary.reason
+    record = json.loads((out / "optimize.json").read_text())
+    assert record["variant"] == "fp32" and record["approximate"] is False
+
+
+def test_stage_skips_kinds_that_do_not_apply_and_never_fails_for_them(
+    settings: Settings, data: Data, tmp_path: Path
+) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, ref, val = data
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x, y)
+    version = register(settings, MODEL, model, x, ref, val)
+    policy = _policy(
+        kinds=["ensemble_pruning", "structured_pruning"],
+        max_metric_drop={"accuracy": 0.01, "rmse": 1.0},
+    )
+    verdict, out = _run(settings, version, policy, tmp_path)
+    assert verdict.passed, verdict.reason
+    checks = {c.name: c for c in verdict.checks}
+    for variant in ("ensemble_pruning", "structured_pruning"):
+        applies = checks[f"variant.{variant}.applies"]
+        assert applies.skipped and "LogisticRegression" in applies.reason
+    rmse = checks["optimize.approximate.rmse"]  # a regression metric on a classifier: named
+    assert rmse.skipped and "rmse does not apply to a classification model" in rmse.reason
+    assert json.loads((out / "optimize.json").read_text())["variant"] == "fp32"
+
+
+def test_a_model_that_does_not_convert_skips_the_approximate_variants_with_the_reason(
+    settings: Settings, data: Data, tmp_path: Path
+) -> None:
+    from sklearn.kernel_ridge import KernelRidge
+
+    x, y, ref, val = data
+    version = register(settings, MODEL, KernelRidge().fit(x, y), x, ref, val)
+    policy = _policy(kinds=["distillation"], max_metric_drop={"accuracy": 0.01})
+    verdict, out = _run(settings, version, policy, tmp_path)
+    assert verdict.passed, verdict.reason  # served native, as on_conversion_failure says
+    summary = {c.name: c for c in verdict.checks}["optimize.approximate"]
+    assert summary.skipped and "did not convert to ONNX" in summary.reason
+    assert json.loads((out / "optimize.json").read_text())["variant"] == "native"
+
+
+def test_default_policy_tries_no_approximate_variant(
+    settings: Settings, forest_version: str, tmp_path: Path
+) -> None:
+    verdict, out = _run(settings, forest_version, load_policy(MODEL).policy, tmp_path)
+    assert verdict.passed, verdict.reason
+    names = [c.name for c in verdict.checks] + list(verdict.figures)
+    variants = (ensemble.VARIANT, neurons.VARIANT, distill.GBM, distill.MLP, "optimize.approx")
+    assert not [n for n in names if any(v in n for v in variants)]
+    assert not (tmp_path / "work" / "approximate").exists()
+    assert json.loads((out / "optimize.json").read_text())["approximate"] is False
