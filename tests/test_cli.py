@@ -99,3 +99,18 @@ def test_per_model_policies_come_from_the_folder_named_by_the_option_or_the_env(
     for proc in (by_option, by_env):
         assert proc.returncode == 2 and "loadtest.rate" in proc.stderr, proc.stderr
     assert shipped.returncode == 0, shipped.stderr
+
+
+def test_an_unreachable_tracking_server_exits_2_at_once_naming_it(tmp_path: Path) -> None:
+    """Not after MLflow's HTTP retries (minutes): the first thing a command does is ask."""
+    import time
+
+    from modelship.core.ports import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    proc = cli(tmp_path, "status", "some-model", env={"MLFLOW_TRACKING_URI": uri}, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"the MLflow tracking server at {uri} does not answer" in proc.stderr
+    assert "MLFLOW_TRACKING_URI" in proc.stderr  # the hint names the setting
+    assert time.monotonic() - started < 60

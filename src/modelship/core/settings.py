@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +150,31 @@ class Settings:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.registry_uri)
+        self.check_reachable()
+
+    def check_reachable(self, timeout_s: float = 5.0, attempts: int = 3) -> None:
+        """A tracking server that does not answer fails here, at once and by name, instead of
+        after MLflow's HTTP retries (minutes) in whatever call comes first. Any HTTP answer,
+        even 401 or 404, means the server is there; only a refused or silent connection fails."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return
+        url = self.tracking_uri.rstrip("/") + "/health"
+        problem = ""
+        for attempt in range(attempts):
+            try:
+                with urllib.request.urlopen(url, timeout=timeout_s):
+                    return
+            except urllib.error.HTTPError:
+                return
+            except (OSError, ValueError) as e:
+                problem = str(getattr(e, "reason", e))
+            if attempt + 1 < attempts:
+                time.sleep(1.0)
+        raise InputError(
+            f"the MLflow tracking server at {self.tracking_uri} does not answer ({problem})",
+            hint="check MLFLOW_TRACKING_URI (in a pipeline pod: the settings Secret) and that "
+            "the server is up and reachable from here",
+        )
 
     def child_env(self) -> dict[str, str]:
         """Environment for subprocesses (pipeline steps, probes) so they find the same store."""
