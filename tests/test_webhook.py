@@ -190,6 +190,26 @@ def test_seen_deliveries_survive_a_restart(tmp_path: Path) -> None:
     assert "abc" in SeenDeliveries(tmp_path / "seen.txt")
 
 
+def test_seen_deliveries_expire_after_the_replay_window_and_are_bounded(tmp_path: Path) -> None:
+    """A delivery older than the replay limit is refused by its timestamp anyway: its id need
+    not be kept, so the store stays small however long the receiver runs."""
+    now = [1000.0]
+    path = tmp_path / "seen.txt"
+    seen = SeenDeliveries(path, window_s=300, keep=50, clock=lambda: now[0])
+    seen.add("old")
+    now[0] += 601  # past twice the window
+    seen.add("new")
+    assert "old" not in seen and "new" in seen
+    restarted = SeenDeliveries(path, window_s=300, keep=50, clock=lambda: now[0])
+    assert "old" not in restarted and "new" in restarted
+    assert path.read_text().split()[0] == "new"  # rewritten without the expired entry
+    for i in range(200):  # a flood within one window: only the newest `keep` stay
+        now[0] += 0.01
+        seen.add(f"flood-{i}")
+    assert len(seen) == 50 and "flood-199" in seen and "flood-0" not in seen
+    assert len(SeenDeliveries(path, window_s=300, keep=50, clock=lambda: now[0])) == 50
+
+
 class _GitHubApi(BaseHTTPRequestHandler):
     received: ClassVar[list[tuple[str, dict[str, str], dict[str, Any]]]] = []
 

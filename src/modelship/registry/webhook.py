@@ -14,11 +14,13 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelship.core.errors import InputError
+from modelship.core.files import write_atomic
 from modelship.core.identifiers import check_alias, check_model_name, check_version
 
 SIGNATURE = "x-mlflow-signature"
@@ -127,25 +129,61 @@ def should_deploy(delivery: Delivery) -> bool:
 
 
 class SeenDeliveries:
-    """Delivery ids already handled, kept in a file so a restart does not act on them twice."""
+    """Delivery ids already handled, kept in a file so a restart does not act on them twice.
 
-    def __init__(self, path: Path, keep: int = 10000) -> None:
-        self.path = path
-        self.keep = keep
-        self.ids: list[str] = path.read_text().split() if path.exists() else []
-        self._set = set(self.ids)
+    Bounded: an entry expires once its delivery's timestamp could no longer pass :func:`check`
+    (``window_s``, the replay limit, twice over for clock skew either way), and at most ``keep``
+    are held whatever the rate. Each line is ``ID UNIX_TIME``; the file is rewritten (atomically)
+    when expired entries are dropped."""
+
+    def __init__(self, path: Path, *, window_s: float = 300.0, keep: int = 100_000,
+                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.path, self.window_s, self.keep, self.clock = path, window_s, keep, clock
+        self.seen: dict[str, float] = {}
+        now = clock()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                delivery_id, _, at = line.partition(" ")
+                if delivery_id:  # a line with no time (an older file): kept for one window
+                    self.seen[delivery_id] = float(at) if _is_number(at) else now
+        self._expire(now, rewrite=True)
 
     def __contains__(self, delivery_id: str) -> bool:
-        return delivery_id in self._set
+        return delivery_id in self.seen
+
+    def __len__(self) -> int:
+        return len(self.seen)
 
     def add(self, delivery_id: str) -> None:
-        self.ids.append(delivery_id)
-        self._set.add(delivery_id)
-        if len(self.ids) > self.keep:
-            self.ids = self.ids[-self.keep :]
-            self._set = set(self.ids)
-            self.path.write_text("\n".join(self.ids) + "\n")
+        now = self.clock()
+        self.seen[delivery_id] = now
+        if self._expire(now, rewrite=False):
+            self._write()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
-                f.write(delivery_id + "\n")
+                f.write(f"{delivery_id} {now:.3f}\n")
+
+    def _expire(self, now: float, *, rewrite: bool) -> bool:
+        """Drop what can no longer be replayed, and the oldest past ``keep``; whether any went."""
+        horizon = now - 2 * self.window_s
+        kept = {k: t for k, t in self.seen.items() if t >= horizon}
+        if len(kept) > self.keep:
+            kept = dict(sorted(kept.items(), key=lambda kv: kv[1])[-self.keep :])
+        dropped = len(kept) != len(self.seen)
+        self.seen = kept
+        if dropped and rewrite:
+            self._write()
+        return dropped
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, "".join(f"{k} {t:.3f}\n" for k, t in self.seen.items()))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
