@@ -12,6 +12,7 @@ Everything the service needs comes from ``serving.json`` beside the ``bentos`` p
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import json
@@ -147,13 +148,16 @@ class PredictGuard:
             response = _json_error(refusal[1], refusal[2])
             await response(scope, receive, self._with_headers(send, extra))
             return
-        body = await _read_body(receive, self.limit)
-        if body is None:
-            REQUESTS.labels(version, "too_large").inc()
-            message = (
-                f"request body is over the limit of {self.limit} bytes (package.max_body_bytes)"
-            )
-            response = _json_error(413, message + "; send fewer rows per request")
+        try:
+            body = await _read_body(receive, self.limit, CONFIG.body_timeout_s)
+        except ClientGone:
+            # nobody is left to answer: one line, and no half-read body reaches the model
+            REQUESTS.labels(version, "client_gone").inc()
+            log.info("request %s: the client went away before sending the whole body", request_id)
+            return
+        except BodyRefused as refused:
+            REQUESTS.labels(version, refused.outcome).inc()
+            response = _json_error(refused.status, refused.message)
             await response(scope, receive, self._with_headers(send, extra))
             return
         if FAST:
@@ -302,18 +306,44 @@ def _clear_400(raw: bytes) -> bytes:
         return raw
 
 
-async def _read_body(receive: Any, limit: int) -> bytes | None:
-    """The whole body, or None past ``limit`` (a chunked body has no Content-Length to check)."""
+class ClientGone(Exception):
+    """The client disconnected before its body was whole: there is no one to answer."""
+
+
+class BodyRefused(Exception):
+    """The body cannot be read to its end: answer ``status`` with ``message``."""
+
+    def __init__(self, outcome: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.outcome, self.status, self.message = outcome, status, message
+
+
+async def _read_body(receive: Any, limit: int, idle_s: float) -> bytes:
+    """The whole body; :class:`BodyRefused` past ``limit`` bytes (a chunked body has no
+    Content-Length to check first) or after ``idle_s`` seconds without a chunk."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), idle_s)
+        except TimeoutError:
+            raise BodyRefused(
+                "timeout",
+                408,
+                f"the request body stalled: nothing came for {idle_s:g} s; "
+                "send the whole body at once (and end a chunked body with its last chunk)",
+            ) from None
         if message["type"] == "http.disconnect":
-            return b"".join(chunks)
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            return None
+            raise BodyRefused(
+                "too_large",
+                413,
+                f"request body is over the limit of {limit} bytes "
+                "(package.max_body_bytes); send fewer rows per request",
+            )
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
