@@ -227,6 +227,8 @@ async def _answer_here(body: bytes) -> tuple[int, Any, np.ndarray | None]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         return 400, {"error": f"the body is not valid JSON ({e})"}, None
+    except RecursionError:  # '[' * 100_000: json's recursion limit, not a fault of the server
+        return 400, {"error": "the body is nested too deeply to be a table of rows"}, None
     if not isinstance(data, dict) or "inputs" not in data:
         return (
             400,
