@@ -112,7 +112,8 @@ Inputs = Annotated[
 
 
 def _json_error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+    headers = {"allow": "POST"} if status == 405 else None
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 class PredictGuard:
@@ -197,6 +198,8 @@ class PredictGuard:
 
     def _refuse(self, scope: Any) -> tuple[str, int, str] | None:
         if scope["method"] != "POST":
+            if FAST:  # BentoML's router says 405 on its own path; here no router runs
+                return "bad_method", 405, f"{ROUTE} takes POST with a JSON body"
             return None
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
