@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from modelship.core.traffic import BadWeights, Weights
 from modelship.gateway.routing import Variant, choose, effective_weight
@@ -167,7 +168,7 @@ class Gateway:
                 continue
             try:
                 status, payload, answer_headers = await self._send(backend, request, body, headers)
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, aiohttp.InvalidURL):
                 backend.failed(self.config.eject_after)
                 self.stats.retried[attempt] += 1
                 continue
@@ -313,7 +314,7 @@ class Gateway:
                 self.backends.pop(variant, None)
                 self.weights = Weights(0, 0.0)
                 continue
-            if not isinstance(spec, dict) or not str(spec.get("url", "")).startswith("http"):
+            if not isinstance(spec, dict) or not _backend_url(spec.get("url")):
                 return _error(400, f'{name}: send {{"url": "http://host:port", "version": "N"}}')
             self.backends[variant] = Backend(
                 str(spec["url"]).rstrip("/"), str(spec.get("version", ""))
@@ -349,6 +350,17 @@ class Gateway:
         if not any(b.healthy for b in self.backends.values()):
             return _error(503, "no healthy backend")
         return web.json_response({"ready": True})
+
+
+def _backend_url(url: Any) -> bool:
+    """Whether ``url`` is an absolute http(s) URL with a host, one a request can be sent to."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parsed = URL(url)
+        return parsed.scheme in ("http", "https") and bool(parsed.host) and parsed.port is not None
+    except ValueError:
+        return False
 
 
 def _error(status: int, message: str) -> web.Response:
