@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,6 +96,8 @@ def check(
         sent = float(timestamp)
     except ValueError:
         raise Refused(401, "timestamp is not a number of seconds") from None
+    if not math.isfinite(sent):  # NaN compares false with everything: it would pass the age check
+        raise Refused(401, "timestamp is not a finite number of seconds")
     if abs(now - sent) > max_age_s:
         raise Refused(
             401,
