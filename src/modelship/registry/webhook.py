@@ -108,7 +108,7 @@ def check(
         event = f"{envelope['entity']}.{envelope['action']}"
         data = envelope["data"]
         model, version = str(data["name"]), str(data["version"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise Refused(400, f"malformed delivery: {type(e).__name__}: {e}") from None
     if event not in (CREATED, ALIAS_CREATED):
         raise Refused(
