@@ -79,6 +79,11 @@ def _parse_layer(text: str, path: Path | str) -> _Layer:
         raise PolicyError(
             "policy is not valid YAML", errors=[(place, str(getattr(e, "problem", e)))]
         ) from e
+    except RecursionError:  # PyYAML composes recursively: '[' * 5000 goes past Python's limit
+        raise PolicyError(
+            "policy is nested too deeply to read",
+            errors=[(str(path), "more levels of nesting than YAML here can hold")],
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
