@@ -14,6 +14,7 @@ fail) an adaptive batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -128,6 +129,10 @@ def to_matrix(inputs: Any, columns: Sequence[str], max_rows: int) -> np.ndarray:
     except ValueError:  # ragged rows
         raise _explain_values(rows, columns) from None
     if raw.dtype.kind not in "iuf" or raw.ndim != 2 or raw.shape[1] != len(columns):
+        raise _explain_values(rows, columns)
+    # numpy makes true 1.0 beside numbers: refused as when a row is all booleans (types looked
+    # up in C: 0.6 ms for 1,024 rows of 30, where a generator took 1.5)
+    if bool in map(type, chain.from_iterable(rows)):
         raise _explain_values(rows, columns)
     with np.errstate(over="ignore"):
         matrix = raw.astype(np.float32)
