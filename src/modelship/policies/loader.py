@@ -103,8 +103,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _find_node(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[yaml.Node | None, int]:
-    """The node that names the deepest part of ``loc`` found, and how many steps were found.
+def _find_node(
+    root: yaml.Node | None, loc: tuple[int | str, ...]
+) -> tuple[yaml.Node | None, int, bool]:
+    """The node that names the deepest part of ``loc`` found, how many steps were found, and
+    whether this layer sets the value at ``loc`` (the whole path, or a value that is not a
+    mapping on the way, which the merge takes whole from the latest layer that has it).
 
     For a mapping entry that is the key (whose line is where a person looks), not its value.
     """
@@ -121,14 +125,19 @@ def _find_node(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[yaml
             break
         mark, node = found
         depth += 1
-    return mark, depth
+    sets = depth > 0 and (depth == len(loc) or not isinstance(node, yaml.MappingNode))
+    return mark, depth, sets
 
 
 def _place(layers: list[_Layer], loc: tuple[int | str, ...]) -> str:
-    """Where in the YAML an error points: the layer that sets the deepest part of ``loc``."""
+    """Where in the YAML an error points: the latest layer that sets the value at ``loc``
+    (as the merge takes it), else the one that sets the deepest part of ``loc``."""
     best: tuple[int, _Layer, yaml.Node] | None = None
     for layer in reversed(layers):  # later layers win, as in the merge
-        node, depth = _find_node(layer.root, loc)
+        node, depth, sets = _find_node(layer.root, loc)
+        if node is not None and sets:
+            best = (depth, layer, node)
+            break
         if node is not None and depth > 0 and (best is None or depth > best[0]):
             best = (depth, layer, node)
     key = ".".join(str(p) for p in loc) or "(top)"
