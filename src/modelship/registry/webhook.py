@@ -55,7 +55,7 @@ _DELIVERY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def sign(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
-    content = f"{delivery_id}.{timestamp}.".encode() + body
+    content = f"{delivery_id}.{timestamp}.".encode("utf-8", "surrogatepass") + body
     digest = hmac.new(secret.encode(), content, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
 
@@ -87,7 +87,10 @@ def check(
         raise Refused(
             401, f"missing {', '.join(missing)}: configure the MLflow webhook with a secret"
         )
-    if not hmac.compare_digest(sign(secret, delivery_id, timestamp, body), signature):
+    # as bytes: compare_digest refuses str with non-ASCII characters (TypeError), which any
+    # sender can put in a header
+    expected = sign(secret, delivery_id, timestamp, body).encode()
+    if not hmac.compare_digest(expected, signature.encode("utf-8", "surrogatepass")):
         raise Refused(401, "signature does not match: wrong secret, or the body was altered")
     if not _DELIVERY_ID.fullmatch(delivery_id):
         # it names a log file and goes into the audit trail: only what MLflow sends (a UUID)
