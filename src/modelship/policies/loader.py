@@ -107,12 +107,12 @@ def _find_node(
     root: yaml.Node | None, loc: tuple[int | str, ...]
 ) -> tuple[yaml.Node | None, int, bool]:
     """The node that names the deepest part of ``loc`` found, how many steps were found, and
-    whether this layer sets the value at ``loc`` (the whole path, or a value that is not a
-    mapping on the way, which the merge takes whole from the latest layer that has it).
+    whether this layer sets the value at ``loc`` (the whole path, or a value on the way that
+    is not a mapping, a list say, which the merge takes whole from the latest layer that has it).
 
     For a mapping entry that is the key (whose line is where a person looks), not its value.
     """
-    node, mark, depth = root, root, 0
+    node, mark, depth, replaced = root, root, 0, False
     for step in loc:
         found: tuple[yaml.Node, yaml.Node] | None = None
         if isinstance(node, yaml.MappingNode):
@@ -125,7 +125,8 @@ def _find_node(
             break
         mark, node = found
         depth += 1
-    sets = depth > 0 and (depth == len(loc) or not isinstance(node, yaml.MappingNode))
+        replaced = replaced or not isinstance(node, yaml.MappingNode)
+    sets = depth > 0 and (depth == len(loc) or replaced)
     return mark, depth, sets
 
 
