@@ -103,16 +103,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _find_node(
-    root: yaml.Node | None, loc: tuple[int | str, ...]
-) -> tuple[yaml.Node | None, int, bool]:
-    """The node that names the deepest part of ``loc`` found, how many steps were found, and
-    whether this layer sets the value at ``loc`` (the whole path, or a value on the way that
-    is not a mapping, a list say, which the merge takes whole from the latest layer that has it).
+def _find_node(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[yaml.Node | None, int]:
+    """The node that names the deepest part of ``loc`` found, and how many steps were found.
 
     For a mapping entry that is the key (whose line is where a person looks), not its value.
     """
-    node, mark, depth, replaced = root, root, 0, False
+    node, mark, depth = root, root, 0
     for step in loc:
         found: tuple[yaml.Node, yaml.Node] | None = None
         if isinstance(node, yaml.MappingNode):
@@ -125,27 +121,37 @@ def _find_node(
             break
         mark, node = found
         depth += 1
-        replaced = replaced or not isinstance(node, yaml.MappingNode)
-    sets = depth > 0 and (depth == len(loc) or replaced)
-    return mark, depth, sets
+    return mark, depth
+
+
+def _owner(layers: list[_Layer], loc: tuple[int | str, ...]) -> _Layer | None:
+    """The layer whose value the merge kept at ``loc``, or at the deepest part of it present.
+
+    As :func:`_merge` does: mappings merge, and anything else (a list, a scalar, a null)
+    replaces what came before it, so only the mappings after the last such value count.
+    """
+    live = [(layer, layer.data) for layer in layers]
+    owner = None
+    for step in loc:
+        having = [(layer, v[step]) for layer, v in live if isinstance(v, dict) and step in v]
+        if not having:
+            break
+        owner = having[-1][0]
+        if not isinstance(having[-1][1], dict):
+            break  # replaced whole by the latest layer that has it
+        others = [i for i, (_, v) in enumerate(having) if not isinstance(v, dict)]
+        live = having[others[-1] + 1 :] if others else having
+    return owner
 
 
 def _place(layers: list[_Layer], loc: tuple[int | str, ...]) -> str:
-    """Where in the YAML an error points: the latest layer that sets the value at ``loc``
-    (as the merge takes it), else the one that sets the deepest part of ``loc``."""
-    best: tuple[int, _Layer, yaml.Node] | None = None
-    for layer in reversed(layers):  # later layers win, as in the merge
-        node, depth, sets = _find_node(layer.root, loc)
-        if node is not None and sets:
-            best = (depth, layer, node)
-            break
-        if node is not None and depth > 0 and (best is None or depth > best[0]):
-            best = (depth, layer, node)
+    """Where in the YAML an error points: in the layer whose value the merge kept there."""
     key = ".".join(str(p) for p in loc) or "(top)"
-    if best is None:
+    owner = _owner(layers, loc)
+    node = _find_node(owner.root, loc)[0] if owner is not None else None
+    if owner is None or node is None:
         return f"{layers[-1].path} {key}"
-    _, layer, node = best
-    return f"{layer.path}:{node.start_mark.line + 1}:{node.start_mark.column + 1} {key}"
+    return f"{owner.path}:{node.start_mark.line + 1}:{node.start_mark.column + 1} {key}"
 
 
 def load_policy(
