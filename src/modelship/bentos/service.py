@@ -158,9 +158,13 @@ class PredictGuard:
         try:
             body = await _read_body(receive, self.limit, CONFIG.body_timeout_s)
         except ClientGone:
-            # nobody is left to answer: one line, and no half-read body reaches the model
+            # one line, and no half-read body reaches the model. The answer reaches no one, but
+            # is sent all the same: BentoML's own layers count the request as in flight until
+            # a response ends, and a shutdown waited on it for ever
             REQUESTS.labels(version, "client_gone").inc()
             log.info("request %s: the client went away before sending the whole body", request_id)
+            response = _json_error(400, "the request body ended early")
+            await response(scope, receive, self._with_headers(send, extra))
             return
         except BodyRefused as refused:
             REQUESTS.labels(version, refused.outcome).inc()
