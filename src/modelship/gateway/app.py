@@ -289,12 +289,14 @@ class Gateway:
         unknown = set(data) - {"challenger", "mirror"}
         if unknown:
             return _error(400, f"unknown keys {sorted(unknown)}; send challenger and/or mirror")
+        mirror = data.get("mirror", self.weights.mirror)
+        if isinstance(mirror, bool) or not isinstance(mirror, int | float):
+            return _error(400, f"mirror share must be a number from 0 to 1, got {mirror!r}")
         try:
             weights = Weights(
-                challenger=data.get("challenger", self.weights.challenger),
-                mirror=float(data.get("mirror", self.weights.mirror)),
+                challenger=data.get("challenger", self.weights.challenger), mirror=float(mirror)
             )
-        except (BadWeights, TypeError, ValueError) as e:
+        except BadWeights as e:
             return _error(400, str(e))
         if weights.challenger > 0 and Variant.CHALLENGER not in self.backends:
             return _error(409, "no challenger backend: PUT /admin/backends first")
