@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,7 +105,9 @@ def _leaves(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tupl
             yield (*prefix, key)
 
 
-DEFAULT = load_policy().policy.model_dump(mode="json", by_alias=True)
+#: the repository's own policies: an installed modelship may ship another checkout's
+POLICIES = Path(__file__).resolve().parent.parent / "policies"
+DEFAULT = load_policy(policy_dir=POLICIES).policy.model_dump(mode="json", by_alias=True)
 LEAVES = sorted(_leaves(DEFAULT))
 SECTIONS = sorted({key for path in LEAVES for key in path})
 
@@ -125,7 +128,7 @@ def _keys(error: PolicyError) -> list[str]:
 @example("a: &x [*x]\nvalidate: &y {contract: *y}")
 def test_any_text_is_a_policy_or_a_policy_error(text: str) -> None:
     try:
-        load_policy(text=text)
+        load_policy(text=text, policy_dir=POLICIES)
     except PolicyError as e:
         assert e.message and e.errors
 
@@ -133,7 +136,7 @@ def test_any_text_is_a_policy_or_a_policy_error(text: str) -> None:
 @given(st.sampled_from(LEAVES), json_values)
 def test_a_bad_value_is_named_by_its_key(path: tuple[str, ...], value: Any) -> None:
     try:
-        load_policy(text=yaml.safe_dump(_nest(path, value)))
+        load_policy(text=yaml.safe_dump(_nest(path, value)), policy_dir=POLICIES)
     except PolicyError as e:
         dotted = ".".join(path)
         # the error names the key, or the section holding it (a rule across two of its keys),
@@ -160,7 +163,7 @@ def test_a_bad_value_is_named_by_its_key(path: tuple[str, ...], value: Any) -> N
 )
 def test_any_mapping_is_a_policy_or_errors_that_name_its_keys(data: dict[str, Any]) -> None:
     try:
-        load_policy(text=yaml.safe_dump(data))
+        load_policy(text=yaml.safe_dump(data), policy_dir=POLICIES)
     except PolicyError as e:
         for key in _keys(e):
             assert key.split(".")[0] in data, (key, str(e))
