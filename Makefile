@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv image-tools demo test test-fast lint bench compile lock clean rehearse pipeline-image
+.PHONY: venv image-tools demo test test-fast fuzz lint bench compile lock clean rehearse pipeline-image
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,13 @@ test: lint image-tools
 # everything but the tests marked slow (real servers, pipeline runs, deploys as processes)
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow"
+
+# The property tests and the fuzzing of every HTTP API with many more examples than CI runs
+# (100 per property, 25 per fuzzed operation and mode there): EXAMPLES per property, a quarter
+# of it per operation. Minutes, not seconds.
+EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	MODELSHIP_FUZZ_EXAMPLES=$(EXAMPLES) $(VENV)/bin/pytest -n 0 -v tests/test_properties.py tests/test_hostile.py
 
 # The cluster rehearsal: the compiled deploy pipeline with every task in its own "pod", sharing
 # only a real MLflow server, a real S3 API (moto) and KFP's artifacts (tests/rehearsal.py).

@@ -11,15 +11,33 @@ none of these need not pay for.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from modelship.core.settings import Settings
+
+
+#: examples per property and per fuzzed API operation: bounded in CI, raised by `make fuzz`
+FUZZ_EXAMPLES = int(os.environ.get("MODELSHIP_FUZZ_EXAMPLES") or 100)
+
+# no example database: CI starts from a fresh clone each time, and a failure prints the example
+# (and the seed that reproduces it); the parsers are fast, so no example is ever "too slow"
+hypothesis_settings.register_profile(
+    "modelship",
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+hypothesis_settings.load_profile("modelship")
 
 
 @pytest.fixture(scope="module")

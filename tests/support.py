@@ -321,3 +321,42 @@ def http_stub(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+
+
+# -- a Bento without the pipeline ----------------------------------------------------------------
+
+
+def quick_bento(home: Path, work: Path, **serving: Any) -> str:
+    """A Bento of a small classifier on the demo's columns, built straight from its ONNX file.
+
+    No registry and no gates: for tests of the service's HTTP surface, which need the real
+    ``bentoml serve`` of a real Bento in seconds rather than a deployment in minutes. ``serving``
+    overrides fields of its ``serving.json`` (``server="bentoml"``, ``max_body_bytes=...``).
+    """
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.tree import DecisionTreeClassifier
+
+    from modelship.components.package import bento as bento_build
+    from modelship.core.records import OptimizeRecord
+
+    frame = load_breast_cancer(as_frame=True)
+    x, y = frame.data.astype("float32"), frame.target
+    model = DecisionTreeClassifier(max_depth=4, random_state=0).fit(x, y)
+    optimized = work / "optimized"
+    optimized.mkdir(parents=True, exist_ok=True)
+    onx = to_onnx(model, initial_types=[("input", FloatTensorType([None, x.shape[1]]))],
+                  options={id(model): {"zipmap": False}})  # fmt: skip
+    (optimized / "model.onnx").write_bytes(onx.SerializeToString())
+    record = OptimizeRecord(variant="fp32", columns=list(x.columns), task="classification",
+                            classes=[int(c) for c in model.classes_])  # fmt: skip
+    files, packages = bento_build.assemble(work / "context", optimized, work, record)
+    config = bento_build.serving_config(
+        "hostile", "1", "sha256:" + "0" * 64, record, list(x.columns),
+        Policy().package, files,
+    )  # fmt: skip
+    config = config.model_copy(update=serving)
+    built = bento_build.build(work / "context", config, packages, labels={"owner": "tests"},
+                              bentoml_home=home / "bentoml", log=work / "build.log")  # fmt: skip
+    return built.tag

@@ -434,3 +434,24 @@ def test_promote_makes_the_challenger_the_only_backend(stack: Stack) -> None:
     assert status == 200 and list(answer["backends"]) == ["champion"]
     assert answer["backends"]["champion"]["version"] == "2"
     assert Counter(stack.predict() for _ in range(20)) == {"challenger": 20}
+
+
+def test_the_admin_api_refuses_urls_and_weights_no_request_could_use() -> None:
+    """Accepted, 'httpfoo' made every request routed there a 500; false was taken as a weight."""
+
+    async def main() -> None:
+        config = GatewayConfig("t", Backend("http://127.0.0.1:1"), health_interval_s=60)
+        admin = {"authorization": "Bearer t"}
+        async with TestClient(TestServer(create_app(config))) as client:
+            for url in ("httpfoo", "http:/x", "http://[bad", "http://h:99999", "ftp://h:21", 5):
+                spec = {"challenger": {"url": url}}
+                async with client.put("/admin/backends", json=spec, headers=admin) as r:
+                    assert r.status == 400, url
+            for body in ({"challenger": False}, {"mirror": True}, {"mirror": "0.5"}):
+                async with client.put("/admin/weights", json=body, headers=admin) as r:
+                    assert r.status == 400, body
+            async with client.get("/admin/weights", headers=admin) as r:
+                state = await r.json()
+        assert list(state["backends"]) == ["champion"] and state["challenger"] == 0
+
+    asyncio.run(main())

@@ -51,6 +51,9 @@ class ServingConfig(Strict):
     batching: Batching = Batching()
     max_rows_per_request: Annotated[int, Field(ge=1)] = 1024
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    #: seconds a /predict body may stall between two chunks before the request is refused
+    #: (408): a client that stops sending mid-body must not hold its connection forever
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     intra_op_threads: Annotated[int, Field(ge=0)] = 1
     #: OpenTelemetry spans and BentoML's traffic metrics on /predict (off: 40% more throughput)
     tracing: bool = False

@@ -13,7 +13,9 @@ fail) an adaptive batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -95,6 +97,13 @@ def _explain_values(rows: list[list[Any]], columns: Sequence[str]) -> BadPayload
     return BadPayload("values are not a table of numbers")
 
 
+def _to_float(value: float) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def to_rows(inputs: Any, columns: Sequence[str], max_rows: int) -> list[list[Any]]:
     """The request's rows as lists in signature order (not yet checked to be numbers)."""
     if isinstance(inputs, dict):
@@ -127,7 +136,15 @@ def to_matrix(inputs: Any, columns: Sequence[str], max_rows: int) -> np.ndarray:
         raw = np.asarray(rows)
     except ValueError:  # ragged rows
         raise _explain_values(rows, columns) from None
+    if raw.dtype.kind == "O" and raw.ndim == 2 and all(type(v) in (int, float) for v in raw.flat):
+        # an integer past int64 makes numpy keep Python objects; it is still a number (one
+        # past float's range becomes infinity, refused below like any other)
+        raw = np.array([[_to_float(v) for v in row] for row in raw.tolist()], np.float64)
     if raw.dtype.kind not in "iuf" or raw.ndim != 2 or raw.shape[1] != len(columns):
+        raise _explain_values(rows, columns)
+    # numpy makes true 1.0 beside numbers: refused as when a row is all booleans (types looked
+    # up in C: 0.6 ms for 1,024 rows of 30, where a generator took 1.5)
+    if bool in map(type, chain.from_iterable(rows)):
         raise _explain_values(rows, columns)
     with np.errstate(over="ignore"):
         matrix = raw.astype(np.float32)

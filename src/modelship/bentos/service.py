@@ -12,6 +12,7 @@ Everything the service needs comes from ``serving.json`` beside the ``bentos`` p
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import json
@@ -30,7 +31,7 @@ from starlette.responses import JSONResponse
 
 from . import config as serving_config
 from . import model as serving_model
-from . import tuning
+from . import openapi, tuning
 from .fastpath import GreedyBatcher, Shed
 from .inference_log import Exchange, InferenceLog
 from .payload import BadPayload, to_matrix
@@ -40,6 +41,8 @@ log = logging.getLogger("bentoml.modelship")
 SRC = Path(__file__).resolve().parent.parent
 CONFIG = serving_config.load(SRC)
 ROUTE = "/predict"
+DOCS = "/docs.json"
+DOCUMENT = openapi.document(CONFIG)
 
 tuning.cancel_request_timers()
 
@@ -111,7 +114,8 @@ Inputs = Annotated[
 
 
 def _json_error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+    headers = {"allow": "POST"} if status == 405 else None
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 class PredictGuard:
@@ -134,6 +138,10 @@ class PredictGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["path"] == DOCS and scope["method"] in ("GET", "HEAD"):
+            # the real contract, in place of BentoML's generic one (bentos/openapi.py)
+            await JSONResponse(DOCUMENT)(scope, receive, self._with_headers(send, []))
+            return
         if scope["path"] != ROUTE:
             await self.app(scope, receive, self._with_headers(send, []))
             return
@@ -147,13 +155,20 @@ class PredictGuard:
             response = _json_error(refusal[1], refusal[2])
             await response(scope, receive, self._with_headers(send, extra))
             return
-        body = await _read_body(receive, self.limit)
-        if body is None:
-            REQUESTS.labels(version, "too_large").inc()
-            message = (
-                f"request body is over the limit of {self.limit} bytes (package.max_body_bytes)"
-            )
-            response = _json_error(413, message + "; send fewer rows per request")
+        try:
+            body = await _read_body(receive, self.limit, CONFIG.body_timeout_s)
+        except ClientGone:
+            # one line, and no half-read body reaches the model. The answer reaches no one, but
+            # is sent all the same: BentoML's own layers count the request as in flight until
+            # a response ends, and a shutdown waited on it for ever
+            REQUESTS.labels(version, "client_gone").inc()
+            log.info("request %s: the client went away before sending the whole body", request_id)
+            response = _json_error(400, "the request body ended early")
+            await response(scope, receive, self._with_headers(send, extra))
+            return
+        except BodyRefused as refused:
+            REQUESTS.labels(version, refused.outcome).inc()
+            response = _json_error(refused.status, refused.message)
             await response(scope, receive, self._with_headers(send, extra))
             return
         if FAST:
@@ -193,6 +208,8 @@ class PredictGuard:
 
     def _refuse(self, scope: Any) -> tuple[str, int, str] | None:
         if scope["method"] != "POST":
+            if FAST:  # BentoML's router says 405 on its own path; here no router runs
+                return "bad_method", 405, f"{ROUTE} takes POST with a JSON body"
             return None
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
@@ -223,6 +240,8 @@ async def _answer_here(body: bytes) -> tuple[int, Any, np.ndarray | None]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         return 400, {"error": f"the body is not valid JSON ({e})"}, None
+    except RecursionError:  # '[' * 100_000: json's recursion limit, not a fault of the server
+        return 400, {"error": "the body is nested too deeply to be a table of rows"}, None
     if not isinstance(data, dict) or "inputs" not in data:
         return (
             400,
@@ -302,18 +321,44 @@ def _clear_400(raw: bytes) -> bytes:
         return raw
 
 
-async def _read_body(receive: Any, limit: int) -> bytes | None:
-    """The whole body, or None past ``limit`` (a chunked body has no Content-Length to check)."""
+class ClientGone(Exception):
+    """The client disconnected before its body was whole: there is no one to answer."""
+
+
+class BodyRefused(Exception):
+    """The body cannot be read to its end: answer ``status`` with ``message``."""
+
+    def __init__(self, outcome: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.outcome, self.status, self.message = outcome, status, message
+
+
+async def _read_body(receive: Any, limit: int, idle_s: float) -> bytes:
+    """The whole body; :class:`BodyRefused` past ``limit`` bytes (a chunked body has no
+    Content-Length to check first) or after ``idle_s`` seconds without a chunk."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), idle_s)
+        except TimeoutError:
+            raise BodyRefused(
+                "timeout",
+                408,
+                f"the request body stalled: nothing came for {idle_s:g} s; "
+                "send the whole body at once (and end a chunked body with its last chunk)",
+            ) from None
         if message["type"] == "http.disconnect":
-            return b"".join(chunks)
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            return None
+            raise BodyRefused(
+                "too_large",
+                413,
+                f"request body is over the limit of {limit} bytes "
+                "(package.max_body_bytes); send fewer rows per request",
+            )
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)

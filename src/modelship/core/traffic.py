@@ -26,7 +26,12 @@ class Weights:
     mirror: float = 0.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.challenger, int) or not 0 <= self.challenger <= 100:
+        # bool is an int to Python, but true is no percent
+        if (
+            not isinstance(self.challenger, int)
+            or isinstance(self.challenger, bool)
+            or not 0 <= self.challenger <= 100
+        ):
             raise BadWeights(
                 f"challenger weight must be a whole percent from 0 to 100, got {self.challenger!r}",
                 hint="e.g. 10 sends one request in ten to the challenger",

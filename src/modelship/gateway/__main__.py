@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sticky-header", help="header that keeps a user on one variant")
     parser.add_argument("--health-interval", type=float, default=0.5, help="seconds")
     parser.add_argument("--eject-after", type=int, default=2, help="failed checks")
+    parser.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds a request body may take (408)"
+    )
     args = parser.parse_args(argv)
     token = os.environ.get(TOKEN_ENV, "")
     if not token:
@@ -46,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         sticky_header=args.sticky_header,
         health_interval_s=args.health_interval,
         eject_after=args.eject_after,
+        body_timeout_s=args.body_timeout,
     )
+    # one line per event (a client that left, say) on stderr, where the process' log goes
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with contextlib.suppress(ImportError):
         import uvloop
 

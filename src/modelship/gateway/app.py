@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import random
 import time
 import uuid
@@ -25,6 +26,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from modelship.core.traffic import BadWeights, Weights
 from modelship.gateway.routing import Variant, choose, effective_weight
@@ -52,6 +54,8 @@ _PAIR_INLINE_BYTES = 256 * 1024
 _PAIR_GRACE_S = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger("modelship.gateway")
 
 
 @dataclass
@@ -83,6 +87,11 @@ class GatewayConfig:
     eject_after: int = 2
     request_timeout_s: float = 30.0
     weights: Weights = field(default_factory=Weights)
+    #: the largest request body passed on; larger ones are refused (413) before they are read
+    max_body_bytes: int = 64 * 1024 * 1024
+    #: seconds a request body may take to arrive in full before it is refused (408): a client
+    #: that stops sending mid-body must not hold a connection (and its memory) forever
+    body_timeout_s: float = 30.0
 
 
 class Gateway:
@@ -117,7 +126,16 @@ class Gateway:
 
     async def proxy(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        body = await request.read()
+        try:
+            body = await _read_body(request, self.config)
+        except ClientGone:
+            # the answer would reach no one; aiohttp drops it quietly on the closed connection
+            log.info(
+                "%s %s: the client went away before sending the whole body",
+                request.method,
+                request.path,
+            )
+            return _error(400, "the request body ended early")
         headers = {k: v for k in _FORWARD if (v := request.headers.get(k)) is not None}
         variant = choose(self.challenger_share(), self._key(request), self._random.random())
         champion_answer: asyncio.Future[Answer | None] | None = None
@@ -150,7 +168,7 @@ class Gateway:
                 continue
             try:
                 status, payload, answer_headers = await self._send(backend, request, body, headers)
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, aiohttp.InvalidURL):
                 backend.failed(self.config.eject_after)
                 self.stats.retried[attempt] += 1
                 continue
@@ -267,16 +285,18 @@ class Gateway:
         return web.json_response(self.describe())
 
     async def put_weights(self, request: web.Request) -> web.Response:
-        data = await _json_object(request)
+        data = await _json_object(request, self.config)
         unknown = set(data) - {"challenger", "mirror"}
         if unknown:
             return _error(400, f"unknown keys {sorted(unknown)}; send challenger and/or mirror")
+        mirror = data.get("mirror", self.weights.mirror)
+        if isinstance(mirror, bool) or not isinstance(mirror, int | float):
+            return _error(400, f"mirror share must be a number from 0 to 1, got {mirror!r}")
         try:
             weights = Weights(
-                challenger=data.get("challenger", self.weights.challenger),
-                mirror=float(data.get("mirror", self.weights.mirror)),
+                challenger=data.get("challenger", self.weights.challenger), mirror=float(mirror)
             )
-        except (BadWeights, TypeError, ValueError) as e:
+        except BadWeights as e:
             return _error(400, str(e))
         if weights.challenger > 0 and Variant.CHALLENGER not in self.backends:
             return _error(409, "no challenger backend: PUT /admin/backends first")
@@ -284,7 +304,7 @@ class Gateway:
         return web.json_response(self.describe())
 
     async def put_backends(self, request: web.Request) -> web.Response:
-        data = await _json_object(request)
+        data = await _json_object(request, self.config)
         unknown = set(data) - {"champion", "challenger"}
         if unknown:
             return _error(400, f"unknown keys {sorted(unknown)}; send champion and/or challenger")
@@ -296,7 +316,7 @@ class Gateway:
                 self.backends.pop(variant, None)
                 self.weights = Weights(0, 0.0)
                 continue
-            if not isinstance(spec, dict) or not str(spec.get("url", "")).startswith("http"):
+            if not isinstance(spec, dict) or not _backend_url(spec.get("url")):
                 return _error(400, f'{name}: send {{"url": "http://host:port", "version": "N"}}')
             self.backends[variant] = Backend(
                 str(spec["url"]).rstrip("/"), str(spec.get("version", ""))
@@ -334,17 +354,64 @@ class Gateway:
         return web.json_response({"ready": True})
 
 
+def _backend_url(url: Any) -> bool:
+    """Whether ``url`` is an absolute http(s) URL with a host, one a request can be sent to."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parsed = URL(url)
+        return parsed.scheme in ("http", "https") and bool(parsed.host) and parsed.port is not None
+    except ValueError:
+        return False
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+class ClientGone(Exception):
+    """The client disconnected before its request body was whole."""
+
+
+def _refused(status: int, message: str) -> web.HTTPException:
+    """A refusal to raise from a handler, with the gateway's ``{"error": ...}`` body."""
+    body, kind = json.dumps({"error": message}), "application/json"
+    if status == 413:
+        return web.HTTPRequestEntityTooLarge(max_size=0, text=body, content_type=kind)
+    if status == 408:
+        return web.HTTPRequestTimeout(text=body, content_type=kind)
+    return web.HTTPBadRequest(text=body, content_type=kind)
+
+
+async def _read_body(request: web.Request, config: GatewayConfig) -> bytes:
+    """The whole body, refused (413) when its declared length is over the limit, before a
+    byte is read, and (408) when it does not arrive in full within ``body_timeout_s``."""
+    declared = request.content_length
+    if declared is not None and declared > config.max_body_bytes:
+        raise _refused(
+            413,
+            f"request body of {declared} bytes is over the gateway's limit "
+            f"of {config.max_body_bytes}",
+        )
     try:
-        data = json.loads(await request.read() or b"{}")
+        return await asyncio.wait_for(request.read(), config.body_timeout_s)
+    except TimeoutError:
+        raise _refused(
+            408, f"the request body did not arrive in full within {config.body_timeout_s:g} s"
+        ) from None
+    except ConnectionResetError:
+        raise ClientGone from None
+
+
+async def _json_object(request: web.Request, config: GatewayConfig) -> dict[str, Any]:
+    try:
+        data = json.loads(await _read_body(request, config) or b"{}")
+    except ClientGone:
+        raise web.HTTPBadRequest() from None  # no one is left to read it
     except ValueError as e:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"body is not JSON: {e}"}), content_type="application/json"
-        ) from e
+        raise _refused(400, f"body is not JSON: {e}") from e
+    except RecursionError:
+        raise _refused(400, "body is nested too deeply to be the admin API's JSON") from None
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(
             text=json.dumps({"error": "send a JSON object"}), content_type="application/json"
@@ -375,7 +442,7 @@ def create_app(config: GatewayConfig) -> web.Application:
         raise ValueError("the gateway needs an admin token")
     gateway = Gateway(config)
     admin = _authenticated(config.token)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=config.max_body_bytes)
     app["gateway"] = gateway
     app.router.add_get("/admin/weights", admin(gateway.get_weights))
     app.router.add_put("/admin/weights", admin(gateway.put_weights))

@@ -79,6 +79,11 @@ def _parse_layer(text: str, path: Path | str) -> _Layer:
         raise PolicyError(
             "policy is not valid YAML", errors=[(place, str(getattr(e, "problem", e)))]
         ) from e
+    except RecursionError:  # PyYAML composes recursively: '[' * 5000 goes past Python's limit
+        raise PolicyError(
+            "policy is nested too deeply to read",
+            errors=[(str(path), "more levels of nesting than YAML here can hold")],
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -119,18 +124,34 @@ def _find_node(root: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[yaml
     return mark, depth
 
 
+def _owner(layers: list[_Layer], loc: tuple[int | str, ...]) -> _Layer | None:
+    """The layer whose value the merge kept at ``loc``, or at the deepest part of it present.
+
+    As :func:`_merge` does: mappings merge, and anything else (a list, a scalar, a null)
+    replaces what came before it, so only the mappings after the last such value count.
+    """
+    live = [(layer, layer.data) for layer in layers]
+    owner = None
+    for step in loc:
+        having = [(layer, v[step]) for layer, v in live if isinstance(v, dict) and step in v]
+        if not having:
+            break
+        owner = having[-1][0]
+        if not isinstance(having[-1][1], dict):
+            break  # replaced whole by the latest layer that has it
+        others = [i for i, (_, v) in enumerate(having) if not isinstance(v, dict)]
+        live = having[others[-1] + 1 :] if others else having
+    return owner
+
+
 def _place(layers: list[_Layer], loc: tuple[int | str, ...]) -> str:
-    """Where in the YAML an error points: the layer that sets the deepest part of ``loc``."""
-    best: tuple[int, _Layer, yaml.Node] | None = None
-    for layer in reversed(layers):  # later layers win, as in the merge
-        node, depth = _find_node(layer.root, loc)
-        if node is not None and depth > 0 and (best is None or depth > best[0]):
-            best = (depth, layer, node)
+    """Where in the YAML an error points: in the layer whose value the merge kept there."""
     key = ".".join(str(p) for p in loc) or "(top)"
-    if best is None:
+    owner = _owner(layers, loc)
+    node = _find_node(owner.root, loc)[0] if owner is not None else None
+    if owner is None or node is None:
         return f"{layers[-1].path} {key}"
-    _, layer, node = best
-    return f"{layer.path}:{node.start_mark.line + 1}:{node.start_mark.column + 1} {key}"
+    return f"{owner.path}:{node.start_mark.line + 1}:{node.start_mark.column + 1} {key}"
 
 
 def load_policy(

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -56,7 +57,7 @@ _DELIVERY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def sign(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
-    content = f"{delivery_id}.{timestamp}.".encode() + body
+    content = f"{delivery_id}.{timestamp}.".encode("utf-8", "surrogatepass") + body
     digest = hmac.new(secret.encode(), content, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
 
@@ -88,7 +89,10 @@ def check(
         raise Refused(
             401, f"missing {', '.join(missing)}: configure the MLflow webhook with a secret"
         )
-    if not hmac.compare_digest(sign(secret, delivery_id, timestamp, body), signature):
+    # as bytes: compare_digest refuses str with non-ASCII characters (TypeError), which any
+    # sender can put in a header
+    expected = sign(secret, delivery_id, timestamp, body).encode()
+    if not hmac.compare_digest(expected, signature.encode("utf-8", "surrogatepass")):
         raise Refused(401, "signature does not match: wrong secret, or the body was altered")
     if not _DELIVERY_ID.fullmatch(delivery_id):
         # it names a log file and goes into the audit trail: only what MLflow sends (a UUID)
@@ -97,6 +101,8 @@ def check(
         sent = float(timestamp)
     except ValueError:
         raise Refused(401, "timestamp is not a number of seconds") from None
+    if not math.isfinite(sent):  # NaN compares false with everything: it would pass the age check
+        raise Refused(401, "timestamp is not a finite number of seconds")
     if abs(now - sent) > max_age_s:
         raise Refused(
             401,
@@ -107,7 +113,7 @@ def check(
         event = f"{envelope['entity']}.{envelope['action']}"
         data = envelope["data"]
         model, version = str(data["name"]), str(data["version"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise Refused(400, f"malformed delivery: {type(e).__name__}: {e}") from None
     if event not in (CREATED, ALIAS_CREATED):
         raise Refused(

@@ -8,6 +8,7 @@ happened to each delivery and never carry the secret, the signature or a token.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from dataclasses import asdict
 from typing import Protocol
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -111,6 +112,20 @@ class GitHubDispatcher:
         return f"GitHubDispatcher(repo={self.repo!r})"
 
 
+class _TooLarge(Exception):
+    """A body (chunked: no Content-Length said so first) went past the limit."""
+
+
+async def _read_at_most(request: Request, max_bytes: int) -> bytes:
+    """The body, read no further than ``max_bytes``: a chunked body has no length to check."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise _TooLarge
+    return bytes(body)
+
+
 def create_app(
     secret: str,
     seen: SeenDeliveries,
@@ -119,6 +134,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     max_bytes: int = 65536,
     max_age_s: float = 300.0,
+    body_timeout_s: float = 30.0,
 ) -> Starlette:
     if not secret:
         raise InputError(
@@ -131,7 +147,19 @@ def create_app(
         if declared > max_bytes:  # refuse before reading an oversized body
             log.warning("refused: body of %d bytes", declared)
             return JSONResponse({"error": f"body over {max_bytes} bytes"}, status_code=413)
-        body = await request.body()
+        try:
+            body = await asyncio.wait_for(_read_at_most(request, max_bytes), body_timeout_s)
+        except _TooLarge:
+            log.warning("refused: a chunked body over %d bytes", max_bytes)
+            return JSONResponse({"error": f"body over {max_bytes} bytes"}, status_code=413)
+        except TimeoutError:
+            log.warning("refused: the body did not arrive within %g s", body_timeout_s)
+            return JSONResponse(
+                {"error": f"the body did not arrive within {body_timeout_s:g} s"}, status_code=408
+            )
+        except ClientDisconnect:
+            log.info("the sender went away before the body was whole")
+            return JSONResponse({"error": "the body ended early"}, status_code=400)
         try:
             delivery = check(
                 request.headers,
