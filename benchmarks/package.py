@@ -67,7 +67,7 @@ from modelship.demo import split
 from modelship.datasets import log_datasets
 from modelship.core.settings import Settings
 from modelship.registry.client import Registry
-from modelship.registry.deployments import ensure_experiment
+from modelship.registry.experiments import ensure_experiment
 s = Settings.from_env(); s.prepare()
 x, y, ref, val = split()
 model = RandomForestClassifier(200, random_state=0).fit(x, y["target"])

@@ -76,7 +76,7 @@ from modelship.datasets import log_datasets
 from modelship.demo import split, train_model
 from modelship.policies.schema import CanaryStep, Policy
 from modelship.registry.client import Registry
-from modelship.registry.deployments import ensure_experiment
+from modelship.registry.experiments import ensure_experiment
 s = Settings.from_env(); s.prepare()
 x, y, ref, val = split()
 exp = ensure_experiment(Registry().client, s, "soak")

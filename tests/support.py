@@ -26,7 +26,7 @@ from modelship.core.settings import Settings
 from modelship.datasets import log_datasets
 from modelship.policies.schema import Policy
 from modelship.registry.client import ModelRef, Registry
-from modelship.registry.deployments import ensure_experiment
+from modelship.registry.experiments import ensure_experiment
 
 MODELSHIP = str(Path(sys.executable).parent / "modelship")
 

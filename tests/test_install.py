@@ -50,7 +50,7 @@ from sklearn.preprocessing import StandardScaler
 
 from modelship.core.settings import Settings
 from modelship.datasets import log_datasets
-from modelship.registry.deployments import ensure_experiment
+from modelship.registry.experiments import ensure_experiment
 
 settings = Settings.from_env()
 settings.prepare()

@@ -212,7 +212,7 @@ def test_pytorch_mlp_converts_and_gets_int8_variants(settings: Settings, tmp_pat
     from mlflow.models import infer_signature
     from sklearn.datasets import load_digits
 
-    from modelship.registry.deployments import ensure_experiment
+    from modelship.registry.experiments import ensure_experiment
 
     digits = load_digits(as_frame=True)
     frame = (digits.data / 16.0).astype("float32")

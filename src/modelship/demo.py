@@ -90,7 +90,7 @@ def register_version(kind: str, settings: Settings, description: str) -> str:
 
     from modelship.datasets import log_datasets
     from modelship.registry.client import Registry
-    from modelship.registry.deployments import ensure_experiment
+    from modelship.registry.experiments import ensure_experiment
 
     x_train, y_frame, reference, validation = split()
     y_train = y_frame["target"]

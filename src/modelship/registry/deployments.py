@@ -23,26 +23,9 @@ from modelship.core.settings import Settings
 from modelship.core.tags import RUN_ERROR, RUN_KFP, RUN_MODEL, RUN_OUTCOME, RUN_OWNER, RUN_VERSION
 from modelship.core.verdict import Verdict
 from modelship.registry.client import ModelRef
+from modelship.registry.experiments import ensure_experiment
 
 EXPERIMENT = "modelship-deployments"
-
-
-def ensure_experiment(client: MlflowClient, settings: Settings, name: str) -> str:
-    """The experiment's id, creating it (with its artifacts under MODELSHIP_HOME) when missing."""
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return str(found.experiment_id)
-    location = None
-    if settings.artifact_root is not None:
-        location = Path(settings.artifact_root, name).as_uri()
-    try:
-        return str(client.create_experiment(name, artifact_location=location))
-    except MlflowException:
-        # another process created it between our read and our write
-        again = client.get_experiment_by_name(name)
-        if again is None:
-            raise
-        return str(again.experiment_id)
 
 
 class DeploymentRun:

@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 
 from modelship.core.errors import ModelshipError
 from modelship.core.settings import Settings
-from modelship.registry.deployments import ensure_experiment
+from modelship.registry.experiments import ensure_experiment
 
 EXPERIMENT = "modelship-state"
 TAG_OF = "modelship.state_of"

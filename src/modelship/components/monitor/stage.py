@@ -190,7 +190,7 @@ def _log_window(registry: Registry, base: Baseline, window: pd.DataFrame,
     import mlflow
 
     from modelship.core.settings import Settings
-    from modelship.registry.deployments import ensure_experiment
+    from modelship.registry.experiments import ensure_experiment
 
     experiment = ensure_experiment(registry.client, Settings.from_env(), EXPERIMENT)
     options = base.features.options
