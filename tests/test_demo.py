@@ -89,6 +89,12 @@ def test_demo_deploys_three_versions_and_rejects_the_degraded_one(tmp_path: Path
     )
     assert "sent 600 requests drawn like the reference data: 0 failed" in proc.stderr
     assert "rolled back v2 to v1 (gateway" in proc.stderr
+    # every share of traffic v2's canary was given is in the audit trail, with the step
+    audit = cli(tmp_path, "audit", "breast-cancer", "--json")
+    entries = [json.loads(line) for line in audit.stdout.splitlines()]
+    weights = [(e["detail"]["step"], e["detail"]["weight"]) for e in entries
+               if e["action"] == "canary weight" and e["version"] == "2"]  # fmt: skip
+    assert weights == [(1, 25), (2, 100)], entries
     # a second run starts over instead of piling up versions
     again = cli(tmp_path, "demo", "--json", timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

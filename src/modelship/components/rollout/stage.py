@@ -109,8 +109,15 @@ def run(ctx: StageContext, inputs: PackagedInputs) -> Verdict:
     store = rollout_store(ctx.settings, ref.name)
     t0 = time.perf_counter()
 
+    weights = {"challenger": 0}
+
     def show(status: RolloutStatus, decision: Decision) -> None:
         events.emit(NAME, "step", step=status.reason)
+        if status.weight != weights["challenger"] and not status.phase.is_terminal:
+            # every share of live traffic the challenger is given is a change to what serves
+            registry.audit(ref.name, "canary weight", ref.version, weight=status.weight,
+                           step=status.step + 1, mirror=status.mirror, reason=status.reason)  # fmt: skip
+            weights["challenger"] = status.weight
 
     # one controller per rollout: a second deploy of the model (another pod) is refused here
     store.acquire()
