@@ -114,3 +114,22 @@ def test_an_unreachable_tracking_server_exits_2_at_once_naming_it(tmp_path: Path
     assert f"the MLflow tracking server at {uri} does not answer" in proc.stderr
     assert "MLFLOW_TRACKING_URI" in proc.stderr  # the hint names the setting
     assert time.monotonic() - started < 60
+
+
+def test_deploy_and_submit_check_names_and_versions_before_anything_runs(tmp_path: Path) -> None:
+    """A version of 0 or 007 (isdigit says yes), a name with a quote or a leading '-': exit 2
+    naming the fault, before a store is opened or a run is created."""
+    home = tmp_path / "home"
+    cases = [
+        (["deploy", "m", "--version", "0"], "is not a model version"),
+        (["deploy", "m", "--version", "007"], "is not a model version"),
+        (["deploy", "it's", "--version", "1"], "is not a model name"),
+        (["deploy", "m", "--alias", "champ/ion"], "is not an alias"),
+        (["submit", "m", "--version", "1e3", "--host", "http://127.0.0.1:9"], "model version"),
+        (["submit", "--host", "http://127.0.0.1:9", "--", "-m"], "is not a model name"),
+    ]
+    for args, says in cases:
+        proc = cli(home, *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert says in proc.stderr, (args, proc.stderr)
+    _nothing_written(home)

@@ -47,6 +47,17 @@ def _errors_to_exit_codes(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _check_identifiers(model: str, version: str | None, alias: str | None) -> None:
+    """Names from the command line, checked before anything (a run, a path, a process) uses them."""
+    from modelship.core.identifiers import check_alias, check_model_name, check_version
+
+    check_model_name(model)
+    if version:
+        check_version(version)
+    if alias:
+        check_alias(alias)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="modelship")
 @click.option(
@@ -128,6 +139,7 @@ def deploy(
 
     if version and alias:
         raise click.UsageError("give --version or --alias, not both")
+    _check_identifiers(model, version, alias)
     if dry_run and target != "k8s":
         raise click.UsageError("--dry-run prints Kubernetes manifests: add --target k8s")
     settings = Settings.from_env()
@@ -218,6 +230,7 @@ def submit(
 
     if version and alias:
         raise click.UsageError("give --version or --alias, not both")
+    _check_identifiers(model, version, alias)
     settings = Settings.from_env()
     token = os.environ.get("KFP_TOKEN")
     if monitor:

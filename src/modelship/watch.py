@@ -8,6 +8,8 @@ import time
 
 from mlflow import MlflowClient
 
+from modelship.core.errors import InputError
+from modelship.core.identifiers import check_model_name, check_version
 from modelship.core.settings import Settings
 from modelship.live import make_console
 from modelship.registry.watcher import CursorFile, RegistryEvent, poll_once
@@ -36,6 +38,12 @@ def watch_registry(
     client = MlflowClient(settings.tracking_uri, settings.registry_uri)
 
     def handle(event: RegistryEvent) -> None:
+        try:  # names from the registry become a process' arguments: checked first
+            check_model_name(event.model)
+            check_version(event.version)
+        except InputError as e:
+            console.print(f"{event.kind}: skipped, {e.message}")
+            return
         console.print(f"{event.kind}: {event.model} v{event.version} → deploying")
         # its own process: a crashing deployment cannot take the watcher down
         proc = subprocess.run(
