@@ -13,9 +13,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
+
+from modelship.components.targets.crdschema import CrdSchema, served_schema
 
 CRD_FILES = {
     "mlops.seldon.io/v1alpha1/Model": "seldon-core-v2/mlops.seldon.io_models.yaml",
@@ -30,50 +31,30 @@ def schemas_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "schemas"
 
 
-def _strict(schema: Any) -> Any:
-    """The schema with unknown fields refused wherever it lists its fields.
-
-    CRD schemas leave ``additionalProperties`` out; the API server then drops unknown fields,
-    and since Kubernetes 1.27 ``kubectl`` asks it to refuse them (``--validate=strict``). A
-    misspelt field such as ``canaryTrafficPercentage`` would otherwise pass here and do nothing
-    there.
-    """
-    if isinstance(schema, list):
-        return [_strict(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: _strict(v) for k, v in schema.items()}
-    if (
-        "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
-
-
 @cache
-def crd_validator(api_version: str, kind: str) -> Any:
+def crd(api_version: str, kind: str) -> dict[str, Any]:
+    """The CRD that serves ``kind`` at ``api_version``, as its project publishes it."""
     folder = schemas_dir()
     if not folder.is_dir():
         pytest.skip(f"no CRD schemas at {folder} (set MODELSHIP_CRD_SCHEMAS to their folder)")
     path = folder / CRD_FILES[f"{api_version}/{kind}"]
     with path.open() as f:
-        crd = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 2 MB for KServe
-    assert crd["spec"]["names"]["kind"] == kind
+        loaded: dict[str, Any] = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    assert loaded["spec"]["names"]["kind"] == kind  # 2 MB of YAML for KServe: read once
     group, version = api_version.split("/")
-    assert crd["spec"]["group"] == group
-    versions = {v["name"]: v for v in crd["spec"]["versions"]}
-    assert version in versions, f"{path} serves {sorted(versions)}, not {version}"
-    schema = _strict(versions[version]["schema"]["openAPIV3Schema"])
-    # OpenAPI v3.0 schemas follow draft 4 (boolean exclusiveMinimum and the like)
-    return jsonschema.Draft4Validator(schema)
+    assert loaded["spec"]["group"] == group
+    assert served_schema(loaded, version) is not None, f"{path} does not serve {version}"
+    return loaded
+
+
+@cache
+def _schema(api_version: str, kind: str) -> CrdSchema:
+    served = served_schema(crd(api_version, kind), api_version.split("/")[1])
+    assert served is not None
+    return CrdSchema(served)
 
 
 def schema_errors(manifest: dict[str, Any]) -> list[str]:
-    """What the object's CRD schema refuses in it; empty when it passes."""
-    validator = crd_validator(manifest["apiVersion"], manifest["kind"])
-    return [
-        f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
-        for e in validator.iter_errors(manifest)
-    ]
+    """What the object's CRD schema refuses in it, by the API server's rules (with unknown
+    fields refused, as ``kubectl --validate=strict`` asks); empty when it passes."""
+    return _schema(manifest["apiVersion"], manifest["kind"]).errors(manifest)

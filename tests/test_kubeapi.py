@@ -97,9 +97,28 @@ def test_a_stale_update_is_read_again_and_retried_then_fails_clearly(tmp_path: P
     assert stuck.value.status == 409 and "changed under every one of 3 tries" in stuck.value.message
 
 
-def test_the_stand_in_refuses_what_the_crd_schema_refuses(tmp_path: Path) -> None:
-    # the API server's 422, which a hand-edited manifest would meet: named, with the fix
-    with kube_api() as (url, _):
+def test_a_manifest_the_clusters_crd_schema_refuses_is_never_sent(tmp_path: Path) -> None:
+    # checked against the installed CRD's own schema, read from the API server, before any
+    # object is written: none of the pair goes half-way
+    with kube_api() as (url, api):
+        router = SeldonRouter(_api(tmp_path, url), "models", CHAMPION, CHALLENGER)
+        manifests = router.manifests(Weights(0))
+        manifests[-1]["spec"]["candidatez"] = manifests[-1]["spec"].pop("candidates")  # misspelt
+        with pytest.raises(ManifestError) as refused:  # bad input: exit 2
+            router.apply(manifests)
+        assert api.writes == [] and "experiments.mlops.seldon.io" in api.crd_reads
+    assert "nothing was sent" in refused.value.message and "candidatez" in refused.value.message
+    assert "--dry-run" in (refused.value.hint or "")
+
+
+def test_without_the_right_to_read_crds_the_api_servers_own_check_still_refuses(
+    tmp_path: Path,
+) -> None:
+    # a namespaced Role cannot grant reading CRDs (cluster-scoped): then the API server's 422,
+    # named, with the fix
+    api = KubeApi()
+    api.crds_readable = False
+    with kube_api(api) as (url, _):
         router = KServeRouter(_api(tmp_path, url), "models", None, CHALLENGER)
         manifest = router.manifests(Weights(100))[0]
         manifest["spec"]["predictor"]["canaryTrafficPercentage"] = 10  # misspelt

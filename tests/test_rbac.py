@@ -24,11 +24,14 @@ from tests.test_kubernetes import CHALLENGER, CHAMPION, FakeCustomObjects
 def test_every_object_is_valid_for_the_kubernetes_api(namespace: str) -> None:
     for manifest in rbac_manifests(namespace):
         kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
-        assert manifest["metadata"]["namespace"] == namespace
+        if manifest["kind"].startswith("Cluster"):  # cluster-scoped: named for the namespace
+            assert manifest["kind"] == "ClusterRole" or namespace in manifest["metadata"]["name"]
+        else:
+            assert manifest["metadata"]["namespace"] == namespace
 
 
 def test_the_role_allows_what_the_routers_call_and_nothing_more() -> None:
-    _, role, binding = rbac_manifests("models")
+    _, role, binding, crd_reader, crd_binding = rbac_manifests("models")
     custom = [rule for rule in role["rules"] if rule["apiGroups"] != [""]]
     allowed = {(g, r, v) for rule in custom for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}  # fmt: skip
@@ -51,6 +54,12 @@ def test_the_role_allows_what_the_routers_call_and_nothing_more() -> None:
         {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": "models"}
     ]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    # cluster-wide, only reading the CRDs whose schemas the manifests are checked against
+    (rule,) = crd_reader["rules"]
+    assert rule["verbs"] == ["get"] and sorted(rule["resourceNames"]) == sorted(
+        {f"{plural}.{group}" for group, plural, _ in allowed})  # fmt: skip
+    assert crd_binding["roleRef"]["name"] == crd_reader["metadata"]["name"]
+    assert crd_binding["subjects"] == binding["subjects"]
 
 
 class RecordingApi(FakeCustomObjects):
@@ -92,8 +101,10 @@ def test_the_dry_run_prints_the_rbac_first(settings: Settings, data: Any) -> Non
         "ServiceAccount",
         "Role",
         "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
         "Model",
         "Pipeline",
         "Experiment",
     ]
-    assert docs[:3] == rbac_manifests("models")
+    assert docs[:5] == rbac_manifests("models")

@@ -25,6 +25,7 @@ from typing import Any
 
 _PATH = re.compile(r"^/apis/([^/]+)/([^/]+)/namespaces/([^/]+)/([^/?]+)(?:/([^/?]+))?")
 _SECRET = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets/([^/?]+)")
+_CRD = re.compile(r"^/apis/apiextensions\.k8s\.io/v1/customresourcedefinitions/([^/?]+)")
 #: the Secrets that exist, by (namespace, name): the policy's defaults, in both namespaces
 SECRETS = frozenset((ns, name) for ns in ("default", "models")
                     for name in ("modelship-settings", "modelship-rclone"))  # fmt: skip
@@ -74,6 +75,26 @@ class KubeApi:
         self.secrets: set[tuple[str, str]] = set(SECRETS)
         self.concurrent_writes = 0
         self.conflicts = 0
+        #: whether the caller may read CRDs (cluster-scoped: a namespaced Role cannot grant it)
+        self.crds_readable = True
+        #: the CRDs read, by name
+        self.crd_reads: list[str] = []
+
+    def crd(self, name: str) -> dict[str, Any] | None:
+        """The installed CRD ``plural.group``, as its project publishes it (no schema where the
+        schemas folder is absent: nothing to check against)."""
+        from tests.crds import CRD_FILES, crd, schemas_dir
+
+        if name not in self.crds:
+            return None
+        for key in CRD_FILES:
+            group_version, kind = key.rsplit("/", 1)
+            if schemas_dir().is_dir():
+                found = crd(group_version, kind)
+                if f"{found['spec']['names']['plural']}.{found['spec']['group']}" == name:
+                    return found
+        return {"kind": "CustomResourceDefinition", "metadata": {"name": name},
+                "spec": {"group": name.split(".", 1)[1], "versions": []}}  # fmt: skip
 
     def invalid(self, obj: dict[str, Any]) -> list[str]:
         from tests.crds import schema_errors, schemas_dir
@@ -128,6 +149,20 @@ def _handler(api: KubeApi) -> type[BaseHTTPRequestHandler]:
             return obj
 
         def do_GET(self) -> None:
+            definition = _CRD.match(self.path)
+            if definition:
+                name = definition.group(1)
+                api.crd_reads.append(name)
+                found = api.crd(name) if api.crds_readable else None
+                if not api.crds_readable:
+                    self._status(403, "Forbidden", "customresourcedefinitions.apiextensions.k8s.io"
+                                 f' "{name}" is forbidden: cannot get at the cluster scope')  # fmt: skip
+                elif found is None:
+                    self._status(404, "NotFound",
+                                 f'customresourcedefinitions.apiextensions.k8s.io "{name}" not found')  # fmt: skip
+                else:
+                    self._send(200, found)
+                return
             secret = _SECRET.match(self.path)
             if secret:
                 namespace, name = secret.groups()

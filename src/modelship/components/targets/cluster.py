@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
+from modelship.components.targets.crdschema import CrdSchema, served_schema
 from modelship.core.errors import InputError, StageError
 
 #: a Kubernetes object as the API takes it: plain JSON-able dicts and lists
@@ -301,6 +302,48 @@ class Cluster:
     def __init__(self, api: CustomObjects, namespace: str) -> None:
         self.api = api
         self.namespace = check_namespace(namespace)
+        #: each kind's schema as the installed CRD serves it; None: not readable here
+        self._schemas: dict[str, CrdSchema | None] = {}
+
+    def schema_problems(self, resource: CustomResource, manifest: Manifest) -> list[str]:
+        """What the cluster's own CRD schema for ``resource`` refuses in ``manifest``."""
+        if resource.crd not in self._schemas:
+            self._schemas[resource.crd] = self._read_schema(resource)
+        schema = self._schemas[resource.crd]
+        return [] if schema is None else schema.errors(manifest)
+
+    def _read_schema(self, resource: CustomResource) -> CrdSchema | None:
+        """The installed CRD's schema for the version modelship writes. None where this identity
+        may not read CRDs (403: the API server still validates, on its side) or the API is a
+        test's in-memory one."""
+        api_client = getattr(self.api, "api_client", None)
+        if api_client is None:
+            return None
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
+
+        try:  # raw JSON: KServe's CRD is megabytes, and only its schema is wanted
+            raw = client.ApiextensionsV1Api(api_client).read_custom_resource_definition(
+                resource.crd, _preload_content=False
+            )
+        except ApiException as e:
+            if e.status == 403:
+                return None
+            if e.status == 404:
+                raise ManifestError(
+                    f"{resource.kind} is not installed on this cluster (no CRD {resource.crd})",
+                    hint=f"install {INSTALL.get(resource.group, resource.group)}, or set "
+                    "rollout.target to the platform the cluster has",
+                ) from e
+            raise KubernetesError(f"reading CRD {resource.crd} failed: HTTP {e.status} "
+                                  f"{_api_message(e.body)}", status=e.status) from e  # fmt: skip
+        schema = served_schema(json.loads(raw.data), resource.version)
+        if schema is None:
+            raise ManifestError(
+                f"the installed {resource.crd} does not serve {resource.api_version}",
+                hint=f"install a version of {INSTALL.get(resource.group, resource.group)}",
+            )
+        return CrdSchema(schema)
 
     def _call(
         self, attempt: str, resource: CustomResource, request: Callable[[], object]
@@ -308,7 +351,7 @@ class Cluster:
         # imported on the first call, not at import (see load_api); by then a real API object
         # has already imported it
         import urllib3
-        from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
+        from kubernetes.client.exceptions import ApiException
 
         try:
             return request()
@@ -438,6 +481,7 @@ class Cluster:
     ) -> None:
         """Create or patch each manifest, in order, as the resource matching its kind."""
         by_kind = {(r.api_version, r.kind): r for r in resources}
+        problems, chosen = [], []
         for manifest in manifests:
             key = (manifest.get("apiVersion"), manifest.get("kind"))
             if key not in by_kind:
@@ -445,7 +489,21 @@ class Cluster:
                     f"cannot apply {key[1]} ({key[0]}) here",
                     hint=f"this target applies {', '.join(r.kind for r in resources)}",
                 )
-            self.create_or_patch(by_kind[key], manifest, patch_for(manifest))
+            resource = by_kind[key]
+            chosen.append((resource, manifest))
+            name = f"{key[1]} {dig(manifest, 'metadata', 'name')}"
+            problems += [f"{name}: {p}" for p in self.schema_problems(resource, manifest)]
+        if problems:  # every manifest checked before the first is sent: none goes half-way
+            raise ManifestError(
+                f"the cluster's CRD schema refuses {len(problems)} field(s); nothing was sent: "
+                + "; ".join(problems[:5])
+                + ("; ..." if len(problems) > 5 else ""),
+                hint="compare `modelship deploy --target k8s --dry-run` with the installed CRD "
+                "(`kubectl get crd NAME -o yaml`); a field another version of the platform "
+                "names differently means that version is not the one modelship targets",
+            )
+        for resource, manifest in chosen:
+            self.create_or_patch(resource, manifest, patch_for(manifest))
 
 
 class ClusterRouter:

@@ -6,7 +6,9 @@ serving objects of both cluster targets, and nothing else: KServe's ``InferenceS
 Seldon Core v2's ``Model``, ``Pipeline`` and ``Experiment``. Everything else a step touches is outside
 Kubernetes (MLflow, the object store, the image registry), reached with the Secret's keys.
 Runs use the ServiceAccount through ``modelship submit --service-account`` (KFP's run-level
-service account).
+service account). A ClusterRole lets it read the four CRDs, by name, and nothing else: their
+schemas are what each manifest is checked against before it is sent (a namespaced Role cannot
+grant that; without it the check is left to the API server's own).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ VERBS = {
 SECRETS = ("modelship-settings", "modelship-rclone")
 
 
+def crd_names() -> list[str]:
+    return sorted(resource.crd for resource in VERBS)
+
+
 def rbac_manifests(
     namespace: str, service_account: str = SERVICE_ACCOUNT, secrets: tuple[str, ...] = SECRETS
 ) -> list[Manifest]:
@@ -51,6 +57,18 @@ def rbac_manifests(
          "metadata": dict(meta),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                      "name": service_account},
+         "subjects": [{"kind": "ServiceAccount", "name": service_account,
+                       "namespace": namespace}]},
+        # cluster-scoped, so named for the namespace too: one binding per namespace served
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": f"{service_account}-crd-reader", "labels": labels},
+         "rules": [{"apiGroups": ["apiextensions.k8s.io"],
+                    "resources": ["customresourcedefinitions"], "resourceNames": crd_names(),
+                    "verbs": ["get"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": f"{service_account}-crd-reader-{namespace}", "labels": labels},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": f"{service_account}-crd-reader"},
          "subjects": [{"kind": "ServiceAccount", "name": service_account,
                        "namespace": namespace}]},
     ]  # fmt: skip
