@@ -128,18 +128,22 @@ def test_without_the_right_to_read_crds_the_api_servers_own_check_still_refuses(
     assert "--dry-run" in (refused.value.hint or "")
 
 
-def test_a_controller_killed_mid_canary_resumes_and_the_cluster_follows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["kserve", "seldon"])
+def test_a_controller_killed_mid_canary_resumes_and_the_cluster_follows(
+    tmp_path: Path, target: str
+) -> None:
     # the first controller sets step 1 and dies; a second (another pod) finds the rollout in
     # its store, puts the step's weights back on the cluster, and takes it to promotion
     from modelship.components.rollout.stage import kubernetes_controller
     from modelship.components.rollout.state import Phase, StatusStore
+    from modelship.components.targets.kubernetes import router_for
     from tests.servers.controller import FileRegistry
     from tests.test_rollout_k8s import FakePrometheus, policy
 
-    fake = FakePrometheus(["3", "4"])
+    fake = FakePrometheus(["3", "4"], model="bc")
     try:
         with kube_api() as (url, api):
-            pol = policy("kserve", fake.url)
+            pol = policy(target, fake.url)
             store = StatusStore(tmp_path / "store", "bc")
             book = FileRegistry(tmp_path / "registry.log")
             first = kubernetes_controller(pol, CHAMPION, CHALLENGER, store, book,
@@ -148,19 +152,24 @@ def test_a_controller_killed_mid_canary_resumes_and_the_cluster_follows(tmp_path
             while status.weight == 0:
                 status = first.tick(status).status
             assert status.weight == 20 and not status.phase.is_terminal
-            isvc = next(iter(api.find("InferenceService")))
-            assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 20
+            # what the cluster says, read through the API stand-in by a router of its own
+            observer = router_for(target, _api(tmp_path, url), "models", CHAMPION, CHALLENGER)
+            assert observer.get_weights().challenger == 20
             # the pod dies; meanwhile someone resets the split by hand
-            api.objects[next(iter(api.objects))]["spec"]["predictor"]["canaryTrafficPercent"] = 0
+            observer.set_weights(Weights(0))
             second = kubernetes_controller(pol, CHAMPION, CHALLENGER, store, book,
                                            _api(tmp_path, url))  # fmt: skip
             resumed = second.begin("bc", "3", "4", "h")
             assert resumed.events[-1].endswith("resumed") and resumed.weight == 20
-            isvc = next(iter(api.find("InferenceService")))
-            assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 20  # back as it was
+            assert observer.get_weights().challenger == 20  # back as it was
             done = second.run(resumed)
             assert done.phase is Phase.PROMOTED, done.reason
-            isvc = next(iter(api.find("InferenceService")))
-            assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+            if target == "kserve":
+                isvc = next(iter(api.find("InferenceService")))
+                assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+            else:  # the Experiment's default is the challenger's one-step Pipeline, alone
+                (experiment,) = api.find("Experiment")
+                assert [c["weight"] for c in experiment["spec"]["candidates"]] == [100]
+                assert experiment["spec"]["candidates"][0]["name"].startswith("bc-v4")
     finally:
         fake.server.shutdown()

@@ -26,8 +26,9 @@ from tests.test_kubernetes import FakeCustomObjects
 class FakePrometheus:
     """Answers the two queries the metric source sends; traffic grows with every query."""
 
-    def __init__(self, versions: list[str], challenger_errors: float = 0.0) -> None:
-        self.versions = versions
+    def __init__(self, versions: list[str], challenger_errors: float = 0.0,
+                 model: str = "m") -> None:  # fmt: skip
+        self.versions, self.model = versions, model
         self.challenger_errors = challenger_errors
         self.served = dict.fromkeys(versions, 0)
         self.queries: list[str] = []
@@ -81,11 +82,11 @@ class FakePrometheus:
             for i, v in enumerate(self.versions):
                 bad = int(self.served[v] * self.challenger_errors) if i == 1 else 0
                 for code, n in (("200", self.served[v] - bad), ("500", bad)):
-                    rows.append({"metric": {"model": f"m-v{v}", "code": code},
+                    rows.append({"metric": {"model": f"{self.model}-v{v}", "code": code},
                                  "value": [0, str(n)]})  # fmt: skip
         else:
             for v in self.versions:
-                rows.append({"metric": {"model": f"m-v{v}"},
+                rows.append({"metric": {"model": f"{self.model}-v{v}"},
                              "value": [0, str(self.served[v] * 0.004)]})  # fmt: skip
         return rows
 
