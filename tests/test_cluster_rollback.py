@@ -1,21 +1,25 @@
 """A drift rollback on a cluster target moves the cluster's traffic, not only the aliases:
 KServe gets the previous champion's image as a new revision with all the traffic, Seldon's
-Experiment gets its Model as the only candidate. Real MLflow registry (SQLite), a fake of the
-cluster API (no cluster runs here)."""
+Experiment gets its Model as the only candidate. Real MLflow registry (SQLite); the cluster
+is the API stand-in (tests/servers/kubeapi.py) through the real client, or an in-memory fake
+where a failure is injected (no cluster runs here)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modelship.components.monitor.rollback import cluster_switch, rollback
+from modelship.components.targets.cluster import load_api
 from modelship.components.targets.kubernetes import deployable, serve_alone
 from modelship.core.errors import RollbackFailed
 from modelship.core.settings import Settings
 from modelship.core.tags import TAG_IMAGE, TAG_K8S_OBJECTS, TAG_TRITON_URI
 from modelship.policies.loader import load_policy
 from modelship.registry.client import Registry
+from tests.servers.kubeapi import kube_api, write_kubeconfig
 from tests.support import aliases, register_forest, version_tags
 from tests.test_kubernetes import FakeCustomObjects, _api_error
 
@@ -49,18 +53,20 @@ def promoted(settings: Settings, data: Any, request: pytest.FixtureRequest) -> d
 
 @pytest.mark.parametrize("target", ["kserve", "seldon"])
 def test_a_rollback_serves_the_previous_champion_on_the_cluster_then_moves_the_aliases(
-    promoted: dict[str, Any], target: str
+    promoted: dict[str, Any], target: str, tmp_path: Path
 ) -> None:
     registry, v1, v2 = promoted["registry"], promoted["v1"], promoted["v2"]
     policy = load_policy(promoted["name"], text=ON[target]).policy
-    api = FakeCustomObjects()
-    serve_alone(policy, deployable(registry, v2), api)  # what a promotion left serving
-    done = rollback(
-        registry, v2, "drift", None, cluster=cluster_switch(policy, registry, lambda: api)
-    )
+    # the API stand-in, through the real client: schemas, resourceVersions, Secrets checked
+    with kube_api() as (url, stand_in):
+        api = load_api(config_file=str(write_kubeconfig(tmp_path / "kubeconfig", url)))
+        serve_alone(policy, deployable(registry, v2), api)  # what a promotion left serving
+        done = rollback(
+            registry, v2, "drift", None, cluster=cluster_switch(policy, registry, lambda: api)
+        )
     assert done.switched == "cluster" and done.restored == v1.version
     assert aliases(promoted["name"])["champion"] == v1.version
-    objects = {key[3]: body for key, body in api.objects.items()}
+    objects = {key[3]: body for key, body in stand_in.objects.items()}
     if target == "kserve":
         predictor = objects["inferenceservices"]["spec"]["predictor"]
         assert (
