@@ -4,10 +4,12 @@ deployment of the version just registered."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 
 from modelship.core.ports import free_port
@@ -56,6 +58,13 @@ def test_registering_a_version_starts_its_deployment(tmp_path: Path) -> None:
             while TAG_RUN not in Registry().resolve("breast-cancer", version=version).tags:
                 assert time.monotonic() < deadline, (tmp_path / "receiver.log").read_text()[-3000:]
                 time.sleep(1)
+            deploys = psutil.Process(proc.pid).children(recursive=True)
+            assert deploys  # the deployment runs as the receiver's child, just started
+            # the receiver killed mid-deploy: its deploy (and the deploy's steps) end with it,
+            # long before the deploy itself could have finished
+            proc.send_signal(signal.SIGKILL)
+            _, alive = psutil.wait_procs(deploys, timeout=10)
+            assert not alive, [" ".join(p.cmdline()) for p in alive]
         log = (tmp_path / "receiver.log").read_text()
         assert f"model_version.created breast-cancer v{version}: started local deployment" in log
         assert SECRET not in log

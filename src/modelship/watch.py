@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 
 from modelship.core.errors import InputError
 from modelship.core.identifiers import check_model_name, check_version
+from modelship.core.lifeline import tied
 from modelship.core.settings import Settings
 from modelship.live import make_console
 from modelship.registry.watcher import CursorFile, RegistryEvent, poll_once
@@ -47,7 +48,7 @@ def watch_registry(
         console.print(f"{event.kind}: {event.model} v{event.version} → deploying")
         # its own process: a crashing deployment cannot take the watcher down
         proc = subprocess.run(
-            deploy_command(event), capture_output=True, text=True, env=settings.child_env()
+            tied(deploy_command(event)), capture_output=True, text=True, env=settings.child_env()
         )
         outcome = {0: "passed", 3: "rejected"}.get(
             proc.returncode, f"error (exit {proc.returncode})"

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from modelship.core.errors import InputError
+from modelship.core.lifeline import tied
 from modelship.core.settings import Settings
 from modelship.registry.audit import ACTOR_ENV
 from modelship.registry.webhook import Delivery, Refused, SeenDeliveries, check, should_deploy
@@ -65,7 +66,7 @@ class LocalDispatcher:
         with out.open("w") as f:
             self.running.append(
                 subprocess.Popen(
-                    cmd,
+                    tied(cmd),  # ends with the receiver: an orphan deploy has no one watching
                     stdout=f,
                     stderr=subprocess.STDOUT,
                     # the audit trail names the delivery that asked for this deployment
