@@ -227,7 +227,7 @@ def test_deploy_by_alias(home: Path, versions: dict[str, str]) -> None:
         (("no-such-model",), "has no registered versions"),
         ((MODEL, "--version", "99"), "registered versions of"),
         ((MODEL, "--alias", "nope"), "has no alias 'nope'"),
-        ((MODEL, "--version", "one"), "version must be a number"),
+        ((MODEL, "--version", "one"), "'one' is not a model version: versions are 1, 2, 3"),
     ],
 )
 def test_unknown_model_or_version_is_an_input_error(
