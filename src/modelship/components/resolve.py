@@ -13,7 +13,7 @@ from modelship.core.verdict import ModelState
 from modelship.policies.loader import load_policy
 from modelship.policies.schema import cluster_log_problem
 from modelship.registry.client import ModelRef, Registry
-from modelship.registry.deployments import DeploymentRun
+from modelship.registry.deployments import DeploymentRun, owner_gone
 
 
 def _close_interrupted(registry: Registry, ref: ModelRef) -> None:
@@ -32,7 +32,7 @@ def _close_interrupted(registry: Registry, ref: ModelRef) -> None:
             f"{ref} is being deployed now by process {pid} (MLflow run {previous})",
             hint=f"wait for it to end, or stop it (kill {pid}) and deploy again",
         )
-    reason = f"interrupted after {ref.tags.get(TAG_STATE) or 'registration'}: {run.interrupted()}"
+    reason = f"interrupted after {ref.tags.get(TAG_STATE) or 'registration'}: {owner_gone(pid)}"
     run.fail(reason, outcome="interrupted", status="KILLED")
     registry.set_state(ref, ModelState.INTERRUPTED, reason)
 

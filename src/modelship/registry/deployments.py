@@ -126,7 +126,12 @@ class DeploymentRun:
         owner = self.local_owner()
         if owner is None or owner[1]:
             return None
-        return f"the deploy that ran it (pid {owner[0]} on {socket.gethostname()}) is gone"
+        return owner_gone(owner[0])
+
+
+def owner_gone(pid: str) -> str:
+    """What an interrupted run says of the process that ran it."""
+    return f"the deploy that ran it (pid {pid} on {socket.gethostname()}) is gone"
 
 
 def scratch_dir(prefix: str) -> Path:
