@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 LIFELINE_ENV = "MODELSHIP_LIFELINE"
 _PR_SET_PDEATHSIG = 1
@@ -72,11 +73,9 @@ def watch_anchor(interval_s: float = 0.5) -> threading.Thread | None:
         return None
 
     def watch() -> None:
-        stop = threading.Event()
-        while not stop.wait(interval_s):
-            if not anchor_alive(value):
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
+        while anchor_alive(value):
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     thread = threading.Thread(target=watch, name="modelship-lifeline", daemon=True)
     thread.start()
