@@ -84,6 +84,15 @@ def mlflow_server(root: Path, env: Mapping[str, str] | None = None) -> Iterator[
         yield url
 
 
+def optimize_policy(model: str, **optimize: Any) -> Policy:
+    """``model``'s policy with these keys of its ``optimize`` section replaced."""
+    from modelship.policies.loader import load_policy
+
+    base = load_policy(model).policy.model_dump(by_alias=True)
+    base["optimize"].update(optimize)
+    return Policy.model_validate(base)
+
+
 def stage_context(
     settings: Settings,
     ref: ModelRef,

@@ -31,7 +31,7 @@ from modelship.policies.loader import load_policy
 from modelship.policies.schema import Approximate, MetricName, Policy
 from modelship.registry.client import Registry
 from modelship.registry.deployments import DeploymentRun
-from tests.support import register, stage_context
+from tests.support import optimize_policy, register, stage_context
 
 MODEL = "breast-cancer"
 PASSED = Verdict(stage="validate", passed=True, reason="all checks passed")
@@ -331,9 +331,7 @@ def test_approximate_wins_only_beyond_min_gain_on_the_policys_objective() -> Non
 
 
 def _policy(**approximate: Any) -> Policy:
-    base = load_policy(MODEL).policy.model_dump(by_alias=True)
-    base["optimize"]["approximate"] = approximate
-    return Policy.model_validate(base)
+    return optimize_policy(MODEL, approximate=approximate)
 
 
 def _run(

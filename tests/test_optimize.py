@@ -19,19 +19,16 @@ from modelship.components.optimize.variants import SessionSettings, VariantFile
 from modelship.core.settings import Settings
 from modelship.core.tags import TAG_VARIANT
 from modelship.core.verdict import Verdict
-from modelship.policies.loader import load_policy
 from modelship.policies.schema import Equivalence, Policy, Variant
 from modelship.registry.client import Registry
-from tests.support import register, register_forest, stage_context
+from tests.support import optimize_policy, register, register_forest, stage_context
 
 MODEL = "breast-cancer"
 PASSED = Verdict(stage="validate", passed=True, reason="all checks passed")
 
 
 def _policy(**optimize: Any) -> Policy:
-    base = load_policy(MODEL).policy.model_dump(by_alias=True)
-    base["optimize"].update(optimize)
-    return Policy.model_validate(base)
+    return optimize_policy(MODEL, **optimize)
 
 
 def _run(
