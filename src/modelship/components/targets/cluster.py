@@ -291,6 +291,17 @@ INSTALL = {
     "serving.kserve.io": "KServe (0.16 or later; 0.13-0.15 with deployment_mode: Serverless) "
     "with Knative Serving, which its canaries need",
 }
+
+
+def _not_installed(resource: CustomResource, attempt: str) -> ManifestError:
+    return ManifestError(
+        f"{attempt} failed: {resource.kind} is not installed on this cluster (no CRD "
+        f"{resource.crd})",
+        hint=f"install {INSTALL.get(resource.group, resource.group)}, or set rollout.target to "
+        "the platform the cluster has",
+    )
+
+
 #: tries of a patch that meets 409 Conflict (the object read again before each)
 PATCH_ATTEMPTS = 3
 
@@ -330,11 +341,7 @@ class Cluster:
             if e.status == 403:
                 return None
             if e.status == 404:
-                raise ManifestError(
-                    f"{resource.kind} is not installed on this cluster (no CRD {resource.crd})",
-                    hint=f"install {INSTALL.get(resource.group, resource.group)}, or set "
-                    "rollout.target to the platform the cluster has",
-                ) from e
+                raise _not_installed(resource, f"reading CRD {resource.crd}") from e
             raise KubernetesError(f"reading CRD {resource.crd} failed: HTTP {e.status} "
                                   f"{_api_message(e.body)}", status=e.status) from e  # fmt: skip
         schema = served_schema(json.loads(raw.data), resource.version)
@@ -358,12 +365,7 @@ class Cluster:
         except ApiException as e:
             message = _api_message(e.body)
             if e.status == 404 and "could not find the requested resource" in message:
-                raise ManifestError(
-                    f"{attempt} failed: {resource.kind} is not installed on this cluster (no "
-                    f"CRD {resource.crd})",
-                    hint=f"install {INSTALL.get(resource.group, resource.group)}, or set "
-                    "rollout.target to the platform the cluster has",
-                ) from e
+                raise _not_installed(resource, attempt) from e
             if e.status == 404 and message.startswith(f'namespaces "{self.namespace}"'):
                 raise ManifestError(
                     f"{attempt} failed: namespace {self.namespace} does not exist",
