@@ -60,3 +60,57 @@ def settings(home: Path) -> Settings:
     from tests.support import settings_for
 
     return settings_for(home)
+
+
+# Images the tests build (Bentos' images, the rehearsal's pipeline image, the copies pulled from
+# the tests' registries) stay in the node's buildah store after the run; on this store driver
+# (vfs) each is a full copy of its root file system, hundreds of MB, so a few CI runs fill a disk.
+# The controller (not an xdist worker, which may end while others still use an image) notes the
+# store's images when the run starts and removes the ones the run added, except the debootstrap
+# base: that is a cache, kept on purpose (it costs minutes to make).
+
+_IMAGES_BEFORE = pytest.StashKey[dict[str, set[str]] | None]()
+
+
+def _images() -> dict[str, set[str]] | None:
+    """The buildah store's image ids and their names; None where buildah does not run."""
+    import shutil
+    import subprocess
+
+    if shutil.which("buildah") is None:
+        return None
+    listed = subprocess.run(
+        ["buildah", "--storage-driver", "vfs", "images", "--all", "--no-trunc", "--format",
+         "{{.ID}} {{.Name}}:{{.Tag}}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if listed.returncode != 0:
+        return None
+    images: dict[str, set[str]] = {}
+    for line in listed.stdout.splitlines():
+        image_id, _, name = line.partition(" ")
+        images.setdefault(image_id, set()).add(name)
+    return images
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        config.stash[_IMAGES_BEFORE] = _images()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):
+        return
+    before = session.config.stash.get(_IMAGES_BEFORE, None)
+    after = _images()
+    if before is None or after is None:
+        return
+    from modelship.components.package.image import BASE_IMAGE
+
+    added = [i for i, names in after.items() if i not in before and BASE_IMAGE not in names]
+    if added:
+        import subprocess
+
+        subprocess.run(["buildah", "--storage-driver", "vfs", "rmi", "--force", *added],
+                       capture_output=True, check=False)  # fmt: skip
+
