@@ -113,4 +113,3 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
         subprocess.run(["buildah", "--storage-driver", "vfs", "rmi", "--force", *added],
                        capture_output=True, check=False)  # fmt: skip
-
