@@ -12,8 +12,17 @@ of only ``PATH``, the node's container-tools setting (``CONTAINERS_REGISTRIES_CO
 registry is plain HTTP), the container env the IR sets, and the keys the IR's platform spec maps
 from the Secret (``secretAsEnv``; a required key that the Secret lacks fails the pod, as Kubernetes'
 CreateContainerConfigError does). This replaces ``kfp.local``'s subprocess launcher, which would
-otherwise hand every task this process's environment and folder. KFP's artifact passing is
-``kfp.local``'s pipeline root, a folder, where a cluster uses its object store. The image
+otherwise hand every task this process's environment and folder. A pod's folder is moved away
+when the pod ends, as a pod's file system goes with it: a later task that reads a path an
+earlier one wrote finds nothing.
+
+KFP's artifacts move as KFP's launcher moves them (``Launcher``): the pipeline root is in the
+object store (``s3://modelship/pipeline-root``), each task's executor is told ``s3://`` URIs and
+so reads and writes them at ``/s3/...`` (kfp's executor maps one to the other), the launcher
+downloads a task's input artifacts there before it starts and uploads its output artifacts after
+it succeeds. That ``/s3`` is the pod's own: a bind mount in a mount namespace of its own
+(``unshare``) for a process, a volume for a container. Nothing but the launcher's metadata (the
+executor's output file, which kfp.local reads back) stays in ``kfp.local``'s folder. The image
 registry is real (distribution's ``docker-registry``); the node's image store (buildah's) is
 shared by the pods, as a node's image cache is. The Kubernetes API is ``tests/servers/kubeapi.py``
 (custom objects over HTTP), reached through a kubeconfig in each pod's home.
@@ -21,14 +30,16 @@ shared by the pods, as a node's image cache is. The Kubernetes API is ``tests/se
 By default a pod is a process of this virtual environment. With ``image`` (``make rehearse
 IMAGE=localhost/modelship:0.1.0``, after ``make pipeline-image``) each pod is a container of that
 image instead (``buildah from`` + ``buildah run --isolation chroot``, which shares this host's
-network, so the servers on 127.0.0.1 answer), with only the pod's folder and KFP's artifact
-folder mounted: the steps then run the image's modelship, not this checkout's.
+network, so the servers on 127.0.0.1 answer), with only the pod's folder and its ``/s3``
+mounted: the steps then run the image's modelship, not this checkout's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,6 +53,10 @@ from modelship.pipelines.compile import read_ir
 from tests.support import background, wait_http
 
 BUCKET = "modelship"
+#: KFP's pipeline root on the rehearsal's cluster (KFP's own default is ``minio://mlpipeline/v2/
+#: artifacts``, on its MinIO); kfp's executor reads an ``s3://B/K`` artifact at ``/s3/B/K``
+PIPELINE_ROOT = f"s3://{BUCKET}/pipeline-root"
+S3_MOUNT = "/s3"
 #: the keys of the rehearsal's Secret that are not URLs (moto takes any)
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "rehearsal",
@@ -74,10 +89,7 @@ def _boto_keys() -> dict[str, str]:
 
 
 def s3_keys(s3_url: str, prefix: str = "") -> list[str]:
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=s3_url, **_boto_keys())
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    pages = _s3(s3_url).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
@@ -122,6 +134,107 @@ def image_registry(root: Path) -> Iterator[str]:
 
 
 @dataclass
+class Launcher:
+    """KFP's launcher for one task: the artifacts through the object store, never a shared folder.
+
+    ``local_root`` is ``kfp.local``'s pipeline root, where it names a first task's outputs and
+    reads each task's executor output back; ``pod_s3`` is what the task sees at ``/s3``."""
+
+    s3_url: str
+    local_root: Path
+    pod_s3: Path
+    folder: Path
+    #: the artifacts to upload after the task: ``s3://`` URI -> output name
+    outputs: dict[str, str] = field(default_factory=dict)
+    #: the launcher's files the task writes in its own folder -> where kfp.local reads them
+    metadata: dict[Path, Path] = field(default_factory=dict)
+
+    def prepare(self, command: list[str]) -> list[str]:
+        """``command`` with its executor input pointing at the object store, the task's input
+        artifacts downloaded into its ``/s3``."""
+        at = command.index("--executor_input") + 1
+        spec = json.loads(command[at])
+        for artifacts in spec.get("inputs", {}).get("artifacts", {}).values():
+            for artifact in artifacts["artifacts"]:
+                artifact["uri"] = self._remote(artifact["uri"])
+                self._download(artifact["uri"], artifact["name"])
+        outputs = spec["outputs"]
+        for name, artifacts in outputs.get("artifacts", {}).items():
+            for artifact in artifacts["artifacts"]:
+                artifact["uri"] = self._remote(artifact["uri"])
+                self.outputs[artifact["uri"]] = name
+        mine = self.folder / "kfp_outputs"
+        mine.mkdir()
+        for name, parameter in outputs.get("parameters", {}).items():
+            parameter["outputFile"] = self._own(Path(parameter["outputFile"]), mine / name)
+        outputs["outputFile"] = self._own(
+            Path(outputs["outputFile"]), mine / "output_metadata.json"
+        )
+        return [*command[:at], json.dumps(spec), *command[at + 1 :]]
+
+    def finish(self) -> None:
+        """After the task succeeded: its output artifacts up to the object store (a missing one
+        fails the task, as the launcher's upload does), its metadata back to kfp.local."""
+        s3 = _s3(self.s3_url)
+        for uri, name in self.outputs.items():
+            key = _key(uri)
+            local = self.pod_s3 / BUCKET / key
+            files = (
+                [local] if local.is_file() else sorted(f for f in local.rglob("*") if f.is_file())
+            )
+            if not files:
+                raise AssertionError(f"output artifact {name}: the task wrote nothing at {local}")
+            for file in files:
+                suffix = "" if file == local else "/" + file.relative_to(local).as_posix()
+                s3.upload_file(str(file), BUCKET, key + suffix)
+        for own, theirs in self.metadata.items():
+            if own.exists():
+                theirs.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(own, theirs)
+
+    def _own(self, theirs: Path, own: Path) -> str:
+        self.metadata[own] = theirs
+        return str(own)
+
+    def _remote(self, uri: str) -> str:
+        if uri.startswith(str(self.local_root)):
+            return PIPELINE_ROOT + uri[len(str(self.local_root)) :]
+        if not uri.startswith(f"s3://{BUCKET}/"):
+            raise AssertionError(f"an artifact outside the object store: {uri}")
+        return uri
+
+    def _download(self, uri: str, name: str) -> None:
+        s3, key = _s3(self.s3_url), _key(uri)
+        local = self.pod_s3 / BUCKET / key
+        found = s3_keys(self.s3_url, key)
+        if key in found:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(BUCKET, key, str(local))
+            return
+        inside = [k for k in found if k.startswith(key + "/")]
+        if not inside:
+            raise AssertionError(f"input artifact {name}: nothing at {uri} in the object store")
+        for k in inside:
+            (local / k[len(key) + 1 :]).parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(BUCKET, k, str(local / k[len(key) + 1 :]))
+
+
+def _s3(s3_url: str) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_url, **_boto_keys())
+
+
+def _key(uri: str) -> str:
+    return uri.removeprefix(f"s3://{BUCKET}/")
+
+
+def read_artifact(s3_url: str, uri: str) -> bytes:
+    """The bytes of a pipeline's artifact (one file) at ``uri``, read from the object store."""
+    return bytes(_s3(s3_url).get_object(Bucket=BUCKET, Key=_key(uri))["Body"].read())
+
+
+@dataclass
 class Pod:
     task: str
     folder: Path
@@ -142,11 +255,19 @@ class Cluster:
     node_env: Mapping[str, str] = field(default_factory=dict)
     #: a kubeconfig put at ``~/.kube/config`` in every pod
     kubeconfig: Path | None = None
+    #: the object store KFP's artifacts move through (the pipeline root is in it)
+    s3_url: str = ""
 
     def _launch(self, command: list[str], folder: Path, env: dict[str, str]) -> int:
+        pod_s3 = folder / "s3"
         with (folder / "pod.log").open("w") as log:
             if self.image is None:
-                return subprocess.run(command, cwd=folder, env=env, stdout=log,
+                # the pod's own /s3: a bind mount only its mount namespace sees (the mount point
+                # itself, an empty folder, is made once on this machine)
+                Path(S3_MOUNT).mkdir(exist_ok=True)
+                private = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+                           f'mount --bind "$0" {S3_MOUNT} && exec "$@"', str(pod_s3)]  # fmt: skip
+                return subprocess.run([*private, *command], cwd=folder, env=env, stdout=log,
                                       stderr=subprocess.STDOUT, check=False, timeout=1800).returncode  # fmt: skip
             from modelship.components.containers import BUILDAH, remove_container
 
@@ -161,7 +282,7 @@ class Cluster:
                 # kfp.local put this interpreter where the IR says python3: the image's own
                 # python3 runs the step in the container
                 inside = [part.replace(sys.executable, "python3") for part in command]
-                mounts = [f"--volume={p}:{p}" for p in (folder, self.root / "pipeline-root")]
+                mounts = [f"--volume={folder}:{folder}", f"--volume={pod_s3}:{S3_MOUNT}"]
                 # the node's files a pod's env names (its registries.conf), read-only, as a
                 # cluster mounts a ConfigMap
                 mounts += [f"--volume={v}:{v}:ro" for v in self.node_env.values()
@@ -212,10 +333,19 @@ class Cluster:
                 (folder / ".kube" / "config").write_bytes(self.kubeconfig.read_bytes())
             pod = Pod(task, folder, env)
             pods.append(pod)
-            pod.returncode = self._launch(full_command, folder, env)
+            launcher = Launcher(self.s3_url, root / "pipeline-root", folder / "s3", folder)
+            (folder / "s3").mkdir()
+            try:
+                pod.returncode = self._launch(launcher.prepare(full_command), folder, env)
+                if pod.returncode == 0:
+                    launcher.finish()
+            finally:
+                # the pod's file system goes with it: no later pod finds a path it wrote
+                pod.folder = folder.rename(root / "ended" / folder.name)
             return pod.returncode
 
-        (root / "pipeline-root").mkdir(parents=True, exist_ok=True)  # mounted into containers
+        assert self.s3_url, "the rehearsal's cluster needs its object store (s3_url)"
+        (root / "ended").mkdir(parents=True, exist_ok=True)
         local.init(
             runner=local.SubprocessRunner(use_venv=False),
             pipeline_root=str(root / "pipeline-root"),

@@ -19,17 +19,23 @@ import pytest
 from modelship.components.package.image import PIPELINE_IMAGE_ENV
 from modelship.components.serving.bentostore import bento_digest, present_bento, store_path
 from modelship.components.serving.packaged import packaged_version
-from modelship.core.settings import SECRET_OPTIONAL, SECRET_REQUIRED, SETTINGS_SECRET_ENV
+from modelship.core.settings import (
+    SECRET_OPTIONAL,
+    SECRET_REQUIRED,
+    SETTINGS_SECRET_ENV,
+)
 from modelship.core.tags import RUN_KFP, TAG_BENTO, TAG_BENTO_DIGEST, TAG_BENTO_URI
 from modelship.pipelines.compile import PIPELINE_DIR, compile_all
 from modelship.pipelines.submit import cluster_policy, deployment_outcome
 from modelship.policies.loader import load_policy, policy_yaml
 from modelship.registry.client import Registry
+from tests.handoffs import hand_offs
 from tests.rehearsal import (
     CREDENTIALS,
     Cluster,
     image_registry,
     object_store,
+    read_artifact,
     s3_keys,
     tracking_server,
 )
@@ -131,7 +137,7 @@ def _cluster(tmp_path: Path, servers: dict[str, Any]) -> Cluster:
         # `make rehearse IMAGE=...`: every pod a container of the pipeline image
         image=servers["image"],
         node_env={"CONTAINERS_REGISTRIES_CONF": servers["registries_conf"]},
-        kubeconfig=servers["kubeconfig"],
+        kubeconfig=servers["kubeconfig"], s3_url=servers["s3"],
     )  # fmt: skip
 
 
@@ -142,7 +148,7 @@ def test_a_first_version_deploys_with_every_step_in_its_own_pod(
     (tmp_path / "pods").mkdir()
     task = cluster.run(servers["deploy"], {"model_name": MODEL, "version": laptop["v1"], "alias": "",
                                 "policy_yaml": policy_yaml(laptop["policy"])})  # fmt: skip
-    summary = json.loads(Path(task.output.path).read_text())
+    summary = json.loads(read_artifact(servers["s3"], task.output.uri))
     assert summary["outcome"] == "passed", cluster.logs()
     tasks = [p.task for p in cluster.pods]
     assert tasks == ["resolve_model", "validate_model", "optimize_model", "package_model",
@@ -218,13 +224,13 @@ def test_a_candidate_is_load_tested_against_the_champions_image_and_its_canary_a
     (tmp_path / "pods").mkdir()
     task = cluster.run(servers["deploy"], {"model_name": MODEL, "version": laptop["v2"], "alias": "",
                                 "policy_yaml": policy_yaml(laptop["policy"])})  # fmt: skip
-    summary = json.loads(Path(task.output.path).read_text())
+    summary = json.loads(read_artifact(servers["s3"], task.output.uri))
     assert summary["outcome"] == "rejected", cluster.logs()
     loadtest = cluster.pod("loadtest_model")
     assert loadtest.returncode == 0, cluster.logs()
-    verdict = json.loads(
-        next((tmp_path / "pods" / "pipeline-root").rglob("loadtest-model/verdict")).read_text()
-    )
+    # the load-test task's verdict, in this run's part of the pipeline root in S3
+    run_root = task.output.uri.rsplit("/", 2)[0]
+    verdict = json.loads(read_artifact(servers["s3"], f"{run_root}/loadtest-model/verdict"))
     assert verdict["passed"], verdict
     champion_check = next(c for c in verdict["checks"] if "champion" in c["name"])
     assert not champion_check.get("skipped"), champion_check  # the champion really ran
@@ -275,7 +281,7 @@ def test_on_seldon_the_onnx_lands_in_s3_in_tritons_layout_and_the_model_loads_it
     (tmp_path / "pods").mkdir()
     task = cluster.run(servers["deploy"], {"model_name": model, "version": version, "alias": "",
                                            "policy_yaml": policy_yaml(policy)})  # fmt: skip
-    summary = json.loads(Path(task.output.path).read_text())
+    summary = json.loads(read_artifact(servers["s3"], task.output.uri))
     assert summary["outcome"] == "passed", cluster.logs()
     tags = version_tags(model)[version]
     uri = tags["modelship.triton_uri"]
@@ -347,7 +353,7 @@ def test_the_monitor_pipeline_judges_the_champions_log_in_the_object_store(
     task = cluster.run(
         servers["monitor"], {"model_name": MODEL, "policy_yaml": policy_yaml(policy)}
     )
-    report = json.loads(Path(task.output.path).read_text())
+    report = json.loads(read_artifact(servers["s3"], task.output.uri))
     assert [p.task for p in cluster.pods] == ["monitor_model"], cluster.logs()
     assert set(cluster.pods[0].env) <= POD_KEYS
     assert [w["outcome"] for w in report["windows"]] == ["drift", "drift"], cluster.logs()
@@ -373,6 +379,30 @@ def test_a_secret_without_the_tracking_uri_fails_the_pod_naming_the_key(tmp_path
     cluster = Cluster(tmp_path, {**CREDENTIALS})
     with pytest.raises(AssertionError, match="couldn't find key MLFLOW_TRACKING_URI"):
         cluster.secret_env(DEPLOY)
+
+
+def test_an_artifact_goes_through_the_object_store_and_a_path_from_another_pod_is_not_there(
+    servers: dict[str, Any], tmp_path: Path
+) -> None:
+    from kfp import compiler
+
+    package = tmp_path / "hand-offs.yaml"
+    compiler.Compiler().compile(hand_offs, str(package))
+    cluster = _cluster(tmp_path, servers)
+    task = cluster.run(package, {"by_path": False})
+    # the reader got the note at /s3/..., downloaded there from the pipeline root in S3
+    seen, text = task.output.split(" ", 1)
+    assert text == "from the first pod" and seen.startswith("/s3/modelship/pipeline-root/")
+    assert seen.removeprefix("/s3/modelship/") in s3_keys(servers["s3"], "pipeline-root/")
+    # kfp.local's own folder kept only the launcher's metadata, never an artifact
+    kept = {p.name for p in (tmp_path / "pods" / "pipeline-root").rglob("*") if p.is_file()}
+    assert kept == {"executor_output.json"}, kept
+    # the same note, read at the path the writing pod returned: that pod's files are gone
+    cluster = _cluster(tmp_path / "by-path", servers)
+    with pytest.raises(RuntimeError):
+        cluster.run(package, {"by_path": True})
+    assert [(p.task, p.returncode) for p in cluster.pods] == [("write_note", 0), ("read_note", 1)]
+    assert "FileNotFoundError" in (cluster.pod("read_note").folder / "pod.log").read_text()
 
 
 BUCKET_PREFIX = "modelship/mlflow/"
