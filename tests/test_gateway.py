@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import signal
 import threading
@@ -455,3 +456,27 @@ def test_the_admin_api_refuses_urls_and_weights_no_request_could_use() -> None:
         assert list(state["backends"]) == ["champion"] and state["challenger"] == 0
 
     asyncio.run(main())
+
+
+def test_a_malformed_request_is_one_warning_line_and_a_real_fault_keeps_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from aiohttp.http_exceptions import InvalidHeader
+
+    from modelship.core.clientfaults import one_line
+
+    one_line()
+    one_line()  # once is enough: a second call adds nothing
+    server = logging.getLogger("aiohttp.server")
+    for exc in (InvalidHeader(b"Content-Length"), KeyError("backend")):
+        try:
+            raise exc
+        except Exception as e:
+            server.exception("Error handling request from %s", "10.0.0.7", exc_info=e)
+    client, fault = caplog.records
+    assert client.levelname == "WARNING" and client.exc_info is None
+    assert client.getMessage() == (
+        "Error handling request from 10.0.0.7: answered 400, the request was at fault: "
+        "Invalid HTTP header: b'Content-Length'"
+    )
+    assert fault.levelname == "ERROR" and fault.exc_info is not None

@@ -38,6 +38,34 @@ from .payload import BadPayload, to_matrix
 
 log = logging.getLogger("bentoml.modelship")
 
+
+class _ClientFault(logging.Filter):
+    """BentoML logs each request it refuses (pydantic's 400, its own 4xx) at ERROR with the
+    traceback, as "Exception on /predict [POST]". The request was at fault, not the server: one
+    WARNING line instead, with the status and the error's first line. The gateway has the same
+    filter for aiohttp (``modelship.core.clientfaults``): a Bento ships only this folder."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        status: Any
+        if isinstance(exc, ValidationError):
+            errors = exc.errors()
+            status, said = 400, str(errors[0]["msg"] if errors else exc.title)
+        else:
+            code = getattr(exc, "error_code", None)  # a BentoMLException's HTTPStatus
+            status, said = getattr(code, "value", None), str(exc).strip().split("\n")[0]
+        if exc is not None and isinstance(status, int) and 400 <= status < 500:
+            args = (record.getMessage(), status, said)
+            record.msg, record.args = "%s: answered %d, the request was at fault: %s", args
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientFault())
+
 SRC = Path(__file__).resolve().parent.parent
 CONFIG = serving_config.load(SRC)
 ROUTE = "/predict"
