@@ -94,13 +94,17 @@ def s3_keys(s3_url: str, prefix: str = "") -> list[str]:
 
 
 @contextlib.contextmanager
-def tracking_server(root: Path, s3_url: str) -> Iterator[str]:
-    """``mlflow server`` with a SQLite backend and artifacts in the bucket, not proxied."""
+def tracking_server(root: Path, s3_url: str, *, proxied: bool = False) -> Iterator[str]:
+    """``mlflow server`` with a SQLite backend and artifacts in the bucket, not proxied (every
+    client reads and writes S3 itself); ``proxied``: the server does it for them
+    (``--artifacts-destination``, under ``s3://modelship/proxied``), clients need only its URI."""
     port = free_port()
+    name = "proxied" if proxied else "mlflow"
+    artifacts = (["--artifacts-destination", f"s3://{BUCKET}/proxied"] if proxied else
+                 ["--default-artifact-root", f"s3://{BUCKET}/mlflow", "--no-serve-artifacts"])  # fmt: skip
     cmd = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--default-artifact-root", f"s3://{BUCKET}/mlflow", "--no-serve-artifacts",
+        "--backend-store-uri", f"sqlite:///{root / f'{name}.db'}", *artifacts,
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     env = {
@@ -109,9 +113,9 @@ def tracking_server(root: Path, s3_url: str) -> Iterator[str]:
         "MLFLOW_S3_ENDPOINT_URL": s3_url,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
-    with background(cmd, root / "mlflow.log", env) as proc:
+    with background(cmd, root / f"{name}.log", env) as proc:
         url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/health", proc, root / "mlflow.log", timeout=120)
+        wait_http(f"{url}/health", proc, root / f"{name}.log", timeout=120)
         yield url
 
 

@@ -405,4 +405,47 @@ def test_an_artifact_goes_through_the_object_store_and_a_path_from_another_pod_i
     assert "FileNotFoundError" in (cluster.pod("read_note").folder / "pod.log").read_text()
 
 
+def test_with_an_mlflow_that_proxies_artifacts_the_pods_need_only_its_uri(
+    servers: dict[str, Any], tmp_path: Path, data: Any
+) -> None:
+    # the other way to run MLflow for a cluster (docs/kubernetes.md, step 1): the server reads
+    # and writes the bucket itself, so the Secret holds the tracking URI and nothing of S3. A
+    # first version deploys on KServe; its Bento reaches S3 through the server. (Last in this
+    # module: it points this process' MLflow at that server, and puts it back.)
+    import mlflow
+    from mlflow import MlflowClient
+
+    model = "proxied-model"
+    policy = load_policy(model, text=ON_CLUSTER.replace("REGISTRY", servers["registry"])).policy
+    with tracking_server(tmp_path, servers["s3"], proxied=True) as proxied:
+        try:
+            version = register_forest(settings_for(tmp_path / "laptop", tracking_uri=proxied),
+                                      model, data)  # fmt: skip
+            cluster = Cluster(
+                tmp_path / "pods", {"MLFLOW_TRACKING_URI": proxied}, s3_url=servers["s3"],
+                node_env={"CONTAINERS_REGISTRIES_CONF": servers["registries_conf"]},
+                kubeconfig=servers["kubeconfig"], image=servers["image"],
+            )  # fmt: skip
+            task = cluster.run(servers["deploy"], {"model_name": model, "version": version,
+                                                   "alias": "", "policy_yaml": policy_yaml(policy)})  # fmt: skip
+            summary = json.loads(read_artifact(servers["s3"], task.output.uri))
+            assert summary["outcome"] == "passed", cluster.logs()
+            for pod in cluster.pods:
+                assert not {k for k in pod.env if k.startswith(("AWS_", "MLFLOW_S3"))}, pod.env
+            client = MlflowClient(proxied)
+            run = client.get_run(summary["run_id"])
+            assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+            tag = client.get_model_version(model, version).tags[TAG_BENTO]
+            bento = f"/bento/{tag.replace(':', '-')}.bento"
+            assert any(k.startswith("proxied/") and k.endswith(bento)
+                       for k in s3_keys(servers["s3"], "proxied/"))  # fmt: skip
+            assert client.get_registered_model(model).aliases == {"champion": version}
+            isvc = next(o for o in servers["kube"].find("InferenceService")
+                        if o["metadata"]["labels"]["app.kubernetes.io/name"] == model)  # fmt: skip
+            image = client.get_model_version(model, version).tags["modelship.image"]
+            assert isvc["spec"]["predictor"]["containers"][0]["image"] == image
+        finally:
+            mlflow.set_tracking_uri(servers["mlflow"])
+
+
 BUCKET_PREFIX = "modelship/mlflow/"
