@@ -66,8 +66,10 @@ def settings(home: Path) -> Settings:
 # the tests' registries) stay in the node's buildah store after the run; on this store driver
 # (vfs) each is a full copy of its root file system, hundreds of MB, so a few CI runs fill a disk.
 # The controller (not an xdist worker, which may end while others still use an image) notes the
-# store's images when the run starts and removes the ones the run added, except the debootstrap
-# base: that is a cache, kept on purpose (it costs minutes to make).
+# store's images when the run starts and removes the ones the run added under the names tests
+# give (a Bento's `localhost/modelship-MODEL`, anything on a tests' registry at 127.0.0.1, an
+# untagged one). Others stay: the debootstrap base (a cache, kept on purpose: it costs minutes to
+# make) and whatever someone built meanwhile, `make pipeline-image`'s `localhost/modelship` say.
 
 _IMAGES_BEFORE = pytest.StashKey[dict[str, set[str]] | None]()
 
@@ -105,11 +107,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     after = _images()
     if before is None or after is None:
         return
-    from modelship.components.package.image import BASE_IMAGE
-
-    added = [i for i, names in after.items() if i not in before and BASE_IMAGE not in names]
+    added = [i for i, names in after.items() if i not in before and all(map(_tests, names))]
     if added:
         import subprocess
 
         subprocess.run(["buildah", "--storage-driver", "vfs", "rmi", "--force", *added],
                        capture_output=True, check=False)  # fmt: skip
+
+
+def _tests(name: str) -> bool:
+    """Whether an image name is one the tests give."""
+    from modelship.components.package.image import BASE_IMAGE
+
+    if name == BASE_IMAGE:
+        return False
+    return name.startswith(("localhost/modelship-", "127.0.0.1:")) or name.startswith("<none>")
