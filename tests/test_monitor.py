@@ -194,7 +194,8 @@ def champion(model: str) -> str:
 
 
 def test_traffic_like_the_reference_is_stable_and_read_once(store: dict[str, Any]) -> None:
-    write_log(store["home"], "watched", champion("watched"), rows(store["reference"], 450), 1e9)
+    write_log(store["home"], "watched", champion("watched"), rows(store["reference"], 450),
+              time.time() + 1)  # fmt: skip
     first = monitor(store, "watched", policy())
     assert [w.outcome for w in first.windows] == [WindowOutcome.STABLE] * 2
     assert first.waiting_rows == 50 and not first.actions
@@ -365,6 +366,32 @@ def test_a_pass_killed_mid_rollback_is_finished_by_the_next(
     finally:
         db.close()
         stack.stop()
+
+
+def test_a_version_serving_again_is_judged_only_on_rows_from_its_new_start(
+    store: dict[str, Any], settings: Settings, data: Any
+) -> None:
+    # v2 drifted and was rolled back; fixed upstream, the same v2 goes through a canary and is
+    # promoted again. Its log still holds the drifted rows of the first time: the monitor must
+    # judge only what it served since its canary began, or it rolls back at once.
+    from modelship.components.monitor.rollback import record_rollback
+
+    registry = Registry()
+    v1, v2 = (registry.resolve("again", version=register_forest(settings, "again", data))
+              for _ in range(2))  # fmt: skip
+    registry.promote(v1)
+    registry.promote(v2)
+    write_log(store["home"], "again", v2.version,
+              rows(store["reference"], 400, shift=1.0, seed=11), time.time() - 5)  # fmt: skip
+    record_rollback(registry, v2, v1, "drift (the test says so)")
+    assert champion("again") == v1.version
+    registry.set_challenger(v2)
+    registry.promote(registry.resolve("again", version=v2.version))
+    write_log(store["home"], "again", v2.version, rows(store["reference"], 400, seed=12),
+              time.time() + 1)  # fmt: skip
+    result = monitor(store, "again", policy(consecutive_windows=1))
+    assert [w.outcome for w in result.windows] == [WindowOutcome.STABLE] * 2, result.windows
+    assert result.rollback is None and champion("again") == v2.version
 
 
 def test_late_labels_judge_the_window_quality(store: dict[str, Any]) -> None:

@@ -25,6 +25,10 @@ TAG_TRITON_DIGEST = "modelship.triton_digest"
 TAG_REPORT = "modelship.rollback_report"
 #: the Kubernetes objects that serve the version (``Kind/namespace/name``, comma-separated)
 TAG_K8S_OBJECTS = "modelship.k8s_objects"
+#: when the version last began to serve (unix seconds): its canary started, it became champion
+#: with no canary, or a rollback restored it. The drift monitor reads its log from then on, so
+#: rows from an earlier time it served (before a rollback, say) are never judged again.
+TAG_LIVE_SINCE = "modelship.live_since"
 
 # on a deployment's MLflow run (experiment ``modelship-deployments``)
 RUN_MODEL = "modelship.model"

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from mlflow.exceptions import MlflowException
 
 from modelship.core.errors import RegistryError
 from modelship.core.identifiers import check_alias, check_model_name
-from modelship.core.tags import TAG_DIGEST, TAG_REASON, TAG_STATE
+from modelship.core.tags import TAG_DIGEST, TAG_LIVE_SINCE, TAG_REASON, TAG_STATE
 from modelship.core.verdict import ModelState
 from modelship.registry.digest import tree_digest, verify
 
@@ -202,11 +203,17 @@ class Registry:
     def set_tag(self, ref: ModelRef, key: str, value: str) -> None:
         self.client.set_model_version_tag(ref.name, ref.version, key, value[:_MAX_TAG])
 
+    def mark_live(self, ref: ModelRef) -> None:
+        """``ref`` begins to serve now (``TAG_LIVE_SINCE``)."""
+        self.set_tag(ref, TAG_LIVE_SINCE, f"{time.time():.6f}")
+
     def promote(self, ref: ModelRef) -> ModelRef | None:
         """Make ``ref`` the champion; the old champion becomes ``previous``. Returns the old one."""
         old = self.champion(ref.name)
         if old is not None and old.version == ref.version:
             return None
+        if CHALLENGER not in self.client.get_model_version(ref.name, ref.version).aliases:
+            self.mark_live(ref)  # no canary came first: it begins to serve now
         if old is not None:
             self.client.set_registered_model_alias(ref.name, PREVIOUS, old.version)
         self.client.set_registered_model_alias(ref.name, CHAMPION, ref.version)
@@ -218,6 +225,7 @@ class Registry:
         return old
 
     def set_challenger(self, ref: ModelRef) -> None:
+        self.mark_live(ref)
         self.client.set_registered_model_alias(ref.name, CHALLENGER, ref.version)
         self.audit(ref.name, "canary started", ref.version)
 

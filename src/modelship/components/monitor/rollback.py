@@ -147,6 +147,7 @@ def record_rollback(
     killed half way through it is finished by the next)."""
     if objects:
         registry.set_tag(previous, TAG_K8S_OBJECTS, ", ".join(objects))
+    registry.mark_live(previous)
     registry.client.set_registered_model_alias(current.name, CHAMPION, previous.version)
     with contextlib.suppress(MlflowException):  # gone already where this runs a second time
         registry.client.delete_registered_model_alias(current.name, PREVIOUS)

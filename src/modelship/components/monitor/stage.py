@@ -51,7 +51,7 @@ from modelship.components.targets.local import GatewayRouter
 from modelship.components.targets.seldon import model_name as seldon_model_name
 from modelship.core.errors import DataError, InputError, RollbackFailed
 from modelship.core.records import PackagedModel
-from modelship.core.tags import TAG_REPORT
+from modelship.core.tags import TAG_LIVE_SINCE, TAG_REPORT
 from modelship.policies.schema import Labels, Monitor, Policy
 from modelship.registry.client import ModelRef, Registry
 
@@ -287,14 +287,26 @@ def _finish_interrupted(store: MonitorStateStore, registry: Registry, model: str
     return text
 
 
+def live_since_us(ref: ModelRef) -> int:
+    """When ``ref`` began to serve this time (``TAG_LIVE_SINCE``), in UTC microseconds; 0 for a
+    version promoted before that tag existed (its whole log counts, as it always did)."""
+    try:
+        return int(float(ref.tags.get(TAG_LIVE_SINCE) or 0) * 1e6)
+    except ValueError:
+        return 0
+
+
 def _judge(
     model: str, policy: Policy, champion: ModelRef, store: MonitorStateStore, registry: Registry,
     bentoml_home: Path, log_root: str, router: GatewayRouter | None, secret: str,
     log_reports: bool, say: Say, cluster: ClusterSwitch | None = None,
 ) -> PassResult:  # fmt: skip
     status = store.load()
-    if status is None or status.version != champion.version:
-        status = MonitorStatus(model=model, version=champion.version)
+    since = live_since_us(champion)
+    if status is None or status.version != champion.version or status.cursor_us < since:
+        # a new champion, or this one serving again: its log counts from when it began to
+        # serve this time, never rows (or breaches) from an earlier time it served
+        status = MonitorStatus(model=model, version=champion.version, cursor_us=since)
     mon = policy.monitor
     result = PassResult()
     has_previous = previous_of(registry, model) is not None
