@@ -41,3 +41,6 @@ RUN_BENTO_DIGEST = "modelship.bento_digest"
 #: the process that runs the deployment on this machine (``HOST PID:START_TICKS``, from
 #: ``modelship.core.lifeline``), so a run it left open when it was killed reads as interrupted
 RUN_OWNER = "modelship.owner"
+#: ``TIME HOST``: the last sign of life of the step that works on the deployment (each step
+#: renews it while it runs), so a run whose pod was killed elsewhere reads as interrupted
+RUN_HEARTBEAT = "modelship.heartbeat"

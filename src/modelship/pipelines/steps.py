@@ -52,17 +52,19 @@ def _gate(
 
     def body(events: EventSink) -> Verdict:
         settings, registry = _setup()
+        deployment = DeploymentRun(registry.client, run_id)
         ctx = StageContext(
             ref=registry.resolve(model_name, version=version),
             policy=Policy.model_validate_json(policy),
             registry=registry,
-            deployment=DeploymentRun(registry.client, run_id),
+            deployment=deployment,
             workdir=Path(verdict_path).parent / f"{stage.name}-work",
             settings=settings,
             events=events,
         )
         previous = Verdict.load(previous_path) if previous_path else None
-        return run_stage(stage, ctx, inputs, previous)
+        with deployment.beating():  # a step killed with its pod stops beating
+            return run_stage(stage, ctx, inputs, previous)
 
     verdict = run_step(stage.name, body)
     verdict.save(verdict_path)

@@ -7,10 +7,14 @@ stages run in separate processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -20,12 +24,25 @@ from mlflow.exceptions import MlflowException
 from modelship.core.errors import RegistryError
 from modelship.core.lifeline import LIFELINE_ENV, anchor_alive
 from modelship.core.settings import Settings
-from modelship.core.tags import RUN_ERROR, RUN_KFP, RUN_MODEL, RUN_OUTCOME, RUN_OWNER, RUN_VERSION
+from modelship.core.tags import (
+    RUN_ERROR,
+    RUN_HEARTBEAT,
+    RUN_KFP,
+    RUN_MODEL,
+    RUN_OUTCOME,
+    RUN_OWNER,
+    RUN_VERSION,
+)
 from modelship.core.verdict import Verdict
 from modelship.registry.client import ModelRef
 from modelship.registry.experiments import ensure_experiment
 
 EXPERIMENT = "modelship-deployments"
+#: how often a working step renews the run's heartbeat
+HEARTBEAT_S = 30.0
+#: a run elsewhere with no heartbeat for this long is taken as interrupted. Generous: between two
+#: steps on a cluster nothing beats while the next pod is scheduled and its image pulled.
+STALE_S = 900.0
 
 
 class DeploymentRun:
@@ -65,6 +82,7 @@ class DeploymentRun:
         }.items():
             client.log_param(self.run_id, key, value)
         self.log_text(policy_json, "policy.json")
+        self.beat()
         return self
 
     def log_text(self, text: str, artifact_file: str) -> None:
@@ -107,6 +125,44 @@ class DeploymentRun:
         self.client.set_tag(self.run_id, RUN_ERROR, error[:4000])
         self.client.set_terminated(self.run_id, status)
 
+    def beat(self) -> None:
+        self.client.set_tag(self.run_id, RUN_HEARTBEAT, f"{time.time():.0f} {socket.gethostname()}")
+
+    @contextlib.contextmanager
+    def beating(self, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+        """Renew the heartbeat every ``every_s`` while the block runs (a missed beat, MLflow
+        busy say, is only late: the next one tries again)."""
+        self.beat()
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every_s):
+                with contextlib.suppress(Exception):
+                    self.beat()
+
+        threading.Thread(target=loop, name="modelship-heartbeat", daemon=True).start()
+        try:
+            yield
+        finally:
+            stop.set()
+
+    def silence(self) -> tuple[float, str] | None:
+        """For a run still RUNNING that no process here owns: seconds since its last heartbeat
+        and the host that sent it; None for one that ended, runs here, or never beat."""
+        try:
+            run = self.client.get_run(self.run_id)
+        except MlflowException:
+            return None
+        host = run.data.tags.get(RUN_OWNER, "").partition(" ")[0]
+        beat = run.data.tags.get(RUN_HEARTBEAT, "")
+        if run.info.status != "RUNNING" or host == socket.gethostname() or not beat:
+            return None
+        at, _, sender = beat.partition(" ")
+        try:
+            return max(0.0, time.time() - float(at)), sender or "an unknown host"
+        except ValueError:
+            return None
+
     def local_owner(self) -> tuple[str, bool] | None:
         """The pid of the process running this deployment on this machine, and whether it still
         runs. None once the run ended, and where it runs elsewhere (a cluster's run ends with its
@@ -121,17 +177,25 @@ class DeploymentRun:
         return process.partition(":")[0], anchor_alive(process)
 
     def interrupted(self) -> str | None:
-        """Why this run is over though it says RUNNING (its process was killed, or the machine
-        restarted), or None."""
+        """Why this run is over though it says RUNNING (its process here was killed, the machine
+        restarted, or no step elsewhere has beaten for ``STALE_S``), or None."""
         owner = self.local_owner()
-        if owner is None or owner[1]:
+        if owner is not None:
+            return None if owner[1] else owner_gone(owner[0])
+        silence = self.silence()
+        if silence is None or silence[0] < STALE_S:
             return None
-        return owner_gone(owner[0])
+        return went_silent(*silence)
 
 
 def owner_gone(pid: str) -> str:
     """What an interrupted run says of the process that ran it."""
     return f"the deploy that ran it (pid {pid} on {socket.gethostname()}) is gone"
+
+
+def went_silent(silent_s: float, host: str) -> str:
+    """What an interrupted run elsewhere says of its steps."""
+    return f"no step of it has reported for {silent_s / 60:.0f} min (the last from {host})"
 
 
 def scratch_dir(prefix: str) -> Path:
