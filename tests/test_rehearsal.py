@@ -35,6 +35,7 @@ from tests.rehearsal import (
     Cluster,
     image_registry,
     object_store,
+    overlay_store,
     read_artifact,
     s3_keys,
     tracking_server,
@@ -89,7 +90,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         if IMAGE:  # the pipeline as a cluster gets it: compiled against the pushed image
             image = _push_pipeline_image(IMAGE, registry, conf, root)
             deploy, monitor = compile_all(root / "compiled", image=image)[:2]
-        yield {"s3": s3, "mlflow": mlflow_url, "registry": registry, "kube": kube,
+        node = overlay_store(root / "node") if image else None
+        yield {"s3": s3, "mlflow": mlflow_url, "registry": registry, "kube": kube, "node": node,
                "kubeconfig": write_kubeconfig(root / "kubeconfig", kube_url, "models"),
                "registries_conf": conf, "deploy": deploy, "monitor": monitor, "image": image}  # fmt: skip
 
@@ -137,7 +139,7 @@ def _cluster(tmp_path: Path, servers: dict[str, Any]) -> Cluster:
         # `make rehearse IMAGE=...`: every pod a container of the pipeline image
         image=servers["image"],
         node_env={"CONTAINERS_REGISTRIES_CONF": servers["registries_conf"]},
-        kubeconfig=servers["kubeconfig"], s3_url=servers["s3"],
+        kubeconfig=servers["kubeconfig"], s3_url=servers["s3"], node_store=servers["node"],
     )  # fmt: skip
 
 
@@ -425,6 +427,7 @@ def test_with_an_mlflow_that_proxies_artifacts_the_pods_need_only_its_uri(
                 tmp_path / "pods", {"MLFLOW_TRACKING_URI": proxied}, s3_url=servers["s3"],
                 node_env={"CONTAINERS_REGISTRIES_CONF": servers["registries_conf"]},
                 kubeconfig=servers["kubeconfig"], image=servers["image"],
+                node_store=servers["node"],
             )  # fmt: skip
             task = cluster.run(servers["deploy"], {"model_name": model, "version": version,
                                                    "alias": "", "policy_yaml": policy_yaml(policy)})  # fmt: skip
