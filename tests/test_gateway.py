@@ -480,3 +480,28 @@ def test_a_malformed_request_is_one_warning_line_and_a_real_fault_keeps_its_trac
         "Invalid HTTP header: b'Content-Length'"
     )
     assert fault.levelname == "ERROR" and fault.exc_info is not None
+
+
+def test_a_client_that_leaves_before_its_answer_is_one_log_line(tmp_path: Path) -> None:
+    import socket
+
+    stack = Stack(tmp_path)
+    try:
+        stack.start_backend("champion", "--delay", "1")
+        stack.start_backend("challenger")
+        stack.start_gateway()
+        log = tmp_path / "gateway.log"
+        offset = log.stat().st_size
+        body = b'{"inputs": [[1.0]]}'
+        with socket.create_connection(("127.0.0.1", stack.ports["gateway"]), timeout=5) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            time.sleep(0.4)  # the gateway has the whole request and waits on the champion
+        deadline = time.monotonic() + 10
+        while b"went away" not in log.read_bytes()[offset:] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        said = [line for line in log.read_text()[offset:].splitlines() if line.strip()]
+        assert len(said) == 1, said
+        assert "POST /predict: the client went away before its answer (200, champion)" in said[0]
+    finally:
+        stack.stop()

@@ -147,12 +147,22 @@ class Gateway:
         ):
             champion_answer = self._mirror(request, body, headers)
         try:
-            return await self._forward(request, body, headers, variant, started, champion_answer)
+            answer = await self._forward(request, body, headers, variant, started, champion_answer)
         finally:
             if champion_answer is not None and not champion_answer.done():
                 # the challenger answered instead, the champion failed, or the client left:
                 # the copy's answer has nothing to be compared with
                 champion_answer.set_result(None)
+        if request.transport is None or request.transport.is_closing():
+            # aiohttp writes the answer to a closed connection without a word: say it once
+            log.info(
+                "%s %s: the client went away before its answer (%d, %s)",
+                request.method,
+                request.path,
+                answer.status,
+                answer.headers.get("x-modelship-variant", "the gateway's own"),
+            )
+        return answer
 
     async def _forward(
         self,
