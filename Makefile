@@ -49,11 +49,12 @@ EXAMPLES ?= 2000
 fuzz: $(STAMP)
 	MODELSHIP_FUZZ_EXAMPLES=$(EXAMPLES) $(VENV)/bin/pytest -n 0 -v tests/test_properties.py tests/test_hostile.py
 
-# The cluster rehearsal: the compiled deploy pipeline with every task in its own "pod", sharing
-# only a real MLflow server, a real S3 API (moto) and KFP's artifacts (tests/rehearsal.py).
-# IMAGE=localhost/modelship:0.1.0 (after `make pipeline-image`): each pod a container of it.
+# The cluster rehearsal: the compiled deploy pipeline with every task in its own pod, sharing
+# only a real MLflow server, a real S3 API (moto, which also carries KFP's artifacts) and a real
+# image registry (tests/rehearsal.py). Each pod a container of the pipeline image built from this
+# checkout; IMAGE=REF: of that image instead; IMAGE=process: each pod a process.
 IMAGE ?=
-rehearse: $(STAMP)
+rehearse: $(STAMP) image-tools
 	MODELSHIP_REHEARSAL_IMAGE=$(IMAGE) $(VENV)/bin/pytest -n 0 -v tests/test_rehearsal.py
 
 # The image every pipeline task runs (Containerfile): docker where an engine answers, else buildah

@@ -90,8 +90,8 @@ def _images() -> dict[str, set[str]] | None:
         return None
     images: dict[str, set[str]] = {}
     for line in listed.stdout.splitlines():
-        image_id, _, name = line.partition(" ")
-        images.setdefault(image_id, set()).add(name)
+        image_id, _, name = line.strip().partition(" ")
+        images.setdefault(image_id, set()).add(name.strip())
     return images
 
 

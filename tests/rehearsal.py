@@ -154,6 +154,24 @@ def overlay_store(root: Path) -> Path | None:
         subprocess.run([*node, "rm", made.stdout.strip()], capture_output=True, check=False)
 
 
+#: what buildah's chroot runtime says when it failed to start the container, before the task
+#: ran (seen here now and then: sealing its memfd copy of itself fails with EBUSY)
+_RUNTIME_ERRORS = (b"sealing memfd copy",)
+
+
+def _runtime_failed(said: bytes) -> bool:
+    return any(error in said for error in _RUNTIME_ERRORS) and len(said.splitlines()) <= 3
+
+
+def drop_store(root: Path) -> None:
+    """Remove an image store :func:`overlay_store` made, and what it holds."""
+    node = ["buildah", "--storage-driver", "overlay", "--root", str(root / "storage"),
+            "--runroot", str(root / "run")]  # fmt: skip
+    subprocess.run([*node, "rm", "--all"], capture_output=True, check=False)
+    subprocess.run([*node, "rmi", "--all", "--force"], capture_output=True, check=False)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @dataclass
 class Launcher:
     """KFP's launcher for one task: the artifacts through the object store, never a shared folder.
@@ -311,11 +329,21 @@ class Cluster:
                 mounts += [f"--volume={v}:{v}:ro" for v in self.node_env.values()
                            if Path(v).is_file()]  # fmt: skip
                 settings = [f"--env={k}={v}" for k, v in env.items() if k != "PATH"]
-                return subprocess.run(
-                    [*node, "run", "--isolation", "chroot", f"--workingdir={folder}", *mounts,
-                     *settings, container, "--", *inside],
-                    stdout=log, stderr=subprocess.STDOUT, check=False, timeout=1800,
-                ).returncode  # fmt: skip
+                run = [*node, "run", "--isolation", "chroot", f"--workingdir={folder}", *mounts,
+                       *settings, container, "--", *inside]  # fmt: skip
+                for _ in range(3):
+                    log.flush()
+                    start = (folder / "pod.log").stat().st_size
+                    code = subprocess.run(run, stdout=log, stderr=subprocess.STDOUT, check=False,
+                                          timeout=1800).returncode  # fmt: skip
+                    said = (folder / "pod.log").read_bytes()[start:]
+                    if code == 0 or not _runtime_failed(said):
+                        return code
+                    # the container never started (buildah's chroot runtime, a transient
+                    # error): tried again, as the kubelet retries a container that failed
+                    # to be created
+                    log.write("(the container did not start; trying again)\n")
+                return code
             finally:
                 subprocess.run([*node, "rm", container], capture_output=True, check=False)
 

@@ -33,6 +33,7 @@ from tests.handoffs import hand_offs
 from tests.rehearsal import (
     CREDENTIALS,
     Cluster,
+    drop_store,
     image_registry,
     object_store,
     overlay_store,
@@ -71,14 +72,24 @@ rollout:
 #: registries.conf
 POD_KEYS = {"PATH", "HOME", "LANG", "CONTAINERS_REGISTRIES_CONF", SETTINGS_SECRET_ENV,
             PIPELINE_IMAGE_ENV, *SECRET_REQUIRED, *SECRET_OPTIONAL}  # fmt: skip
-#: `make rehearse IMAGE=...`: every pod a container of the pipeline image, pushed to the
-#: rehearsal's registry first and pulled from there by digest, as a cluster's nodes would
-IMAGE = os.environ.get("MODELSHIP_REHEARSAL_IMAGE") or None
+#: how the pods run (MODELSHIP_REHEARSAL_IMAGE, `make rehearse IMAGE=...`). Unset: each a
+#: container of the pipeline image built from this checkout (`make pipeline-image`), pushed to
+#: the rehearsal's registry and pulled from there by digest, as a cluster's nodes would; where
+#: buildah's overlay driver cannot mount here, each a process instead (containers on the vfs
+#: driver take a minute each to start). "process": processes. An image reference: containers
+#: of that image, on whichever driver works.
+PODS = os.environ.get("MODELSHIP_REHEARSAL_IMAGE") or ""
+#: the image built from this checkout: a name the tests' image clean-up removes (conftest.py)
+BUILT = "localhost/modelship-rehearsal:tests"
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("servers")
+    node = None if PODS == "process" else overlay_store(root / "node")
+    source = PODS if PODS not in ("", "process") else None
+    if PODS == "" and node is not None:
+        source = _build_pipeline_image(root / "pipeline-image.log")
     with (
         object_store(root) as s3,
         tracking_server(root, s3) as mlflow_url,
@@ -87,13 +98,29 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     ):
         conf = str(root / "registry" / "registries.conf")
         deploy, monitor, image = DEPLOY, PIPELINE_DIR / "monitor.yaml", None
-        if IMAGE:  # the pipeline as a cluster gets it: compiled against the pushed image
-            image = _push_pipeline_image(IMAGE, registry, conf, root)
+        if source:  # the pipeline as a cluster gets it: compiled against the pushed image
+            image = _push_pipeline_image(source, registry, conf, root)
             deploy, monitor = compile_all(root / "compiled", image=image)[:2]
-        node = overlay_store(root / "node") if image else None
-        yield {"s3": s3, "mlflow": mlflow_url, "registry": registry, "kube": kube, "node": node,
-               "kubeconfig": write_kubeconfig(root / "kubeconfig", kube_url, "models"),
-               "registries_conf": conf, "deploy": deploy, "monitor": monitor, "image": image}  # fmt: skip
+        try:
+            yield {"s3": s3, "mlflow": mlflow_url, "registry": registry, "kube": kube,
+                   "node": node if image else None, "image": image,
+                   "kubeconfig": write_kubeconfig(root / "kubeconfig", kube_url, "models"),
+                   "registries_conf": conf, "deploy": deploy, "monitor": monitor}  # fmt: skip
+        finally:
+            if node is not None:  # the node's copy of the image: gigabytes
+                drop_store(node)
+
+
+def _build_pipeline_image(log: Path) -> str:
+    """`make pipeline-image` from this checkout, tagged ``BUILT``."""
+    import subprocess
+
+    with log.open("w") as out:
+        made = subprocess.run(["make", "pipeline-image", f"PIPELINE_IMAGE={BUILT}"],
+                              cwd=Path(__file__).resolve().parent.parent, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=1800, check=False)  # fmt: skip
+    assert made.returncode == 0, f"make pipeline-image failed:\n{log.read_text()[-3000:]}"
+    return BUILT
 
 
 def _push_pipeline_image(image: str, registry: str, conf: str, root: Path) -> str:
