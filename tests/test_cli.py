@@ -116,6 +116,36 @@ def test_an_unreachable_tracking_server_exits_2_at_once_naming_it(tmp_path: Path
     assert time.monotonic() - started < 60
 
 
+def test_an_unreachable_object_store_exits_2_at_once_naming_it(tmp_path: Path) -> None:
+    """The tracking server answers, the S3 endpoint the settings name does not: exit 2 before
+    anything is read or written, not after boto3's retries."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from modelship.core.ports import free_port
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{server.server_port}",
+               "MLFLOW_S3_ENDPOINT_URL": store}  # fmt: skip
+        proc = cli(tmp_path, "status", "some-model", env=env, timeout=120)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2, proc.stderr
+    assert f"the object store at {store} does not answer" in proc.stderr
+    assert "MLFLOW_S3_ENDPOINT_URL" in proc.stderr
+
+
 def test_deploy_and_submit_check_names_and_versions_before_anything_runs(tmp_path: Path) -> None:
     """A version of 0 or 007 (isdigit says yes), a name with a quote or a leading '-': exit 2
     naming the fault, before a store is opened or a run is created."""

@@ -153,28 +153,29 @@ class Settings:
         self.check_reachable()
 
     def check_reachable(self, timeout_s: float = 5.0, attempts: int = 3) -> None:
-        """A tracking server that does not answer fails here, at once and by name, instead of
-        after MLflow's HTTP retries (minutes) in whatever call comes first. Any HTTP answer,
-        even 401 or 404, means the server is there; only a refused or silent connection fails."""
-        if not self.tracking_uri.startswith(("http://", "https://")):
-            return
-        url = self.tracking_uri.rstrip("/") + "/health"
-        problem = ""
-        for attempt in range(attempts):
-            try:
-                with urllib.request.urlopen(url, timeout=timeout_s):
-                    return
-            except urllib.error.HTTPError:
-                return
-            except (OSError, ValueError) as e:
-                problem = str(getattr(e, "reason", e))
-            if attempt + 1 < attempts:
-                time.sleep(1.0)
-        raise InputError(
-            f"the MLflow tracking server at {self.tracking_uri} does not answer ({problem})",
-            hint="check MLFLOW_TRACKING_URI (in a pipeline pod: the settings Secret) and that "
-            "the server is up and reachable from here",
-        )
+        """A tracking server, or an object store named by ``MLFLOW_S3_ENDPOINT_URL``, that does
+        not answer fails here, at once and by name, before anything is written, instead of after
+        MLflow's or boto3's retries (minutes) in whatever call comes first. Any HTTP answer,
+        even 401, 403 or 404, means the server is there; only a refused or silent connection
+        fails."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            problem = _unanswered(self.tracking_uri.rstrip("/") + "/health", timeout_s, attempts)
+            if problem is not None:
+                raise InputError(
+                    f"the MLflow tracking server at {self.tracking_uri} does not answer "
+                    f"({problem})",
+                    hint="check MLFLOW_TRACKING_URI (in a pipeline pod: the settings Secret) "
+                    "and that the server is up and reachable from here",
+                )
+        store = os.environ.get("MLFLOW_S3_ENDPOINT_URL", "")
+        if store.startswith(("http://", "https://")):
+            problem = _unanswered(store, timeout_s, attempts)
+            if problem is not None:
+                raise InputError(
+                    f"the object store at {store} does not answer ({problem})",
+                    hint="check MLFLOW_S3_ENDPOINT_URL (in a pipeline pod: the settings "
+                    "Secret) and that the store is up and reachable from here",
+                )
 
     def child_env(self) -> dict[str, str]:
         """Environment for subprocesses (pipeline steps, probes) so they find the same store."""
@@ -190,3 +191,19 @@ class Settings:
         env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         env.setdefault("GX_ANALYTICS_ENABLED", "false")
         return env
+
+
+def _unanswered(url: str, timeout_s: float, attempts: int) -> str | None:
+    """Why ``url`` gave no HTTP answer in ``attempts`` tries, or None once it answered."""
+    problem = ""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s):
+                return None
+        except urllib.error.HTTPError:
+            return None
+        except (OSError, ValueError) as e:
+            problem = str(getattr(e, "reason", e))
+        if attempt + 1 < attempts:
+            time.sleep(1.0)
+    return problem
