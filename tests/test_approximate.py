@@ -493,3 +493,31 @@ def test_default_policy_tries_no_approximate_variant(
     assert not [n for n in names if any(v in n for v in variants)]
     assert not (tmp_path / "work" / "approximate").exists()
     assert json.loads((out / "optimize.json").read_text())["approximate"] is False
+
+
+@pytest.mark.slow
+def test_a_whole_deploy_with_approximate_variants_on_serves_and_promotes_the_pruned_forest(
+    home: Path, settings: Settings, data: Data, tmp_path: Path
+) -> None:
+    # `modelship deploy` as a person runs it, every stage in its own process under kfp.local:
+    # the pruned forest wins optimize, the Bento is built from that very file, the load test
+    # serves it, and it is promoted (a first version: no canary)
+    from tests.support import deploy_json, version_tags
+
+    x, _, ref, val = data
+    name = "pruned-forest"
+    version = register(settings, name, _forest(data, 200), x, ref, val,
+                       skops_trusted_types=["sklearn.tree._tree.Tree"])  # fmt: skip
+    policy = tmp_path / "approximate.yaml"
+    policy.write_text("optimize:\n  approximate:\n    kinds: [ensemble_pruning]\n"
+                      "    max_metric_drop: {accuracy: 0.01, roc_auc: 0.01}\n")  # fmt: skip
+    code, summary, err = deploy_json(home, name, "--version", version, "--policy", str(policy))
+    assert code == 0 and summary is not None, err
+    assert summary["outcome"] == "passed"
+    checks = {c["name"]: c for s in summary["stages"] for c in s["checks"]}
+    assert "approximate, accuracy drop" in checks["optimize.selection"]["reason"]
+    assert checks["package.bento"]["reason"].endswith("built from ensemble_pruning")
+    assert checks["package.bento.files"]["passed"]  # the Bento holds the file optimize judged
+    tags = version_tags(name)[version]
+    assert tags["modelship.optimize.variant"] == "ensemble_pruning"
+    assert tags["modelship.state"] == "promoted"
