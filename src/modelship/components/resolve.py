@@ -13,7 +13,14 @@ from modelship.core.verdict import ModelState
 from modelship.policies.loader import load_policy
 from modelship.policies.schema import cluster_log_problem
 from modelship.registry.client import ModelRef, Registry
-from modelship.registry.deployments import STALE_S, DeploymentRun, owner_gone, went_silent
+from modelship.registry.deployments import (
+    STALE_S,
+    DeploymentRun,
+    LocalOwner,
+    Silence,
+    owner_gone,
+    went_silent,
+)
 
 
 def _close_interrupted(registry: Registry, ref: ModelRef) -> None:
@@ -24,26 +31,24 @@ def _close_interrupted(registry: Registry, ref: ModelRef) -> None:
         return
     run = DeploymentRun(registry.client, previous)
     after = f"interrupted after {ref.tags.get(TAG_STATE) or 'registration'}"
-    owner = run.local_owner()
-    if owner is not None:
-        pid, alive = owner
-        if alive:
+    found = run.carrier()
+    if isinstance(found, LocalOwner):
+        if found.alive:
             raise InputError(
-                f"{ref} is being deployed now by process {pid} (MLflow run {previous})",
-                hint=f"wait for it to end, or stop it (kill {pid}) and deploy again",
+                f"{ref} is being deployed now by process {found.pid} (MLflow run {previous})",
+                hint=f"wait for it to end, or stop it (kill {found.pid}) and deploy again",
             )
-        reason = f"{after}: {owner_gone(pid)}"
-    elif (silence := run.silence()) is not None:
-        silent_s, host = silence
-        if silent_s < STALE_S:
+        reason = f"{after}: {owner_gone(found.pid)}"
+    elif isinstance(found, Silence):
+        if not found.stale:
             raise InputError(
-                f"{ref} is being deployed now on {host} (MLflow run {previous}; its last step "
-                f"reported {silent_s:.0f} s ago)",
+                f"{ref} is being deployed now on {found.host} (MLflow run {previous}; its last "
+                f"step reported {found.seconds:.0f} s ago)",
                 hint="wait for that deployment to end (its Kubeflow Pipelines run); if it is gone, "
                 f"it counts as interrupted after {STALE_S / 60:.0f} min without a report, and "
                 "this deploy may then run",
             )
-        reason = f"{after}: {went_silent(silent_s, host)}"
+        reason = f"{after}: {went_silent(found)}"
     else:
         return
     run.fail(reason, outcome="interrupted", status="KILLED")

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -146,46 +147,54 @@ class DeploymentRun:
         finally:
             stop.set()
 
-    def silence(self) -> tuple[float, str] | None:
-        """For a run still RUNNING that no process here owns: seconds since its last heartbeat
-        and the host that sent it; None for one that ended, runs here, or never beat."""
+    def carrier(self) -> LocalOwner | Silence | None:
+        """Who carries this run while it says RUNNING, from one read of it: the process on this
+        machine its owner tag names, or else the steps elsewhere its heartbeat speaks for. None
+        once it ended, or where it records neither."""
         try:
             run = self.client.get_run(self.run_id)
         except MlflowException:
             return None
-        host = run.data.tags.get(RUN_OWNER, "").partition(" ")[0]
-        beat = run.data.tags.get(RUN_HEARTBEAT, "")
-        if run.info.status != "RUNNING" or host == socket.gethostname() or not beat:
-            return None
-        at, _, sender = beat.partition(" ")
-        try:
-            return max(0.0, time.time() - float(at)), sender or "an unknown host"
-        except ValueError:
-            return None
-
-    def local_owner(self) -> tuple[str, bool] | None:
-        """The pid of the process running this deployment on this machine, and whether it still
-        runs. None once the run ended, and where it runs elsewhere (a cluster's run ends with its
-        KFP run, which this cannot see)."""
-        try:
-            run = self.client.get_run(self.run_id)
-        except MlflowException:
+        if run.info.status != "RUNNING":
             return None
         host, _, process = run.data.tags.get(RUN_OWNER, "").partition(" ")
-        if run.info.status != "RUNNING" or host != socket.gethostname() or not process:
+        if host == socket.gethostname():
+            return LocalOwner(process.partition(":")[0], anchor_alive(process)) if process else None
+        at, _, sender = run.data.tags.get(RUN_HEARTBEAT, "").partition(" ")
+        try:
+            return Silence(max(0.0, time.time() - float(at)), sender or "an unknown host")
+        except ValueError:  # it never beat
             return None
-        return process.partition(":")[0], anchor_alive(process)
 
     def interrupted(self) -> str | None:
         """Why this run is over though it says RUNNING (its process here was killed, the machine
         restarted, or no step elsewhere has beaten for ``STALE_S``), or None."""
-        owner = self.local_owner()
-        if owner is not None:
-            return None if owner[1] else owner_gone(owner[0])
-        silence = self.silence()
-        if silence is None or silence[0] < STALE_S:
-            return None
-        return went_silent(*silence)
+        found = self.carrier()
+        if isinstance(found, LocalOwner) and not found.alive:
+            return owner_gone(found.pid)
+        if isinstance(found, Silence) and found.stale:
+            return went_silent(found)
+        return None
+
+
+@dataclass(frozen=True)
+class LocalOwner:
+    """The process on this machine that runs a deployment (a cluster's runs have none)."""
+
+    pid: str
+    alive: bool
+
+
+@dataclass(frozen=True)
+class Silence:
+    """A deployment whose steps run elsewhere: seconds since its last heartbeat, and its host."""
+
+    seconds: float
+    host: str
+
+    @property
+    def stale(self) -> bool:
+        return self.seconds >= STALE_S
 
 
 def owner_gone(pid: str) -> str:
@@ -193,9 +202,10 @@ def owner_gone(pid: str) -> str:
     return f"the deploy that ran it (pid {pid} on {socket.gethostname()}) is gone"
 
 
-def went_silent(silent_s: float, host: str) -> str:
+def went_silent(silence: Silence) -> str:
     """What an interrupted run elsewhere says of its steps."""
-    return f"no step of it has reported for {silent_s / 60:.0f} min (the last from {host})"
+    return (f"no step of it has reported for {silence.seconds / 60:.0f} min "
+            f"(the last from {silence.host})")  # fmt: skip
 
 
 def scratch_dir(prefix: str) -> Path:
