@@ -94,6 +94,9 @@ class Settings:
     #: the admin token for the gateways modelship starts (``GATEWAY_TOKEN_ENV``); None: random.
     #: Never in a repr, a log line or a command line: it reaches the gateway in its environment
     gateway_token: str | None = field(default=None, repr=False)
+    #: the S3-compatible object store MLflow's artifacts (and the logs) use
+    #: (``MLFLOW_S3_ENDPOINT_URL``); None: AWS itself, or no S3
+    object_store: str | None = None
 
     @property
     def bentoml_home(self) -> Path:
@@ -126,6 +129,7 @@ class Settings:
                 policies=policies,
                 pod_secret=env.get(SETTINGS_SECRET_ENV) or None,
                 gateway_token=env.get(GATEWAY_TOKEN_ENV) or None,
+                object_store=env.get("MLFLOW_S3_ENDPOINT_URL") or None,
             )
         return cls(
             home=home,
@@ -134,6 +138,7 @@ class Settings:
             artifact_root=str(home / "artifacts"),
             policies=policies,
             gateway_token=env.get(GATEWAY_TOKEN_ENV) or None,
+            object_store=env.get("MLFLOW_S3_ENDPOINT_URL") or None,
         )
 
     def prepare(self) -> None:
@@ -167,7 +172,7 @@ class Settings:
                     hint="check MLFLOW_TRACKING_URI (in a pipeline pod: the settings Secret) "
                     "and that the server is up and reachable from here",
                 )
-        store = os.environ.get("MLFLOW_S3_ENDPOINT_URL", "")
+        store = self.object_store or ""
         if store.startswith(("http://", "https://")):
             problem = _unanswered(store, timeout_s, attempts)
             if problem is not None:
