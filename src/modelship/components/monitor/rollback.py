@@ -126,6 +126,9 @@ def rollback(
             ) from e
         traffic_s = time.perf_counter() - started
     try:
+        # the restored version serves again from now: the monitor reads its log from here on
+        # (not in record_rollback, which a later pass may run a second time)
+        registry.mark_live(previous)
         record_rollback(registry, current, previous, reason, report=report, objects=objects,
                         where="cluster" if objects else "gateway" if router else "aliases")  # fmt: skip
     except Exception as e:
@@ -147,7 +150,6 @@ def record_rollback(
     killed half way through it is finished by the next)."""
     if objects:
         registry.set_tag(previous, TAG_K8S_OBJECTS, ", ".join(objects))
-    registry.mark_live(previous)
     registry.client.set_registered_model_alias(current.name, CHAMPION, previous.version)
     with contextlib.suppress(MlflowException):  # gone already where this runs a second time
         registry.client.delete_registered_model_alias(current.name, PREVIOUS)
