@@ -11,6 +11,7 @@ import sys
 
 from aiohttp import web
 
+from modelship.core.clientfaults import one_line
 from modelship.core.settings import GATEWAY_TOKEN_ENV
 from modelship.gateway.app import Backend, GatewayConfig, create_app
 
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # one line per event (a client that left, say) on stderr, where the process' log goes
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    one_line()  # a malformed request line or header: one line, not aiohttp's traceback
     with contextlib.suppress(ImportError):
         import uvloop
 

@@ -28,7 +28,6 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from modelship.core.clientfaults import one_line
 from modelship.core.traffic import BadWeights, Weights
 from modelship.gateway.routing import Variant, choose, effective_weight
 from modelship.gateway.stats import (
@@ -453,7 +452,6 @@ def create_app(config: GatewayConfig) -> web.Application:
         raise ValueError("the gateway needs an admin token")
     gateway = Gateway(config)
     admin = _authenticated(config.token)
-    one_line()  # a malformed request line or header: one line, not aiohttp's traceback
     app = web.Application(client_max_size=config.max_body_bytes)
     app["gateway"] = gateway
     app.router.add_get("/admin/weights", admin(gateway.get_weights))
