@@ -27,9 +27,9 @@ registry is real (distribution's ``docker-registry``); the node's image store (b
 shared by the pods, as a node's image cache is. The Kubernetes API is ``tests/servers/kubeapi.py``
 (custom objects over HTTP), reached through a kubeconfig in each pod's home.
 
-By default a pod is a process of this virtual environment. With ``image`` (``make rehearse
-IMAGE=localhost/modelship:0.1.0``, after ``make pipeline-image``) each pod is a container of that
-image instead (``buildah from`` + ``buildah run --isolation chroot``, which shares this host's
+Without ``image`` a pod is a process of this virtual environment. With ``image`` (the pipeline
+image: tests/test_rehearsal.py builds it from this checkout, `make rehearse IMAGE=REF` names
+another) each pod is a container of that image instead (``buildah from`` + ``buildah run --isolation chroot``, which shares this host's
 network, so the servers on 127.0.0.1 answer), with only the pod's folder and its ``/s3``
 mounted: the steps then run the image's modelship, not this checkout's. The node pulls the image
 from the registry into an image store of its own (buildah's overlay driver, where the machine
@@ -139,11 +139,16 @@ def image_registry(root: Path) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
 
 
+def _overlay(root: Path) -> list[str]:
+    """buildah on the image store at ``root``, with the overlay driver."""
+    return ["buildah", "--storage-driver", "overlay", "--root", str(root / "storage"),
+            "--runroot", str(root / "run")]  # fmt: skip
+
+
 def overlay_store(root: Path) -> Path | None:
     """``root`` as a node's image store with buildah's overlay driver, where this machine can
     mount overlays (else None: pods then use the machine's own vfs store, much slower)."""
-    node = ["buildah", "--storage-driver", "overlay", "--root", str(root / "storage"),
-            "--runroot", str(root / "run")]  # fmt: skip
+    node = _overlay(root)
     made = subprocess.run([*node, "from", "--quiet", "scratch"], capture_output=True, text=True)
     if made.returncode != 0:
         return None
@@ -165,11 +170,15 @@ def _runtime_failed(said: bytes) -> bool:
 
 def drop_store(root: Path) -> None:
     """Remove an image store :func:`overlay_store` made, and what it holds."""
-    node = ["buildah", "--storage-driver", "overlay", "--root", str(root / "storage"),
-            "--runroot", str(root / "run")]  # fmt: skip
+    node = _overlay(root)
     subprocess.run([*node, "rm", "--all"], capture_output=True, check=False)
     subprocess.run([*node, "rmi", "--all", "--force"], capture_output=True, check=False)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def s3_folder(folder: Path) -> Path:
+    """Where a pod's ``/s3`` lies on the node: in the pod's own folder."""
+    return folder / "s3"
 
 
 @dataclass
@@ -177,20 +186,25 @@ class Launcher:
     """KFP's launcher for one task: the artifacts through the object store, never a shared folder.
 
     ``local_root`` is ``kfp.local``'s pipeline root, where it names a first task's outputs and
-    reads each task's executor output back; ``pod_s3`` is what the task sees at ``/s3``."""
+    reads each task's executor output back; ``folder`` is the pod's own."""
 
     s3_url: str
     local_root: Path
-    pod_s3: Path
     folder: Path
     #: the artifacts to upload after the task: ``s3://`` URI -> output name
     outputs: dict[str, str] = field(default_factory=dict)
     #: the launcher's files the task writes in its own folder -> where kfp.local reads them
     metadata: dict[Path, Path] = field(default_factory=dict)
 
+    @property
+    def pod_s3(self) -> Path:
+        """What the task sees at ``/s3``."""
+        return s3_folder(self.folder)
+
     def prepare(self, command: list[str]) -> list[str]:
         """``command`` with its executor input pointing at the object store, the task's input
         artifacts downloaded into its ``/s3``."""
+        self.pod_s3.mkdir()
         at = command.index("--executor_input") + 1
         spec = json.loads(command[at])
         for artifacts in spec.get("inputs", {}).get("artifacts", {}).values():
@@ -301,14 +315,14 @@ class Cluster:
     node_store: Path | None = None
 
     def _launch(self, command: list[str], folder: Path, env: dict[str, str]) -> int:
-        pod_s3 = folder / "s3"
+        s3 = s3_folder(folder)
         with (folder / "pod.log").open("w") as log:
             if self.image is None:
                 # the pod's own /s3: a bind mount only its mount namespace sees (the mount point
                 # itself, an empty folder, is made once on this machine)
                 Path(S3_MOUNT).mkdir(exist_ok=True)
                 private = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
-                           f'mount --bind "$0" {S3_MOUNT} && exec "$@"', str(pod_s3)]  # fmt: skip
+                           f'mount --bind "$0" {S3_MOUNT} && exec "$@"', str(s3)]  # fmt: skip
                 return subprocess.run([*private, *command], cwd=folder, env=env, stdout=log,
                                       stderr=subprocess.STDOUT, check=False, timeout=1800).returncode  # fmt: skip
             node = self._node()
@@ -323,7 +337,7 @@ class Cluster:
                 # kfp.local put this interpreter where the IR says python3: the image's own
                 # python3 runs the step in the container
                 inside = [part.replace(sys.executable, "python3") for part in command]
-                mounts = [f"--volume={folder}:{folder}", f"--volume={pod_s3}:{S3_MOUNT}"]
+                mounts = [f"--volume={folder}:{folder}", f"--volume={s3}:{S3_MOUNT}"]
                 # the node's files a pod's env names (its registries.conf), read-only, as a
                 # cluster mounts a ConfigMap
                 mounts += [f"--volume={v}:{v}:ro" for v in self.node_env.values()
@@ -354,8 +368,7 @@ class Cluster:
             from modelship.components.containers import BUILDAH
 
             return list(BUILDAH)
-        return ["buildah", "--storage-driver", "overlay", "--root", str(self.node_store / "storage"),
-                "--runroot", str(self.node_store / "run")]  # fmt: skip
+        return _overlay(self.node_store)
 
     def secret_env(self, package: Path) -> dict[str, str]:
         """The environment Kubernetes would build from the Secret for this package's tasks."""
@@ -394,8 +407,7 @@ class Cluster:
                 (folder / ".kube" / "config").write_bytes(self.kubeconfig.read_bytes())
             pod = Pod(task, folder, env)
             pods.append(pod)
-            launcher = Launcher(self.s3_url, root / "pipeline-root", folder / "s3", folder)
-            (folder / "s3").mkdir()
+            launcher = Launcher(self.s3_url, root / "pipeline-root", folder)
             try:
                 pod.returncode = self._launch(launcher.prepare(full_command), folder, env)
                 if pod.returncode == 0:
