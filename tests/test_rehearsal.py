@@ -19,11 +19,7 @@ import pytest
 from modelship.components.package.image import PIPELINE_IMAGE_ENV
 from modelship.components.serving.bentostore import bento_digest, present_bento, store_path
 from modelship.components.serving.packaged import packaged_version
-from modelship.core.settings import (
-    SECRET_OPTIONAL,
-    SECRET_REQUIRED,
-    SETTINGS_SECRET_ENV,
-)
+from modelship.core.settings import SECRET_OPTIONAL, SECRET_REQUIRED, SETTINGS_SECRET_ENV
 from modelship.core.tags import RUN_KFP, TAG_BENTO, TAG_BENTO_DIGEST, TAG_BENTO_URI
 from modelship.pipelines.compile import PIPELINE_DIR, compile_all
 from modelship.pipelines.submit import cluster_policy, deployment_outcome
@@ -158,12 +154,17 @@ def laptop(
     mp.undo()
 
 
-def _cluster(tmp_path: Path, servers: dict[str, Any]) -> Cluster:
-    secret = {**CREDENTIALS, "MLFLOW_TRACKING_URI": servers["mlflow"],
-              "MLFLOW_S3_ENDPOINT_URL": servers["s3"]}  # fmt: skip
+def _cluster(
+    tmp_path: Path, servers: dict[str, Any], secret: dict[str, str] | None = None
+) -> Cluster:
+    """The rehearsal's cluster; its Secret by default: the tracking server's URI and the object
+    store's endpoint and keys."""
+    if secret is None:
+        secret = {**CREDENTIALS, "MLFLOW_TRACKING_URI": servers["mlflow"],
+                  "MLFLOW_S3_ENDPOINT_URL": servers["s3"]}  # fmt: skip
     return Cluster(
         tmp_path / "pods", secret,
-        # `make rehearse IMAGE=...`: every pod a container of the pipeline image
+        # a container of the pipeline image per pod (see PODS), or a process
         image=servers["image"],
         node_env={"CONTAINERS_REGISTRIES_CONF": servers["registries_conf"]},
         kubeconfig=servers["kubeconfig"], s3_url=servers["s3"], node_store=servers["node"],
@@ -450,12 +451,7 @@ def test_with_an_mlflow_that_proxies_artifacts_the_pods_need_only_its_uri(
         try:
             version = register_forest(settings_for(tmp_path / "laptop", tracking_uri=proxied),
                                       model, data)  # fmt: skip
-            cluster = Cluster(
-                tmp_path / "pods", {"MLFLOW_TRACKING_URI": proxied}, s3_url=servers["s3"],
-                node_env={"CONTAINERS_REGISTRIES_CONF": servers["registries_conf"]},
-                kubeconfig=servers["kubeconfig"], image=servers["image"],
-                node_store=servers["node"],
-            )  # fmt: skip
+            cluster = _cluster(tmp_path, servers, secret={"MLFLOW_TRACKING_URI": proxied})
             task = cluster.run(servers["deploy"], {"model_name": model, "version": version,
                                                    "alias": "", "policy_yaml": policy_yaml(policy)})  # fmt: skip
             summary = json.loads(read_artifact(servers["s3"], task.output.uri))
