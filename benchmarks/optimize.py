@@ -27,7 +27,7 @@ import pandas as pd
 
 from modelship.components.mlmodel import read_mlmodel
 from modelship.components.optimize import approximate
-from modelship.components.optimize.approximation import Rows
+from modelship.components.optimize.approximation import Original, Rows
 from modelship.components.optimize.budget import Budget
 from modelship.components.optimize.convert import INPUT_NAME, Converted, convert, convert_model
 from modelship.components.optimize.timing import Timing, measure
@@ -147,9 +147,10 @@ def _approximations(
     timings: dict[str, dict[str, float]] = {}
     accuracy: dict[str, float] = {}
     notes = []
-    for found in approximate.find(converted, rows, policy):
+    original = Original.of(converted)
+    for found in approximate.find(original, rows, policy):
         judged = approximate.judge(
-            found, converted, rows, xs, workdir, xt.to_numpy(np.float32)[:512], SessionSettings()
+            found, original, rows, xs, workdir, xt.to_numpy(np.float32)[:512], SessionSettings()
         )
         notes.append(f"{judged.variant}: {judged.detail}")
         if judged.session is None:

@@ -19,7 +19,7 @@ import pytest
 from modelship.components.contract import run_stage
 from modelship.components.optimize import approximate, distill, ensemble, neurons
 from modelship.components.optimize import stage as optimize
-from modelship.components.optimize.approximation import Rows
+from modelship.components.optimize.approximation import Original, Rows
 from modelship.components.optimize.budget import Budget, choose
 from modelship.components.optimize.convert import Converted, convert_model
 from modelship.components.optimize.timing import Timing
@@ -51,9 +51,9 @@ def _rows(data: Data, converted: Converted, budget: dict[MetricName, float] = BU
 def _judge(found: Any, converted: Converted, rows: Rows, tmp: Path) -> approximate.Judged:
     (tmp / "variants").mkdir(parents=True, exist_ok=True)
     x = rows.validation.to_numpy(np.float32)
-    return approximate.judge(
-        found, converted, rows, x, tmp, rows.reference.to_numpy(np.float32), SessionSettings()
-    )
+    calibration = rows.reference.to_numpy(np.float32)
+    original = Original.of(converted)
+    return approximate.judge(found, original, rows, x, tmp, calibration, SessionSettings())
 
 
 def _forest(data: Data, trees: int = 100) -> Any:
@@ -265,6 +265,54 @@ def test_distilled_students_are_smaller_and_within_budget(data: Data, tmp_path: 
         assert all(j.drops[m] <= BUDGET[m] for m in BUDGET)
 
 
+class _LabelsOnly:
+    """A model as MLflow's pyfunc loader gives one with no converter: ``predict`` and nothing
+    else, labels and no probabilities."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def predict(self, rows: pd.DataFrame) -> pd.Series:
+        return pd.Series(self._model.predict(rows))
+
+
+def test_a_student_learns_from_a_pyfunc_model_that_gives_labels_only(
+    data: Data, tmp_path: Path
+) -> None:
+    from modelship.components.optimize.convert import predict_native
+
+    _, _, ref, val = data
+    teacher = _LabelsOnly(_forest(data, trees=30))
+    native = predict_native(teacher, "pyfunc", val.drop(columns="target"))
+    assert native.task == "classification" and native.scores is None
+    rows = Rows(
+        val.drop(columns="target"), ref.drop(columns="target"), None,
+        Budget(BUDGET, val["target"].to_numpy(), native),
+    )  # fmt: skip
+    # ROC AUC needs the probabilities a labels-only model cannot give: named, accuracy judges
+    assert list(rows.budget.base) == [MetricName.ACCURACY]
+    assert "cannot be computed" in rows.budget.unusable[MetricName.ROC_AUC]
+    original = Original(teacher, "pyfunc", native, 10**7, "saved model files", converted=False)
+    policy = Approximate.model_validate(
+        {"kinds": ["ensemble_pruning", "distillation"], "max_metric_drop": BUDGET}
+    )
+    found = approximate.find(original, rows, policy)
+    pruning = found[0]
+    assert pruning.variant == ensemble.VARIANT and "did not convert to ONNX" in str(pruning.skipped)
+    students = [f for f in found[1:] if f.model is not None]
+    assert students, [f.out_of_budget for f in found]
+    assert all("original's labels over" in f.kept for f in students)
+    (tmp_path / "variants").mkdir()
+    x = rows.validation.to_numpy(np.float32)
+    calibration = rows.reference.to_numpy(np.float32)
+    for student in students:
+        j = approximate.judge(student, original, rows, x, tmp_path, calibration, SessionSettings())
+        assert j.session is not None, j.detail
+        assert j.drops[MetricName.ACCURACY] <= BUDGET[MetricName.ACCURACY]
+        smaller = next(c for c in j.checks if c.name.endswith(".smaller"))
+        assert "the original's saved model files" in smaller.reason
+
+
 def test_too_few_reference_rows_to_distil_from_is_skipped_with_the_reason(data: Data) -> None:
     forest = _forest(data, trees=5)
     converted = convert_model(forest, "sklearn", data[3].drop(columns="target"))
@@ -282,7 +330,7 @@ def test_students_train_on_at_most_max_reference_rows(
     policy = Approximate.model_validate(
         {"kinds": ["distillation"], "max_metric_drop": {"accuracy": 0.05}, "min_reference_rows": 1}
     )
-    found = approximate.find(converted, _rows(data, converted), policy)
+    found = approximate.find(Original.of(converted), _rows(data, converted), policy)
     assert len(data[2]) > 250
     assert all("over 250 reference rows" in f.kept for f in found if f.model is not None)
     assert any(f.model is not None for f in found)
@@ -295,7 +343,7 @@ def test_a_budget_metric_that_does_not_fit_the_task_skips_every_kind(data: Data)
     policy = Approximate.model_validate(
         {"kinds": ["ensemble_pruning", "distillation"], "max_metric_drop": {"rmse": 0.1}}
     )
-    found = approximate.find(converted, rows, policy)
+    found = approximate.find(Original.of(converted), rows, policy)
     assert [f.variant for f in found] == [ensemble.VARIANT, distill.GBM, distill.MLP]
     assert all(f.skipped and "rmse does not apply" in f.skipped for f in found)
 
@@ -468,18 +516,67 @@ def test_stage_skips_kinds_that_do_not_apply_and_never_fails_for_them(
     assert json.loads((out / "optimize.json").read_text())["variant"] == "fp32"
 
 
-def test_a_model_that_does_not_convert_skips_the_approximate_variants_with_the_reason(
+def _unconvertible(data: Data) -> Any:
+    """A pipeline skl2onnx refuses (a FunctionTransformer with a function) around a classifier
+    that gives probabilities."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    x, y, _, _ = data
+    steps = [FunctionTransformer(np.log1p), StandardScaler(), LogisticRegression(max_iter=1000)]
+    return make_pipeline(*steps).fit(x, y)
+
+
+@pytest.mark.parametrize("fallback", ["native", "reject"])
+def test_a_model_that_does_not_convert_is_served_by_a_distilled_student(
+    settings: Settings, data: Data, tmp_path: Path, fallback: str
+) -> None:
+    x, _, ref, val = data
+    version = register(settings, MODEL, _unconvertible(data), x, ref, val)
+    policy = optimize_policy(
+        MODEL, on_conversion_failure=fallback,
+        approximate={"kinds": ["ensemble_pruning", "distillation"], "max_metric_drop": BUDGET},
+    )  # fmt: skip
+    verdict, out = _run(settings, version, policy, tmp_path)
+    assert verdict.passed, verdict.reason
+    checks = {c.name: c for c in verdict.checks}
+    assert not checks["optimize.conversion"].passed  # the original has no ONNX graph
+    pruning = checks["variant.ensemble_pruning.applies"]
+    assert pruning.skipped and "did not convert to ONNX" in pruning.reason
+    record = OptimizeRecord.load(out)
+    assert record.variant in (distill.GBM, distill.MLP), checks["optimize.selection"].reason
+    assert record.approximate and record.approximation.startswith("student:")
+    assert record.classes == [0, 1] and record.task == "classification"
+    gain = verdict.figures.get(f"{record.variant}.gain_vs_exact")
+    if fallback == "native":  # timed against the pyfunc model that would be served instead
+        assert gain is not None and gain > 1 + policy.optimize.approximate.min_gain
+    else:  # nothing else could be served: the student within the budget is
+        assert gain is None
+        assert "no exact variant to compare it with" in checks["optimize.approximate"].reason
+    smaller = checks[f"variant.{record.variant}.smaller"]
+    assert smaller.passed and "saved model files" in smaller.reason
+    assert "approximate, accuracy drop" in checks["optimize.selection"].reason
+    _serves_like_packaging_does(out, tmp_path, policy, data)
+
+
+def test_a_model_that_neither_converts_nor_distils_is_served_native_with_the_reason(
     settings: Settings, data: Data, tmp_path: Path
 ) -> None:
-    from sklearn.kernel_ridge import KernelRidge
-
-    x, y, ref, val = data
-    version = register(settings, MODEL, KernelRidge().fit(x, y), x, ref, val)
-    policy = _policy(kinds=["distillation"], max_metric_drop={"accuracy": 0.01})
+    x, _, ref, val = data
+    version = register(settings, MODEL, _unconvertible(data), x, ref, val)
+    policy = _policy(kinds=["distillation"], max_metric_drop={"accuracy": 0.01},
+                     min_reference_rows=100_000)  # fmt: skip
     verdict, out = _run(settings, version, policy, tmp_path)
     assert verdict.passed, verdict.reason  # served native, as on_conversion_failure says
-    summary = {c.name: c for c in verdict.checks}["optimize.approximate"]
-    assert summary.skipped and "did not convert to ONNX" in summary.reason
+    checks = {c.name: c for c in verdict.checks}
+    assert (
+        "fewer than optimize.approximate.min_reference_rows"
+        in checks[f"variant.{distill.GBM}.applies"].reason
+    )
+    assert (
+        "no approximate variant stayed within the budget" in checks["optimize.approximate"].reason
+    )
     assert json.loads((out / "optimize.json").read_text())["variant"] == "native"
 
 

@@ -4,7 +4,8 @@ Each kind (``optimize.approximate.kinds``) gives one or more variants, found on 
 (see :mod:`ensemble`, :mod:`neurons`, :mod:`distill`). The one each settles on is converted, its
 graph optimized as the exact ``fp32`` variant's is, and judged again from the ONNX session's own
 outputs on the validation rows: every budget metric within its drop, and a graph smaller than
-the original's. What does not apply is skipped with the reason; what fails is dropped, never
+the original's (its ONNX graph; where it did not convert, its saved files, and then only a
+distilled student applies). What does not apply is skipped with the reason; what fails is dropped, never
 fatal: the exact variants stand whatever happens here.
 """
 
@@ -20,14 +21,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from modelship.components.optimize import distill, ensemble, equivalence, neurons
-from modelship.components.optimize.approximation import Approximation, Rows
+from modelship.components.optimize.approximation import Approximation, Original, Rows
 from modelship.components.optimize.budget import describe_drops
-from modelship.components.optimize.convert import (
-    INPUT_NAME,
-    ConversionFailed,
-    Converted,
-    convert_model,
-)
+from modelship.components.optimize.convert import INPUT_NAME, ConversionFailed, convert_model
 from modelship.components.optimize.variants import (
     SessionSettings,
     VariantFile,
@@ -60,9 +56,21 @@ class Judged:
 
 
 def _finders(
-    converted: Converted, rows: Rows, policy: Approximate
+    original: Original, rows: Rows, policy: Approximate
 ) -> dict[ApproximationKind, Callable[[], list[Approximation]]]:
-    model, flavor = converted.model, converted.flavor
+    model, flavor = original.model, original.flavor
+    if not original.converted:
+        why = (
+            "the original did not convert to ONNX, so a pruned copy of it would not either "
+            "(distillation can give it a student that does)"
+        )
+        return {
+            ApproximationKind.ENSEMBLE_PRUNING: lambda: [Approximation(ensemble.VARIANT, skipped=why)],
+            ApproximationKind.STRUCTURED_PRUNING: lambda: [Approximation(neurons.VARIANT, skipped=why)],
+            ApproximationKind.DISTILLATION: lambda: distill.distil(
+                model, flavor, rows, policy.min_reference_rows
+            ),
+        }  # fmt: skip
     return {
         ApproximationKind.ENSEMBLE_PRUNING: lambda: [ensemble.prune(model, flavor, rows)],
         ApproximationKind.STRUCTURED_PRUNING: lambda: [neurons.prune(model, flavor, rows)],
@@ -84,7 +92,7 @@ _VARIANTS = {
 MAX_REFERENCE_ROWS = 20_000
 
 
-def find(converted: Converted, rows: Rows, policy: Approximate) -> list[Approximation]:
+def find(original: Original, rows: Rows, policy: Approximate) -> list[Approximation]:
     """What each kind in the policy finds, in the policy's order."""
     if len(rows.reference) > MAX_REFERENCE_ROWS:
         target = rows.reference_target
@@ -99,7 +107,7 @@ def find(converted: Converted, rows: Rows, policy: Approximate) -> list[Approxim
             + "; ".join(unusable.values())
         )
         return [Approximation(v, skipped=why) for k in policy.kinds for v in _VARIANTS[k]]
-    finders = _finders(converted, rows, policy)
+    finders = _finders(original, rows, policy)
     found: list[Approximation] = []
     for kind in policy.kinds:
         try:
@@ -111,7 +119,7 @@ def find(converted: Converted, rows: Rows, policy: Approximate) -> list[Approxim
 
 
 def judge(
-    found: Approximation, converted: Converted, rows: Rows, x: NDArray[np.float32],
+    found: Approximation, original: Original, rows: Rows, x: NDArray[np.float32],
     workdir: Path, calibration: NDArray[np.float32], settings: SessionSettings,
 ) -> Judged:  # fmt: skip
     """Convert what was found, optimize its graph, and check the budget on its session."""
@@ -129,6 +137,7 @@ def judge(
         [vf] = build_variants(onnx, [Variant.FP32], workdir / "approximate" / name, calibration)
         if vf.path is None:
             raise ConversionFailed(vf.error or "the optimized graph was not written")
+        (workdir / "variants").mkdir(exist_ok=True)  # not there when the original did not convert
         path = vf.path.rename(workdir / "variants" / f"{name}.onnx")
         session = open_session(VariantFile(vf.variant, path), settings)
         outputs = session.run(None, {INPUT_NAME: x})
@@ -136,13 +145,14 @@ def judge(
         return Judged(name, [Check(name=f"variant.{name}.builds", kind="approximation",
                                    passed=False, blocking=False,
                                    reason=f"could not be built: {type(e).__name__}: {e}")])  # fmt: skip
-    got = equivalence.from_onnx(outputs, converted.native)
+    got = equivalence.from_onnx(outputs, original.native)
     checks = rows.budget.checks(name, got.values, got.scores)
-    smaller = len(onnx) < len(converted.onnx_bytes)
+    smaller = len(onnx) < original.size
     checks.append(Check(
         name=f"variant.{name}.smaller", kind="approximation", blocking=False, passed=smaller,
-        measured=len(onnx), threshold=f"< {len(converted.onnx_bytes)} bytes",
-        reason=f"its ONNX graph is {len(onnx):,} bytes, the original's {len(converted.onnx_bytes):,}",
+        measured=len(onnx), threshold=f"< {original.size} bytes",
+        reason=f"its ONNX graph is {len(onnx):,} bytes, the original's {original.size_of} "
+        f"{original.size:,}",
     ))  # fmt: skip
     figures = {**found.figures, "onnx_bytes": float(len(onnx))}
     drops = rows.budget.drops(got.values, got.scores)

@@ -14,7 +14,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from modelship.components.optimize.budget import Budget
-from modelship.components.optimize.convert import NativeOutputs
+from modelship.components.optimize.convert import Converted, NativeOutputs
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,27 @@ class Rows:
     @property
     def original(self) -> NativeOutputs:
         return self.budget.original
+
+
+@dataclass(frozen=True)
+class Original:
+    """The model the approximations start from and must come in under: the original as it
+    converted to ONNX, or, where it did not convert, the native model itself (which only a
+    student can replace: a pruned copy would not convert either)."""
+
+    model: Any
+    #: the converter the model takes (sklearn, lightgbm, pytorch, onnx), or pyfunc
+    flavor: str
+    #: what it says about the validation rows
+    native: NativeOutputs
+    #: bytes an approximation's ONNX graph must come in under, and what they are the size of
+    size: int
+    size_of: str = "ONNX graph"
+    converted: bool = True
+
+    @classmethod
+    def of(cls, converted: Converted) -> Original:
+        return cls(converted.model, converted.flavor, converted.native, len(converted.onnx_bytes))
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ def choose(
         assert best_exact is not None
         return Choice(best_exact, False, "")
     if best_exact is None:
-        return Choice(best_approx, True, f"{best_approx}: no exact variant passed equivalence")
+        return Choice(best_approx, True, f"{best_approx}: no exact variant to compare it with")
     gain = rank[best_approx] / rank[best_exact]
     if gain > 1.0 + min_gain:
         return Choice(

@@ -3,6 +3,8 @@
 Supported: scikit-learn estimators and Pipelines (skl2onnx), LightGBM boosters (onnxmltools),
 PyTorch modules saved by MLflow as ``pt2`` (torch.onnx), and models already in ONNX. Every converted model takes one float tensor ``input`` with the
 signature's columns in order; classifiers give ``label`` and ``probabilities`` (no ZipMap).
+A model that does not convert can still be loaded (:func:`load_unconverted`) to teach a student
+that does.
 """
 
 from __future__ import annotations
@@ -203,10 +205,30 @@ _CONVERTER_NAMES = {
 }
 
 
+def _pyfunc_outputs(model: Any, features: pd.DataFrame) -> NativeOutputs:
+    """What an MLflow pyfunc model says, read from its predictions alone: a table of more than
+    one float column is class probabilities, other floats are values, anything else labels
+    (no probabilities, so metrics that need them cannot judge it)."""
+    raw = model.predict(features)
+    out = np.asarray(raw.to_numpy() if hasattr(raw, "to_numpy") else raw)
+    if out.dtype.kind == "f" and out.ndim == 2 and out.shape[1] > 1:
+        scores = out.astype(np.float64)
+        return NativeOutputs(
+            "classification", np.argmax(scores, axis=1), scores, tuple(range(scores.shape[1]))
+        )
+    if out.dtype.kind == "f":
+        return NativeOutputs("regression", out.astype(np.float64).reshape(-1))
+    labels = out.reshape(-1)
+    return NativeOutputs("classification", labels, None, tuple(np.unique(labels).tolist()))
+
+
 def predict_native(model: Any, flavor: str, features: pd.DataFrame) -> NativeOutputs:
-    """What ``model`` (a :attr:`Converted.model` of ``flavor``) says about ``features``."""
+    """What ``model`` (a :attr:`Converted.model` of ``flavor``, or a pyfunc model for
+    ``pyfunc``) says about ``features``."""
     if flavor == "onnx":
         return _onnx_outputs(model, features)
+    if flavor == "pyfunc":
+        return _pyfunc_outputs(model, features)
     if flavor == "lightgbm":
         return lightgbm_outputs(model, features)
     if flavor == "pytorch":
@@ -240,6 +262,21 @@ def _load(flavor: str, model_dir: Path) -> Any:
     import mlflow.lightgbm
 
     return mlflow.lightgbm.load_model(str(model_dir))
+
+
+def load_unconverted(model_dir: Path, mlmodel: dict[str, Any]) -> tuple[Any, str]:
+    """A model that did not convert, loaded to teach a student: by its own flavor where this
+    module can load one (its probabilities are then known), else as an MLflow pyfunc model.
+
+    ``model_dir`` must be digest-checked and have passed the artifact checks: this loads it.
+    """
+    flavors = mlmodel.get("flavors") or {}
+    for flavor in ("lightgbm", "sklearn", "pytorch"):
+        if flavor in flavors:
+            return _load(flavor, model_dir), flavor
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(str(model_dir)), "pyfunc"
 
 
 def convert(

@@ -1,7 +1,9 @@
 """Distillation: a smaller student trained on what the original model says over the reference rows.
 
-No labels are needed: the teacher's outputs are the targets. A classifier's student learns the
-teacher's probabilities, not only its labels: each reference row appears once per class,
+No labels are needed: the teacher's outputs are the targets. The teacher need not convert to
+ONNX itself (a model with no converter, or a pyfunc model, is taught from as it predicts), only
+the student must. A classifier's student learns the teacher's probabilities where it gives
+them, not only its labels: each reference row appears once per class,
 weighted by the teacher's probability of that class, which is the soft-target cross-entropy
 written as a weighted fit (so any scikit-learn classifier that takes sample weights can be the
 student). Two families of students: a shallow boosted model (trained once to its largest size, then its
@@ -42,15 +44,22 @@ def distil(teacher: Any, flavor: str, rows: Rows, min_rows: int) -> list[Approxi
         return [Approximation(GBM, skipped=why), Approximation(MLP, skipped=why)]
     taught = predict_native(teacher, flavor, rows.reference)
     if taught.task == "classification":
-        assert taught.scores is not None
+        why = ""
         if list(taught.classes) != sorted(taught.classes):
             why = "the original's classes are not in sorted order, as a student's would be"
+        elif set(taught.classes) != set(rows.original.classes):
+            why = (
+                f"the original gives the classes {list(taught.classes)} on the reference rows "
+                f"but {list(rows.original.classes)} on the validation rows"
+            )
+        if why:
             return [Approximation(GBM, skipped=why), Approximation(MLP, skipped=why)]
     return [_boosted(rows, taught), _mlp(rows, taught)]
 
 
-def _trained_on(rows: Rows) -> str:
-    return f"trained on the original's outputs over {len(rows.reference)} reference rows"
+def _trained_on(rows: Rows, taught: NativeOutputs) -> str:
+    said = "labels" if taught.task == "classification" and taught.scores is None else "outputs"
+    return f"trained on the original's {said} over {len(rows.reference)} reference rows"
 
 
 def _boosted(rows: Rows, taught: NativeOutputs) -> Approximation:
@@ -71,7 +80,7 @@ def _boosted(rows: Rows, taught: NativeOutputs) -> Approximation:
         if rows.budget.within(*from_scores(out, rows.original)):
             return Approximation(
                 GBM, truncated(student, k), "sklearn",
-                f"student: {k} boosting rounds of depth 3, {_trained_on(rows)}", {"rounds": k},
+                f"student: {k} boosting rounds of depth 3, {_trained_on(rows, taught)}", {"rounds": k},
             )  # fmt: skip
     return Approximation(
         GBM,
@@ -87,7 +96,7 @@ def _mlp(rows: Rows, taught: NativeOutputs) -> Approximation:
         if rows.budget.within(out.values, out.scores):
             return Approximation(
                 MLP, student, "sklearn",
-                f"student: one hidden layer of {width}, {_trained_on(rows)}", {"hidden": width},
+                f"student: one hidden layer of {width}, {_trained_on(rows, taught)}", {"hidden": width},
             )  # fmt: skip
     return Approximation(
         MLP, out_of_budget=f"no student up to one hidden layer of {MLP_WIDTHS[-1]} stays "
@@ -99,10 +108,12 @@ def _soft_targets(
     x: pd.DataFrame, taught: NativeOutputs
 ) -> tuple[pd.DataFrame, NDArray[Any], NDArray[np.float64] | None]:
     """Rows, targets and weights a student fits: each row once per class, weighted by the
-    teacher's probability (classification), or the teacher's values (regression)."""
+    teacher's probability (classification), the teacher's labels where it gives no
+    probabilities (a pyfunc model), or the teacher's values (regression)."""
     if taught.task != "classification":
         return x, np.asarray(taught.values, dtype=np.float64), None
-    assert taught.scores is not None
+    if taught.scores is None:
+        return x, np.asarray(taught.values), None
     k = len(taught.classes)
     repeated = pd.concat([x] * k, ignore_index=True)
     labels = np.repeat(np.asarray(taught.classes), len(x))

@@ -27,9 +27,16 @@ from modelship.components.mlmodel import (
     read_signature,
 )
 from modelship.components.optimize import approximate, equivalence
-from modelship.components.optimize.approximation import Rows
+from modelship.components.optimize.approximation import Original, Rows
 from modelship.components.optimize.budget import Budget, Choice, choose, describe_drops, score
-from modelship.components.optimize.convert import INPUT_NAME, ConversionFailed, Converted, convert
+from modelship.components.optimize.convert import (
+    INPUT_NAME,
+    ConversionFailed,
+    Converted,
+    convert,
+    load_unconverted,
+    predict_native,
+)
 from modelship.components.optimize.plot import latency_chart
 from modelship.components.optimize.timing import Timing, measure
 from modelship.components.optimize.variants import (
@@ -45,6 +52,10 @@ from modelship.core.verdict import Check, ModelState, Verdict
 from modelship.policies.schema import Policy
 
 NAME = "optimize"
+#: the variant that serves the MLflow model itself, as `mlflow models serve` would
+NATIVE = "native"
+#: how the native model is named in the table and the chart
+_BASELINE = "native (pyfunc)"
 
 
 @dataclass(frozen=True)
@@ -100,8 +111,24 @@ def _runner(session: Any) -> Callable[[Any], Any]:
     return run_rows
 
 
+def _unconverted(
+    model_dir: Path, mlmodel: dict[str, Any], features: pd.DataFrame
+) -> tuple[Original | None, list[Check]]:
+    """The original that did not convert, loaded to teach a student; or why it cannot."""
+    try:
+        model, flavor = load_unconverted(model_dir, mlmodel)
+        native = predict_native(model, flavor, features)
+    except Exception as e:  # a model that will not load or predict here: nothing to teach from
+        return None, [Check(name="optimize.approximate", kind="approximation", passed=True,
+                            skipped=True, blocking=False,
+                            reason="skipped: the original did not convert to ONNX and could not "
+                            f"be loaded to teach a student: {type(e).__name__}: {e}")]  # fmt: skip
+    size = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
+    return Original(model, flavor, native, size, "saved model files", converted=False), []
+
+
 def _approximate(
-    converted: Converted, rows: Rows, policy: Policy, workdir: Path, calibration: np.ndarray,
+    original: Original, rows: Rows, policy: Policy, workdir: Path, calibration: np.ndarray,
     settings: SessionSettings, events: Any,
 ) -> list[tuple[approximate.Judged, Timing | None]]:  # fmt: skip
     """The approximate variants the policy asks for, each judged by its budget, and timed as
@@ -110,22 +137,23 @@ def _approximate(
     events.emit(NAME, "step", step=f"approximate: {', '.join(map(str, opt.approximate.kinds))}")
     x = rows.validation.to_numpy(np.float32)
     out = []
-    for found in approximate.find(converted, rows, opt.approximate):
+    for found in approximate.find(original, rows, opt.approximate):
         events.emit(NAME, "step", step=f"metric budget and timing: {found.variant}")
-        j = approximate.judge(found, converted, rows, x, workdir, calibration, settings)
+        j = approximate.judge(found, original, rows, x, workdir, calibration, settings)
         timing = None if j.session is None else measure(_runner(j.session), x, opt.batch_sizes)
         out.append((j, timing))
     return out
 
 
 def _approximate_figures(
-    judged: list[approximate.Judged], timings: dict[str, Timing], exact: list[str],
+    judged: list[approximate.Judged], timings: dict[str, Timing], exact: dict[str, Timing],
     objective: str, size: int,
 ) -> dict[str, float]:  # fmt: skip
     """Each approximate variant's metric drops, sizes and (where timed) its objective against
-    the best exact variant's: the cost in accuracy beside the gain in speed."""
+    the best exact variant's (the native model's where none converted): the cost in accuracy
+    beside the gain in speed."""
     figures: dict[str, float] = {}
-    best = max((score(timings[v], objective, size) for v in exact), default=None)
+    best = max((score(t, objective, size) for t in exact.values()), default=None)
     for j in judged:
         figures.update({f"{j.variant}.drop.{m}": round(d, 6) for m, d in j.drops.items()})
         figures.update({f"{j.variant}.{k}": v for k, v in j.figures.items()})
@@ -155,7 +183,7 @@ def _table(reports: list[VariantReport], native: Timing) -> str:
     sizes = sorted(native.rows_per_s)
     head = "| variant | status | p50 us | p99 us | " + " | ".join(f"rows/s @{b}" for b in sizes)
     lines = [head + " | detail |", "|" + " --- |" * (5 + len(sizes))]
-    rows = [VariantReport("native (pyfunc)", "baseline", "", native.as_dict()), *reports]
+    rows = [VariantReport(_BASELINE, "baseline", "", native.as_dict()), *reports]
     for r in rows:
         t = r.timing
         cells = [r.variant, r.status, str(t.get("p50_us", "")), str(t.get("p99_us", ""))]
@@ -215,7 +243,9 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
         converted = None
         checks.append(Check(name="optimize.conversion", kind="conversion", passed=False, blocking=False,
                             reason=e.message))  # fmt: skip
+    original: Original | None = None
     if converted is not None:
+        original = Original.of(converted)
         events.emit(NAME, "step", step=f"variants: {', '.join(map(str, opt.variants))}")
         for vf in build_variants(
             converted.onnx_bytes, list(opt.variants), workdir / "variants", calibration
@@ -233,41 +263,49 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
             assert vf.path is not None
             paths[str(vf.variant)] = vf.path
             reports.append(VariantReport(str(vf.variant), "passed", "equivalent", timing.as_dict()))
-        if opt.approximate.kinds:
-            target = vp.validation_data.target
-            rows = Rows(
-                features, reference_features,
-                reference[target].to_numpy() if target in reference.columns else None,
-                Budget(dict(opt.approximate.max_metric_drop), y_true, converted.native,
-                       vp.positive_label),
-            )  # fmt: skip
-            checks += [
-                Check(name=f"optimize.approximate.{metric}", kind="approximation", passed=True,
-                      skipped=True, blocking=False, reason=f"not in the budget: {why}")
-                for metric, why in rows.budget.unusable.items()
-            ]  # fmt: skip
-            for j, timed in _approximate(
-                converted, rows, policy, workdir, calibration, settings, events
-            ):
-                judged.append(j)
-                checks += j.checks
-                if timed is None or j.path is None:
-                    status = "skipped" if j.skipped else "failed"
-                    reports.append(VariantReport(j.variant, status, j.detail, {}))
-                    continue
-                timings[j.variant], paths[j.variant] = timed, j.path
-                reports.append(VariantReport(j.variant, "passed", j.detail, timed.as_dict()))
+    elif opt.approximate.kinds:
+        original, unloaded = _unconverted(model_dir, mlmodel, features)
+        checks += unloaded
+    if original is not None and opt.approximate.kinds:
+        target = vp.validation_data.target
+        rows = Rows(
+            features, reference_features,
+            reference[target].to_numpy() if target in reference.columns else None,
+            Budget(dict(opt.approximate.max_metric_drop), y_true, original.native,
+                   vp.positive_label),
+        )  # fmt: skip
+        checks += [
+            Check(name=f"optimize.approximate.{metric}", kind="approximation", passed=True,
+                  skipped=True, blocking=False, reason=f"not in the budget: {why}")
+            for metric, why in rows.budget.unusable.items()
+        ]  # fmt: skip
+        for j, timed in _approximate(
+            original, rows, policy, workdir, calibration, settings, events
+        ):
+            judged.append(j)
+            checks += j.checks
+            if timed is None or j.path is None:
+                status = "skipped" if j.skipped else "failed"
+                reports.append(VariantReport(j.variant, status, j.detail, {}))
+                continue
+            timings[j.variant], paths[j.variant] = timed, j.path
+            reports.append(VariantReport(j.variant, "passed", j.detail, timed.as_dict()))
 
     figures: dict[str, float] = {f"native.{k}": v for k, v in native_timing.as_dict().items()}
     common: dict[str, Any] = {"session": asdict(settings), "batch_sizes": opt.batch_sizes}
+    size = max(opt.batch_sizes)
     if timings:
-        size = max(opt.batch_sizes)
         within = {j.variant for j in judged if j.session is not None}
-        exact = [v for v in timings if v not in within]
+        exact = {v: t for v, t in timings.items() if v not in within}
+        if not exact and opt.on_conversion_failure == "native":
+            # what would be served without the approximations: the student must beat it
+            exact = {NATIVE: native_timing}
         choice = choose(
-            {v: timings[v] for v in exact}, {v: timings[v] for v in within},
-            opt.objective, size, opt.approximate.min_gain,
-        )  # fmt: skip
+            exact, {v: timings[v] for v in within}, opt.objective, size, opt.approximate.min_gain
+        )
+        figures.update(_approximate_figures(judged, timings, exact, opt.objective, size))
+    if choice is not None and choice.variant != NATIVE:
+        assert original is not None
         chosen = choice.variant
         best = timings[chosen]
         speedup = native_timing.p50_us / best.p50_us
@@ -283,12 +321,10 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
             {f"{v}.{k}": val for v, t in timings.items() for k, val in t.as_dict().items()}
         )
         figures.update({"speedup_p50": speedup, f"speedup_batch_{size}": batch_speedup})
-        figures.update(_approximate_figures(judged, timings, exact, opt.objective, size))
-        assert converted is not None
         cost = next((j for j in judged if j.variant == chosen and choice.approximate), None)
         record = OptimizeRecord(
             variant=chosen, input_name=INPUT_NAME, columns=[c for c, _ in signature.columns],
-            task=converted.native.task, classes=list(converted.native.classes),
+            task=original.native.task, classes=list(original.native.classes),
             p50_us=best.p50_us, speedup_p50=speedup, objective=opt.objective,
             approximate=cost is not None, approximation=cost.kept if cost else "",
             metric_drop={str(m): d for m, d in cost.drops.items()} if cost else {}, **common,
@@ -304,31 +340,24 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
             f"for one row, {batch_speedup:.1f}x at batch {size}{paid}",
         ))  # fmt: skip
     elif opt.on_conversion_failure == "native":
-        record = OptimizeRecord(
-            variant="native", reason="no ONNX variant passed; serving the native model", **common
-        )
-        checks.append(Check(name="optimize.selection", kind="selection", passed=True, measured="native",
-                            reason="no ONNX variant passed; the policy says serve the native model"))  # fmt: skip
+        why = "no ONNX variant passed" if choice is None else choice.reason
+        record = OptimizeRecord(variant=NATIVE, reason=f"{why}; serving the native model", **common)
+        checks.append(Check(name="optimize.selection", kind="selection", passed=True, measured=NATIVE,
+                            reason=f"{why}; the policy says serve the native model"))  # fmt: skip
     else:
         record = OptimizeRecord(variant="none", reason="no ONNX variant passed", **common)
         checks.append(Check(name="optimize.selection", kind="selection", passed=False,
                             reason="no ONNX variant passed and optimize.on_conversion_failure is reject"))  # fmt: skip
     if judged:
         checks.append(_approximate_check(judged, record.variant, choice))
-    elif opt.approximate.kinds and converted is None:
-        checks.append(Check(name="optimize.approximate", kind="approximation", passed=True,
-                            skipped=True, blocking=False,
-                            reason="skipped: the original model did not convert to ONNX (the "
-                            "approximations start from a converted model; a student of a model "
-                            "that does not convert is not tried)"))  # fmt: skip
     record.save(out_dir)
     verdict = Verdict.from_checks(NAME, checks, figures=figures)
     table = _table(reports, native_timing)
     (workdir / "variants.md").write_text(table + "\n")
     chart = latency_chart(
-        {"native (pyfunc)": native_timing.p50_us, **{v: t.p50_us for v, t in timings.items()}},
-        {"native (pyfunc)": native_timing.p99_us, **{v: t.p99_us for v, t in timings.items()}},
-        record.variant if timings else None,
+        {_BASELINE: native_timing.p50_us, **{v: t.p50_us for v, t in timings.items()}},
+        {_BASELINE: native_timing.p99_us, **{v: t.p99_us for v, t in timings.items()}},
+        _BASELINE if record.variant == NATIVE else record.variant if timings else None,
         workdir / "latency.png",
     )
     if verdict.passed:
