@@ -13,8 +13,9 @@ import pytest
 from modelship.components.contract import run_stage
 from modelship.components.mlmodel import read_mlmodel
 from modelship.components.optimize import stage as optimize
-from modelship.components.optimize.convert import convert
+from modelship.components.optimize.convert import convert, convert_model
 from modelship.components.optimize.equivalence import VariantOutputs, compare
+from modelship.components.optimize.gate import try_variant
 from modelship.components.optimize.variants import SessionSettings, VariantFile
 from modelship.core.settings import Settings
 from modelship.core.tags import TAG_VARIANT
@@ -43,6 +44,13 @@ def _run(
         optimize.OptimizeInputs(model_dir, digest, out), previous,
     )  # fmt: skip
     return verdict, out
+
+
+def _small_forest(data: Any) -> Any:
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y, _, _ = data
+    return RandomForestClassifier(10, random_state=0).fit(x, y)
 
 
 def _checks(verdict: Verdict) -> dict[str, Any]:
@@ -156,13 +164,38 @@ def test_variant_that_fails_to_load_is_dropped(
     converted = convert(model_dir, read_mlmodel(model_dir), features)
     broken = tmp_path / "fp32.onnx"
     broken.write_bytes(b"\x08\x07garbage")
-    checks, session = optimize._try_variant(
-        VariantFile(Variant.FP32, broken), converted, features.to_numpy(np.float32),
+    checks, session = try_variant(
+        VariantFile(Variant.FP32, broken), converted.native, features.to_numpy(np.float32),
         val["target"].to_numpy(), _policy(), SessionSettings(),
     )  # fmt: skip
     assert session is None
     assert checks[0].name == "variant.fp32.loads" and not checks[0].passed
     assert "failed to load" in checks[0].reason and not checks[0].blocking
+
+
+def test_a_gpu_variant_whose_provider_does_not_load_is_not_timed_on_the_cpu(
+    settings: Settings, data: Any, tmp_path: Path
+) -> None:
+    """ONNX Runtime falls back to the next provider with only a warning: a CUDA variant that
+    got the CPU would be timed, and could be chosen, as if it ran on the GPU."""
+    import onnxruntime as ort
+
+    assert "CUDAExecutionProvider" not in ort.get_available_providers()  # this CPU machine
+    _, _, _, val = data
+    features = val.drop(columns="target")
+    converted = convert_model(_small_forest(data), "sklearn", features)
+    path = tmp_path / "cuda.onnx"
+    path.write_bytes(converted.onnx_bytes)
+    cuda = VariantFile(Variant.CUDA, path, ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    checks, session = try_variant(
+        cuda, converted.native, features.to_numpy(np.float32), val["target"].to_numpy(),
+        _policy(), SessionSettings(),
+    )  # fmt: skip
+    assert session is None
+    [check] = checks
+    assert check.name == "variant.cuda.provider" and check.skipped and not check.blocking
+    assert "CUDAExecutionProvider could not be loaded" in check.reason
+    assert "CPUExecutionProvider" in check.reason
 
 
 def test_does_not_run_without_a_passing_validation(settings: Settings, tmp_path: Path) -> None:

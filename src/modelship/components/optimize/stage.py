@@ -26,7 +26,7 @@ from modelship.components.mlmodel import (
     read_mlmodel,
     read_signature,
 )
-from modelship.components.optimize import approximate, equivalence
+from modelship.components.optimize import approximate
 from modelship.components.optimize.approximation import Original, Rows
 from modelship.components.optimize.budget import Budget, Choice, choose, describe_drops, score
 from modelship.components.optimize.convert import (
@@ -37,14 +37,10 @@ from modelship.components.optimize.convert import (
     load_unconverted,
     predict_native,
 )
+from modelship.components.optimize.gate import try_variant
 from modelship.components.optimize.plot import latency_chart
 from modelship.components.optimize.timing import Timing, measure
-from modelship.components.optimize.variants import (
-    SessionSettings,
-    VariantFile,
-    build_variants,
-    open_session,
-)
+from modelship.components.optimize.variants import SessionSettings, build_variants
 from modelship.core.errors import GateRejected
 from modelship.core.records import OptimizeRecord
 from modelship.core.tags import TAG_SPEEDUP, TAG_VARIANT
@@ -75,33 +71,6 @@ def _native_timing(model_dir: Path, features: pd.DataFrame, batch_sizes: list[in
         model.predict, features, batch_sizes, calls=100, warmup=10,
         take=lambda data, start, n: data.iloc[start : start + n],
     )  # fmt: skip
-
-
-def _try_variant(
-    vf: VariantFile, converted: Converted, x: np.ndarray, y_true: np.ndarray, policy: Policy,
-    settings: SessionSettings,
-) -> tuple[list[Check], Any]:  # fmt: skip
-    """Checks for one variant, and its session when it passed them all."""
-    name = str(vf.variant)
-    if vf.skipped:
-        return [Check(name=f"variant.{name}.builds", kind="equivalence", passed=True, skipped=True,
-                      blocking=False, reason=f"skipped: {vf.skipped}")], None  # fmt: skip
-    if vf.error or vf.path is None:
-        return [Check(name=f"variant.{name}.builds", kind="equivalence", passed=False, blocking=False,
-                      reason=f"could not be built: {vf.error}")], None  # fmt: skip
-    try:
-        session = open_session(vf, settings)
-        outputs = session.run(None, {INPUT_NAME: x})
-    except Exception as e:  # a corrupt or unsupported graph: drop this variant, keep the others
-        return [Check(name=f"variant.{name}.loads", kind="equivalence", passed=False, blocking=False,
-                      reason=f"failed to load or run: {type(e).__name__}: {e}")], None  # fmt: skip
-    got = equivalence.from_onnx(outputs, converted.native)
-    checks = equivalence.compare(name, converted.native, got, policy.optimize.equivalence)
-    checks += equivalence.metric_budget(
-        name, policy.validate_stage.metrics, y_true, converted.native, got,
-        policy.optimize.metric_budget, policy.validate_stage.positive_label,
-    )  # fmt: skip
-    return checks, session if all(c.passed for c in checks) else None
 
 
 def _runner(session: Any) -> Callable[[Any], Any]:
@@ -251,7 +220,7 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
             converted.onnx_bytes, list(opt.variants), workdir / "variants", calibration
         ):
             events.emit(NAME, "step", step=f"equivalence and timing: {vf.variant}")
-            found, session = _try_variant(vf, converted, x, y_true, policy, settings)
+            found, session = try_variant(vf, converted.native, x, y_true, policy, settings)
             checks += found
             if session is None:
                 failed = [c.reason for c in found if not c.passed or c.skipped]
