@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv image-tools demo test test-fast fuzz lint bench compile lock clean rehearse pipeline-image
+.PHONY: venv image-tools demo test test-fast fuzz lint bench compile lock clean rehearse pipeline-image gpu-bundle
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -79,6 +79,11 @@ bench: $(STAMP)
 
 compile: $(STAMP)
 	$(VENV)/bin/modelship compile
+
+# What benchmarks/gpu.sh needs on a GPU machine that reaches no package index, in .gpu/ (about
+# 60 MiB; downloads 244 MiB, so never part of `make test`). See docs/gpu.md.
+gpu-bundle: $(STAMP)
+	$(PY) benchmarks/gpu_bundle.py
 
 lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' | { echo "# Pinned set that resolves together on Python 3.11 (pip freeze)."; echo "# Used by 'make venv' as pip -c constraints.txt; regenerate with 'make lock'."; cat; } > constraints.txt
