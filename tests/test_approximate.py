@@ -167,6 +167,49 @@ def test_pruned_sklearn_mlp_has_smaller_weight_matrices_in_the_onnx_graph(
     assert any(64 in shape for shape in before) and not any(64 in shape for shape in after)
 
 
+def test_a_pruned_mlp_quantized_to_int8_is_judged_by_the_same_budget_against_the_original(
+    data: Data, tmp_path: Path
+) -> None:
+    import onnx
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, _, val = data
+    mlp = make_pipeline(
+        StandardScaler(), MLPClassifier((64, 32), solver="lbfgs", max_iter=400, random_state=0)
+    ).fit(x, y)
+    converted = convert_model(mlp, "sklearn", val.drop(columns="target"))
+    rows = _rows(data, converted)
+    pruned = _judge(neurons.prune(mlp, "sklearn", rows), converted, rows, tmp_path)
+    assert pruned.session is not None, pruned.detail
+    x_val = rows.validation.to_numpy(np.float32)
+    calibration = rows.reference.to_numpy(np.float32)
+    original = Original.of(converted)
+    q = approximate.quantized(
+        pruned, original, rows, x_val, tmp_path, calibration, SessionSettings()
+    )
+    assert q is not None and q.variant == "structured_pruning_int8"
+    assert q.kept == f"{pruned.kept}, quantized to INT8"
+    assert q.path is not None and q.session is not None, q.detail
+    ops = {n.op_type for n in onnx.load(str(q.path)).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, ops
+    # both losses together, against the original, on the same rows and budget
+    assert set(q.drops) == set(BUDGET) and all(q.drops[m] <= BUDGET[m] for m in BUDGET)
+    smaller = next(c for c in q.checks if c.name == "variant.structured_pruning_int8.smaller")
+    assert smaller.passed and q.figures["onnx_bytes"] < len(converted.onnx_bytes)
+    assert q.figures["neurons"] == pruned.figures["neurons"]
+    # a forest's graph has nothing to quantize: no variant, not a failure
+    forest = _forest(data, trees=10)
+    converted = convert_model(forest, "sklearn", val.drop(columns="target"))
+    rows = _rows(data, converted, {MetricName.ACCURACY: 0.05})
+    trees = _judge(ensemble.prune(forest, "sklearn", rows), converted, rows, tmp_path / "f")
+    assert trees.session is not None, trees.detail
+    original = Original.of(converted)
+    assert approximate.quantized(trees, original, rows, x_val, tmp_path / "f", calibration,
+                                 SessionSettings()) is None  # fmt: skip
+
+
 def test_pruned_pytorch_mlp_shrinks_its_linear_layers(data: Data, tmp_path: Path) -> None:
     """The module as the stage gets it: saved by MLflow as pt2 and loaded back, an exported
     graph (not the Sequential that was saved), rebuilt as layers to prune."""
@@ -591,6 +634,13 @@ def test_a_model_that_does_not_convert_is_served_by_a_distilled_student(
     smaller = checks[f"variant.{record.variant}.smaller"]
     assert smaller.passed and "saved model files" in smaller.reason
     assert "approximate, accuracy drop" in checks["optimize.selection"].reason
+    # the policy's variants include int8_dynamic: the MLP student is quantized too, and judged
+    mlp_within = all(
+        c.passed for n, c in checks.items() if n.startswith("variant.distillation_mlp.")
+    )
+    int8 = [n for n in checks if n.startswith("variant.distillation_mlp_int8.")]
+    assert bool(int8) == mlp_within, sorted(checks)
+    assert not [n for n in checks if n.startswith("variant.distillation_gbm_int8.")]  # trees
     _serves_like_packaging_does(out, tmp_path, policy, data)
 
 

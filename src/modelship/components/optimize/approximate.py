@@ -47,6 +47,8 @@ class Judged:
     drops: dict[MetricName, float] = field(default_factory=dict)
     figures: dict[str, float] = field(default_factory=dict)
     skipped: bool = False
+    #: its ONNX graph as converted (what a quantized copy starts from)
+    graph: bytes = field(default=b"", repr=False)
 
     @property
     def detail(self) -> str:
@@ -118,6 +120,38 @@ def find(original: Original, rows: Rows, policy: Approximate) -> list[Approximat
     return found
 
 
+def _built(name: str, reason: str) -> Judged:
+    return Judged(name, [Check(name=f"variant.{name}.builds", kind="approximation", passed=False,
+                               blocking=False, reason=f"could not be built: {reason}")])  # fmt: skip
+
+
+def _judged(
+    name: str, path: Path, graph: bytes, kept: str, figures: dict[str, float], original: Original,
+    rows: Rows, x: NDArray[np.float32], settings: SessionSettings,
+) -> Judged:  # fmt: skip
+    """The graph at ``path`` run on the validation rows, judged by the budget and by its size
+    (``graph``: the file as converted, before ONNX Runtime's optimizations)."""
+    try:
+        session = open_session(VariantFile(Variant.FP32, path), settings)
+        outputs = session.run(None, {INPUT_NAME: x})
+    except Exception as e:  # a runtime that refuses the smaller graph: drop it
+        return _built(name, f"{type(e).__name__}: {e}")
+    got = equivalence.from_onnx(outputs, original.native)
+    checks = rows.budget.checks(name, got.values, got.scores)
+    size = len(graph)
+    checks.append(Check(
+        name=f"variant.{name}.smaller", kind="approximation", blocking=False,
+        passed=size < original.size, measured=size, threshold=f"< {original.size} bytes",
+        reason=f"its ONNX graph is {size:,} bytes, the original's {original.size_of} "
+        f"{original.size:,}",
+    ))  # fmt: skip
+    drops = rows.budget.drops(got.values, got.scores)
+    passed = all(c.passed for c in checks)
+    figures = {**figures, "onnx_bytes": float(size)}
+    return Judged(name, checks, path if passed else None, session if passed else None, kept,
+                  drops, figures, graph=graph)  # fmt: skip
+
+
 def judge(
     found: Approximation, original: Original, rows: Rows, x: NDArray[np.float32],
     workdir: Path, calibration: NDArray[np.float32], settings: SessionSettings,
@@ -139,23 +173,32 @@ def judge(
             raise ConversionFailed(vf.error or "the optimized graph was not written")
         (workdir / "variants").mkdir(exist_ok=True)  # not there when the original did not convert
         path = vf.path.rename(workdir / "variants" / f"{name}.onnx")
-        session = open_session(VariantFile(vf.variant, path), settings)
-        outputs = session.run(None, {INPUT_NAME: x})
-    except Exception as e:  # a converter or runtime that refuses the smaller model: drop it
-        return Judged(name, [Check(name=f"variant.{name}.builds", kind="approximation",
-                                   passed=False, blocking=False,
-                                   reason=f"could not be built: {type(e).__name__}: {e}")])  # fmt: skip
-    got = equivalence.from_onnx(outputs, original.native)
-    checks = rows.budget.checks(name, got.values, got.scores)
-    smaller = len(onnx) < original.size
-    checks.append(Check(
-        name=f"variant.{name}.smaller", kind="approximation", blocking=False, passed=smaller,
-        measured=len(onnx), threshold=f"< {original.size} bytes",
-        reason=f"its ONNX graph is {len(onnx):,} bytes, the original's {original.size_of} "
-        f"{original.size:,}",
-    ))  # fmt: skip
-    figures = {**found.figures, "onnx_bytes": float(len(onnx))}
-    drops = rows.budget.drops(got.values, got.scores)
-    passed = all(c.passed for c in checks)
-    return Judged(name, checks, path if passed else None, session if passed else None,
-                  found.kept, drops, figures)  # fmt: skip
+    except Exception as e:  # a converter that refuses the smaller model: drop it
+        return _built(name, f"{type(e).__name__}: {e}")
+    return _judged(name, path, onnx, found.kept, found.figures, original, rows, x, settings)
+
+
+def quantized(
+    judged: Judged, original: Original, rows: Rows, x: NDArray[np.float32], workdir: Path,
+    calibration: NDArray[np.float32], settings: SessionSettings,
+) -> Judged | None:  # fmt: skip
+    """An approximation that stayed within the budget, quantized to INT8 (dynamic) as the exact
+    ``int8_dynamic`` variant is, and judged by the same budget against the original (both
+    losses together); None where its graph has nothing to quantize (trees)."""
+    if judged.session is None:
+        return None
+    name = f"{judged.variant}_int8"
+    try:
+        [vf] = build_variants(
+            judged.graph, [Variant.INT8_DYNAMIC], workdir / "approximate" / name, calibration
+        )
+        if vf.skipped:
+            return None
+        if vf.path is None:
+            raise ConversionFailed(vf.error or "the quantized graph was not written")
+        path = vf.path.rename(workdir / "variants" / f"{name}.onnx")
+    except Exception as e:  # a quantizer that refuses the graph: drop it, keep the fp32 one
+        return _built(name, f"{type(e).__name__}: {e}")
+    kept = f"{judged.kept}, quantized to INT8"
+    figures = {k: v for k, v in judged.figures.items() if k != "onnx_bytes"}
+    return _judged(name, path, path.read_bytes(), kept, figures, original, rows, x, settings)

@@ -45,7 +45,7 @@ from modelship.core.errors import GateRejected
 from modelship.core.records import OptimizeRecord
 from modelship.core.tags import TAG_SPEEDUP, TAG_VARIANT
 from modelship.core.verdict import Check, ModelState, Verdict
-from modelship.policies.schema import Policy
+from modelship.policies.schema import Policy, Variant
 
 NAME = "optimize"
 #: the variant that serves the MLflow model itself, as `mlflow models serve` would
@@ -106,11 +106,17 @@ def _approximate(
     events.emit(NAME, "step", step=f"approximate: {', '.join(map(str, opt.approximate.kinds))}")
     x = rows.validation.to_numpy(np.float32)
     out = []
+    quantize, sizes = Variant.INT8_DYNAMIC in opt.variants, opt.batch_sizes
     for found in approximate.find(original, rows, opt.approximate):
         events.emit(NAME, "step", step=f"metric budget and timing: {found.variant}")
         j = approximate.judge(found, original, rows, x, workdir, calibration, settings)
-        timing = None if j.session is None else measure(_runner(j.session), x, opt.batch_sizes)
-        out.append((j, timing))
+        judged = [j]
+        if quantize:  # the policy's exact int8 variant, on the smaller model too
+            q = approximate.quantized(j, original, rows, x, workdir, calibration, settings)
+            judged += [q] if q is not None else []
+        for each in judged:
+            timed = None if each.session is None else measure(_runner(each.session), x, sizes)
+            out.append((each, timed))
     return out
 
 
