@@ -47,26 +47,10 @@ CASES = {
 # -- prepare: where modelship is installed ------------------------------------------------------
 
 
-def _torch_mlp(x: np.ndarray, y: np.ndarray) -> Any:  # type: ignore[type-arg]
-    import torch
-
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128), torch.nn.ReLU(),
-        torch.nn.Linear(128, 10),
-    )  # fmt: skip
-    features, target = torch.tensor(x), torch.tensor(y)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(300):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(features), target).backward()
-        opt.step()
-    return net.eval()
-
-
 def _cases() -> dict[str, tuple[Any, str, Any, Any, Any]]:
     """name: (model, flavor, validation features, validation labels, reference features)."""
     import pandas as pd
+    from optimize import _torch_mlp  # benchmarks/optimize.py: the same MLP, trained the same way
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -78,7 +62,7 @@ def _cases() -> dict[str, tuple[Any, str, Any, Any, Any]]:
     dt, dv, dyt, dyv = train_test_split(
         (digits.data / 16.0).astype("float32"), digits.target, test_size=0.3, random_state=0
     )
-    mlp = _torch_mlp(dt.to_numpy(np.float32), dyt.to_numpy())
+    mlp = _torch_mlp(dt, dyt).eval()
     return {
         "forest": (forest, "sklearn", validation.drop(columns="target"), validation["target"],
                    reference.drop(columns="target")),

@@ -63,6 +63,16 @@ def _forest(data: Data, trees: int = 100) -> Any:
     return RandomForestClassifier(trees, random_state=0).fit(x, y)
 
 
+def _sklearn_mlp(data: Data) -> Any:
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, _, _ = data
+    mlp = MLPClassifier((64, 32), solver="lbfgs", max_iter=400, random_state=0)
+    return make_pipeline(StandardScaler(), mlp).fit(x, y)
+
+
 def _matrices(path: Path) -> list[tuple[int, ...]]:
     """The shapes of the weight matrices the graph's MatMul and Gemm nodes multiply by,
     largest first."""
@@ -144,14 +154,8 @@ def test_budget_of_zero_where_pruning_loses_accuracy_finds_nothing(data: Data) -
 def test_pruned_sklearn_mlp_has_smaller_weight_matrices_in_the_onnx_graph(
     data: Data, tmp_path: Path
 ) -> None:
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x, y, _, val = data
-    mlp = make_pipeline(
-        StandardScaler(), MLPClassifier((64, 32), solver="lbfgs", max_iter=400, random_state=0)
-    ).fit(x, y)
+    val = data[3]
+    mlp = _sklearn_mlp(data)
     converted = convert_model(mlp, "sklearn", val.drop(columns="target"))
     rows = _rows(data, converted)
     found = neurons.prune(mlp, "sklearn", rows)
@@ -171,14 +175,9 @@ def test_a_pruned_mlp_quantized_to_int8_is_judged_by_the_same_budget_against_the
     data: Data, tmp_path: Path
 ) -> None:
     import onnx
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    x, y, _, val = data
-    mlp = make_pipeline(
-        StandardScaler(), MLPClassifier((64, 32), solver="lbfgs", max_iter=400, random_state=0)
-    ).fit(x, y)
+    val = data[3]
+    mlp = _sklearn_mlp(data)
     converted = convert_model(mlp, "sklearn", val.drop(columns="target"))
     rows = _rows(data, converted)
     pruned = _judge(neurons.prune(mlp, "sklearn", rows), converted, rows, tmp_path)
