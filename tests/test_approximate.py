@@ -446,8 +446,10 @@ def test_approximate_wins_only_beyond_min_gain_on_the_policys_objective() -> Non
     latency = choose(exact, approx, "latency", 1024, 0.1)
     assert latency.variant == "ensemble_pruning" and latency.approximate
     assert latency.gain == pytest.approx(1.6)  # against the best exact one, int8_dynamic
+    assert "ensemble_pruning is 1.60x as fast as int8_dynamic (single-row p50)" in latency.reason
     throughput = choose(exact, approx, "throughput", 1024, 0.1)
     assert throughput.variant == "fp32"  # 1.05x fp32's rows/s is within the margin
+    assert "1.05x as fast (rows/s at the largest batch)" in throughput.reason
     assert choose({}, approx, "latency", 1024, 0.1).variant == "ensemble_pruning"
 
 
