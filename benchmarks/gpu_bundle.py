@@ -107,10 +107,14 @@ def zero_other_archs(data: bytearray, start: int, end: int, keep: set[int]) -> t
             at += 8  # fatbins are 8-byte aligned in the section
             continue
         entry, stop = at + header_size, at + header_size + fat_size
+        if stop > end:
+            raise ValueError(f"a fatbin at {at:#x} runs past its section's end")
         while entry < stop:
             _, _, entry_header, payload = struct.unpack_from("<HHIQ", data, entry)
             (arch,) = struct.unpack_from("<I", data, entry + 28)
             body = entry + entry_header
+            if entry_header < 32 or body + payload > stop:  # not the layout this knows: stop
+                raise ValueError(f"an entry at {entry:#x} does not fit its fatbin")
             if arch in keep:
                 kept += payload
             else:
@@ -144,7 +148,7 @@ def _archive(wheel: Path, out: Path, keep_all: bool) -> None:
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o755 if name.endswith(".so") else 0o644
             tar.addfile(info, io.BytesIO(bytes(data)))
-    print(f"compressing {buffer.tell():,} bytes with xz (a few minutes) ...", flush=True)
+    print(f"compressing {buffer.tell():,} bytes with xz (about a minute) ...", flush=True)
     # one thread: xz's threads compress blocks apart, which costs about 0.2 MiB here
     xz = subprocess.run(
         ["xz", "-9e", "-T1", "-c"], input=buffer.getvalue(), capture_output=True, check=True

@@ -99,6 +99,13 @@ def test_zeroing_keeps_sm90_code_and_every_offset() -> None:
     # every header is untouched: the driver still walks the same entries
     magic = struct.pack("<I", 0xBA55ED50)
     assert data.count(magic) == 2 and data.index(magic) == before.index(magic)
+    # a layout it does not know is refused, not walked forever or past the section
+    broken = bytearray(_fatbin([(80, b"\x11" * 40)]))
+    struct.pack_into("<I", broken, 16 + 4, 0)  # the entry's header size
+    with pytest.raises(ValueError, match="does not fit its fatbin"):
+        bundle.zero_other_archs(broken, 0, len(broken), {90})
+    with pytest.raises(ValueError, match="runs past its section"):
+        bundle.zero_other_archs(bytearray(first), 0, len(first) - 8, {90})
 
 
 def test_section_finds_a_named_section_of_a_real_library() -> None:
