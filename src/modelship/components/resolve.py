@@ -13,14 +13,7 @@ from modelship.core.verdict import ModelState
 from modelship.policies.loader import load_policy
 from modelship.policies.schema import cluster_log_problem
 from modelship.registry.client import ModelRef, Registry
-from modelship.registry.deployments import (
-    STALE_S,
-    DeploymentRun,
-    LocalOwner,
-    Silence,
-    owner_gone,
-    went_silent,
-)
+from modelship.registry.deployments import STALE_S, DeploymentRun, LocalOwner, Silence
 
 
 def _close_interrupted(registry: Registry, ref: ModelRef) -> None:
@@ -32,25 +25,22 @@ def _close_interrupted(registry: Registry, ref: ModelRef) -> None:
     run = DeploymentRun(registry.client, previous)
     after = f"interrupted after {ref.tags.get(TAG_STATE) or 'registration'}"
     found = run.carrier()
-    if isinstance(found, LocalOwner):
-        if found.alive:
-            raise InputError(
-                f"{ref} is being deployed now by process {found.pid} (MLflow run {previous})",
-                hint=f"wait for it to end, or stop it (kill {found.pid}) and deploy again",
-            )
-        reason = f"{after}: {owner_gone(found.pid)}"
-    elif isinstance(found, Silence):
-        if not found.stale:
-            raise InputError(
-                f"{ref} is being deployed now on {found.host} (MLflow run {previous}; its last "
-                f"step reported {found.seconds:.0f} s ago)",
-                hint="wait for that deployment to end (its Kubeflow Pipelines run); if it is gone, "
-                f"it counts as interrupted after {STALE_S / 60:.0f} min without a report, and "
-                "this deploy may then run",
-            )
-        reason = f"{after}: {went_silent(found)}"
-    else:
+    if found is None:
         return
+    if isinstance(found, LocalOwner) and found.over is None:
+        raise InputError(
+            f"{ref} is being deployed now by process {found.pid} (MLflow run {previous})",
+            hint=f"wait for it to end, or stop it (kill {found.pid}) and deploy again",
+        )
+    if isinstance(found, Silence) and found.over is None:
+        raise InputError(
+            f"{ref} is being deployed now on {found.host} (MLflow run {previous}; its last "
+            f"step reported {found.seconds:.0f} s ago)",
+            hint="wait for that deployment to end (its Kubeflow Pipelines run); if it is gone, "
+            f"it counts as interrupted after {STALE_S / 60:.0f} min without a report, and "
+            "this deploy may then run",
+        )
+    reason = f"{after}: {found.over}"
     run.fail(reason, outcome="interrupted", status="KILLED")
     registry.set_state(ref, ModelState.INTERRUPTED, reason)
 

@@ -170,11 +170,7 @@ class DeploymentRun:
         """Why this run is over though it says RUNNING (its process here was killed, the machine
         restarted, or no step elsewhere has beaten for ``STALE_S``), or None."""
         found = self.carrier()
-        if isinstance(found, LocalOwner) and not found.alive:
-            return owner_gone(found.pid)
-        if isinstance(found, Silence) and found.stale:
-            return went_silent(found)
-        return None
+        return None if found is None else found.over
 
 
 @dataclass(frozen=True)
@@ -183,6 +179,13 @@ class LocalOwner:
 
     pid: str
     alive: bool
+
+    @property
+    def over(self) -> str | None:
+        """Why the run is over (its process is gone), or None while it runs."""
+        if self.alive:
+            return None
+        return f"the deploy that ran it (pid {self.pid} on {socket.gethostname()}) is gone"
 
 
 @dataclass(frozen=True)
@@ -193,19 +196,12 @@ class Silence:
     host: str
 
     @property
-    def stale(self) -> bool:
-        return self.seconds >= STALE_S
-
-
-def owner_gone(pid: str) -> str:
-    """What an interrupted run says of the process that ran it."""
-    return f"the deploy that ran it (pid {pid} on {socket.gethostname()}) is gone"
-
-
-def went_silent(silence: Silence) -> str:
-    """What an interrupted run elsewhere says of its steps."""
-    return (f"no step of it has reported for {silence.seconds / 60:.0f} min "
-            f"(the last from {silence.host})")  # fmt: skip
+    def over(self) -> str | None:
+        """Why the run is over (no step has reported for ``STALE_S``), or None while fresh."""
+        if self.seconds < STALE_S:
+            return None
+        return (f"no step of it has reported for {self.seconds / 60:.0f} min "
+                f"(the last from {self.host})")  # fmt: skip
 
 
 def scratch_dir(prefix: str) -> Path:
