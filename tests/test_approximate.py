@@ -63,14 +63,19 @@ def _forest(data: Data, trees: int = 100) -> Any:
     return RandomForestClassifier(trees, random_state=0).fit(x, y)
 
 
-def _sklearn_mlp(data: Data) -> Any:
+def _pruned_sklearn_mlp(data: Data) -> tuple[Converted, Rows, Any]:
+    """A scaled scikit-learn MLP 64-32 converted, its rows and budget, and what structured
+    pruning found for it."""
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x, y, _, _ = data
+    x, y, _, val = data
     mlp = MLPClassifier((64, 32), solver="lbfgs", max_iter=400, random_state=0)
-    return make_pipeline(StandardScaler(), mlp).fit(x, y)
+    model = make_pipeline(StandardScaler(), mlp).fit(x, y)
+    converted = convert_model(model, "sklearn", val.drop(columns="target"))
+    rows = _rows(data, converted)
+    return converted, rows, neurons.prune(model, "sklearn", rows)
 
 
 def _matrices(path: Path) -> list[tuple[int, ...]]:
@@ -154,11 +159,7 @@ def test_budget_of_zero_where_pruning_loses_accuracy_finds_nothing(data: Data) -
 def test_pruned_sklearn_mlp_has_smaller_weight_matrices_in_the_onnx_graph(
     data: Data, tmp_path: Path
 ) -> None:
-    val = data[3]
-    mlp = _sklearn_mlp(data)
-    converted = convert_model(mlp, "sklearn", val.drop(columns="target"))
-    rows = _rows(data, converted)
-    found = neurons.prune(mlp, "sklearn", rows)
+    converted, rows, found = _pruned_sklearn_mlp(data)
     assert found.model is not None, found.out_of_budget
     assert "fine-tuned on the reference rows" in found.kept  # the reference data has labels
     judged = _judge(found, converted, rows, tmp_path)
@@ -177,10 +178,8 @@ def test_a_pruned_mlp_quantized_to_int8_is_judged_by_the_same_budget_against_the
     import onnx
 
     val = data[3]
-    mlp = _sklearn_mlp(data)
-    converted = convert_model(mlp, "sklearn", val.drop(columns="target"))
-    rows = _rows(data, converted)
-    pruned = _judge(neurons.prune(mlp, "sklearn", rows), converted, rows, tmp_path)
+    converted, rows, found = _pruned_sklearn_mlp(data)
+    pruned = _judge(found, converted, rows, tmp_path)
     assert pruned.session is not None, pruned.detail
     x_val = rows.validation.to_numpy(np.float32)
     calibration = rows.reference.to_numpy(np.float32)
