@@ -52,12 +52,19 @@ pytestmark = [
 MODEL = "breast-cancer"
 DEPLOY = PIPELINE_DIR / "deploy.yaml"
 #: the demo policy, rolled out on KServe: the image pushed to the registry (REGISTRY is filled
-#: in), Prometheus where nothing answers (no pod serves here, so an analysis cannot run)
+#: in), Prometheus where nothing answers (no pod serves here, so an analysis cannot run). The
+#: rehearsal checks where each step runs and what it hands on, not how fast a server answers:
+#: its servers run in container pods on two cores shared with the rest of the suite, where one
+#: CI run saw a p99 of 170 ms (p50 1.4 ms) against the demo's 100 ms SLO. So the SLO and the
+#: slack against the champion are wide here; speed is the benchmarks' business
 ON_CLUSTER = """\
 package:
   image: always
   registry: REGISTRY/models
   inference_log: {uri: "s3://modelship/inference"}
+loadtest:
+  slo: {p99_ms: 2000}
+  p99_regression_floor_ms: 2000
 rollout:
   target: kserve
   mirror_share: 0
