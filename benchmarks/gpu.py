@@ -155,7 +155,7 @@ def _environment() -> dict[str, Any]:
 def _one_case(case: Path, work: Path) -> list[dict[str, Any]]:
     from modelship.components.optimize.convert import INPUT_NAME, NativeOutputs
     from modelship.components.optimize.gate import try_variant
-    from modelship.components.optimize.timing import measure
+    from modelship.components.optimize.timing import side_by_side
     from modelship.components.optimize.variants import SessionSettings, build_variants
     from modelship.policies.schema import Variant
 
@@ -167,6 +167,7 @@ def _one_case(case: Path, work: Path) -> list[dict[str, Any]]:
     policy = _policy(meta["task"], len(native.classes))
     settings = SessionSettings()
     out = []
+    sessions: dict[str, Any] = {}
     for vf in build_variants(
         (case / "model.onnx").read_bytes(), [Variant(v) for v in VARIANTS], work / case.name,
         rows["calibration"],
@@ -182,13 +183,17 @@ def _one_case(case: Path, work: Path) -> list[dict[str, Any]]:
         if session is not None:
             assert vf.path is not None
             result["got_providers"] = session.get_providers()
-            result["timing"] = measure(
-                lambda r, s=session: s.run(None, {INPUT_NAME: r}), x, BATCHES
-            ).as_dict()
             result["nodes"] = _placement(vf.path, vf.providers, x)
+            sessions[str(vf.variant)] = session
         result["seconds"] = round(time.perf_counter() - started, 2)
         print(f"  {meta['name']} {vf.variant}: {_status(result)}", flush=True)
         out.append(result)
+    # timed as the stage times them: side by side, interleaved, on the same rows
+    runners = {v: (lambda r, s=s: s.run(None, {INPUT_NAME: r})) for v, s in sessions.items()}
+    timings = side_by_side(runners, x, BATCHES)
+    for result in out:
+        if result["variant"] in timings:
+            result["timing"] = timings[result["variant"]].as_dict()
     return out
 
 

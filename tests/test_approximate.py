@@ -696,7 +696,9 @@ def test_a_whole_deploy_with_approximate_variants_on_serves_and_promotes_the_pru
     assert code == 0 and summary is not None, err
     assert summary["outcome"] == "passed"
     checks = {c["name"]: c for s in summary["stages"] for c in s["checks"]}
-    assert "approximate, accuracy drop" in checks["optimize.selection"]["reason"]
+    assert "approximate, accuracy drop" in checks["optimize.selection"]["reason"], checks[
+        "optimize.approximate"
+    ]["reason"]
     assert checks["package.bento"]["reason"].endswith("built from ensemble_pruning")
     assert checks["package.bento.files"]["passed"]  # the Bento holds the file optimize judged
     tags = version_tags(name)[version]

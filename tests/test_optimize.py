@@ -287,3 +287,46 @@ def test_pytorch_mlp_converts_and_gets_int8_variants(settings: Settings, tmp_pat
     assert checks["variant.fp32.probabilities"].passed
     assert "variant.int8_dynamic.labels" in checks  # a Gemm graph: quantized and judged
     assert (tmp_path / "out" / "model.onnx").exists()
+
+
+def _neighbour_busy_for(start: int, stop: int) -> tuple[dict[str, Any], list[str]]:
+    """Two identical predicts sharing one call counter; calls ``start`` to ``stop`` (counted over
+    both) each take 0.3 ms longer, as when a neighbour on the machine gets busy for a while."""
+    import time
+
+    count, order = [0], []
+
+    def predict_as(name: str) -> Any:
+        def predict(rows: Any) -> Any:
+            if start <= count[0] < stop:
+                until = time.perf_counter_ns() + 300_000
+                while time.perf_counter_ns() < until:
+                    pass
+            count[0] += 1
+            order.append(name)
+            return rows
+
+        return predict
+
+    return {"a": predict_as("a"), "b": predict_as("b")}, order
+
+
+def test_variants_are_timed_interleaved_so_a_busy_stretch_slows_them_alike() -> None:
+    import itertools
+
+    from modelship.components.optimize.timing import measure, side_by_side
+
+    rows = np.zeros((50, 3), dtype=np.float32)
+    # each: 100 warm-up calls, then 1,000 timed single rows (no batches here); the busy stretch
+    # is 600 calls long, starting 100 calls into the second variant's timed ones
+    predicts, _ = _neighbour_busy_for(1300, 1900)
+    one_then_other = {n: measure(p, rows, []) for n, p in predicts.items()}
+    # timed one after the other, the stretch falls on b alone: b looks far slower than a
+    assert one_then_other["b"].p50_us > 200 > one_then_other["a"].p50_us
+    predicts, order = _neighbour_busy_for(1300, 1900)
+    together = side_by_side(predicts, rows, [])
+    # side by side, each got its thousand calls in ten turns and the stretch moved neither p50
+    singles = order[200:]
+    assert singles.count("a") == singles.count("b") == 1000
+    assert sum(x != y for x, y in itertools.pairwise(singles)) >= 10
+    assert together["a"].p50_us < 200 and together["b"].p50_us < 200

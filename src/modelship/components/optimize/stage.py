@@ -11,7 +11,7 @@ ones; one is chosen only when it is clearly faster (:func:`budget.choose`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from modelship.components.optimize.convert import (
 )
 from modelship.components.optimize.gate import try_variant
 from modelship.components.optimize.plot import latency_chart
-from modelship.components.optimize.timing import Timing, measure
+from modelship.components.optimize.timing import Timing, measure, side_by_side
 from modelship.components.optimize.variants import SessionSettings, build_variants
 from modelship.core.errors import GateRejected
 from modelship.core.records import OptimizeRecord
@@ -99,24 +99,22 @@ def _unconverted(
 def _approximate(
     original: Original, rows: Rows, policy: Policy, workdir: Path, calibration: np.ndarray,
     settings: SessionSettings, events: Any,
-) -> list[tuple[approximate.Judged, Timing | None]]:  # fmt: skip
-    """The approximate variants the policy asks for, each judged by its budget, and timed as
-    the exact ones are where it stayed within it."""
+) -> list[approximate.Judged]:  # fmt: skip
+    """The approximate variants the policy asks for, each judged by its budget; those within it
+    hold their session, to be timed beside the exact ones."""
     opt = policy.optimize
     events.emit(NAME, "step", step=f"approximate: {', '.join(map(str, opt.approximate.kinds))}")
     x = rows.validation.to_numpy(np.float32)
-    out = []
-    quantize, sizes = Variant.INT8_DYNAMIC in opt.variants, opt.batch_sizes
+    out: list[approximate.Judged] = []
+    quantize = Variant.INT8_DYNAMIC in opt.variants
     for found in approximate.find(original, rows, opt.approximate):
-        events.emit(NAME, "step", step=f"metric budget and timing: {found.variant}")
+        events.emit(NAME, "step", step=f"metric budget: {found.variant}")
         j = approximate.judge(found, original, rows, x, workdir, calibration, settings)
         judged = [j]
         if quantize:  # the policy's exact int8 variant, on the smaller model too
             q = approximate.quantized(j, original, rows, x, workdir, calibration, settings)
             judged += [q] if q is not None else []
-        for each in judged:
-            timed = None if each.session is None else measure(_runner(each.session), x, sizes)
-            out.append((each, timed))
+        out += judged
     return out
 
 
@@ -208,6 +206,7 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
     judged: list[approximate.Judged] = []
     choice: Choice | None = None
     paths: dict[str, Path] = {}
+    sessions: dict[str, Any] = {}  # every variant that passed its gate: timed together below
     events.emit(NAME, "step", step="convert to ONNX")
     try:
         converted: Converted | None = convert(model_dir, mlmodel, features)
@@ -225,7 +224,7 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
         for vf in build_variants(
             converted.onnx_bytes, list(opt.variants), workdir / "variants", calibration
         ):
-            events.emit(NAME, "step", step=f"equivalence and timing: {vf.variant}")
+            events.emit(NAME, "step", step=f"equivalence: {vf.variant}")
             found, session = try_variant(vf, converted.native, x, y_true, policy, settings)
             checks += found
             if session is None:
@@ -233,11 +232,9 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
                 status = "skipped" if vf.skipped else "failed"
                 reports.append(VariantReport(str(vf.variant), status, "; ".join(failed)[:200], {}))
                 continue
-            timing = measure(_runner(session), x, opt.batch_sizes)
-            timings[str(vf.variant)] = timing
             assert vf.path is not None
-            paths[str(vf.variant)] = vf.path
-            reports.append(VariantReport(str(vf.variant), "passed", "equivalent", timing.as_dict()))
+            sessions[str(vf.variant)], paths[str(vf.variant)] = session, vf.path
+            reports.append(VariantReport(str(vf.variant), "passed", "equivalent", {}))
     elif opt.approximate.kinds:
         original, unloaded = _unconverted(model_dir, mlmodel, features)
         checks += unloaded
@@ -254,17 +251,20 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
                   skipped=True, blocking=False, reason=f"not in the budget: {why}")
             for metric, why in rows.budget.unusable.items()
         ]  # fmt: skip
-        for j, timed in _approximate(
-            original, rows, policy, workdir, calibration, settings, events
-        ):
+        for j in _approximate(original, rows, policy, workdir, calibration, settings, events):
             judged.append(j)
             checks += j.checks
-            if timed is None or j.path is None:
+            if j.session is None or j.path is None:
                 status = "skipped" if j.skipped else "failed"
                 reports.append(VariantReport(j.variant, status, j.detail, {}))
                 continue
-            timings[j.variant], paths[j.variant] = timed, j.path
-            reports.append(VariantReport(j.variant, "passed", j.detail, timed.as_dict()))
+            sessions[j.variant], paths[j.variant] = j.session, j.path
+            reports.append(VariantReport(j.variant, "passed", j.detail, {}))
+    if sessions:
+        events.emit(NAME, "step", step=f"timing side by side: {', '.join(sessions)}")
+        timings = side_by_side({v: _runner(s) for v, s in sessions.items()}, x, opt.batch_sizes)
+        reports = [replace(r, timing=timings[r.variant].as_dict()) if r.variant in timings else r
+                   for r in reports]  # fmt: skip
 
     figures: dict[str, float] = {f"native.{k}": v for k, v in native_timing.as_dict().items()}
     common: dict[str, Any] = {"session": asdict(settings), "batch_sizes": opt.batch_sizes}

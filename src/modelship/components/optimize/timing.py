@@ -1,14 +1,15 @@
-"""Measure a variant in-process: single-row latency percentiles and batch throughput.
+"""Measure variants in-process: single-row latency percentiles and batch throughput.
 
 Latency is taken per call with ``perf_counter_ns`` over rows cycled from the validation data,
 after a warm-up; throughput is rows per second at each batch size, the median of repeats.
+Variants that are compared are measured side by side, interleaved (:func:`side_by_side`).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,32 +40,65 @@ def measure(
     take: Callable[[Any, int, int], Any] | None = None,
 ) -> Timing:
     """Time ``predict`` on one row at a time and on batches; ``take(rows, start, n)`` slices."""
+    return side_by_side({"": predict}, rows, batch_sizes, calls=calls, warmup=warmup,
+                        min_seconds=min_seconds, take=take)[""]  # fmt: skip
+
+
+def side_by_side(
+    predicts: Mapping[str, Callable[[Any], Any]],
+    rows: NDArray[Any] | Any,
+    batch_sizes: list[int],
+    *,
+    calls: int = 1000,
+    warmup: int = 100,
+    rounds: int = 10,
+    min_seconds: float = 0.2,
+    take: Callable[[Any, int, int], Any] | None = None,
+) -> dict[str, Timing]:
+    """Time several predicts on the same rows, interleaved: each gets ``calls`` single rows and
+    its batches in ``rounds`` turns, taken in a rotating order. Timed one after another, a noisy
+    neighbour on a shared machine slows whichever variant happens to be running (a thousand
+    calls of 10 us fit in one scheduler slice); interleaved, it slows them all alike, so the
+    ratios the selection decides by hold."""
     take = take or (lambda data, start, n: data[start : start + n])
+    names = list(predicts)
     n_rows = len(rows)
     singles = [take(rows, i % n_rows, 1) for i in range(min(n_rows, 256))]
-    for i in range(warmup):
-        predict(singles[i % len(singles)])
-    samples = np.empty(calls, dtype=np.int64)
-    for i in range(calls):
-        row = singles[i % len(singles)]
-        t0 = time.perf_counter_ns()
-        predict(row)
-        samples[i] = time.perf_counter_ns() - t0
-    throughput: dict[int, float] = {}
+    for name in names:
+        for i in range(warmup):
+            predicts[name](singles[i % len(singles)])
+    samples = {name: np.empty(calls, dtype=np.int64) for name in names}
+    per_round = -(-calls // rounds)
+    for turn in range(rounds):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            predict, out = predicts[name], samples[name]
+            for i in range(turn * per_round, min(calls, (turn + 1) * per_round)):
+                row = singles[i % len(singles)]
+                t0 = time.perf_counter_ns()
+                predict(row)
+                out[i] = time.perf_counter_ns() - t0
+    throughput: dict[str, dict[int, float]] = {name: {} for name in names}
     for size in batch_sizes:
-        reps = max(1, -(-size // n_rows))
-        batch = take(_tile(rows, reps), 0, size)
-        predict(batch)
-        times: list[float] = []
+        batch = take(_tile(rows, max(1, -(-size // n_rows))), 0, size)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for name in names:
+            predicts[name](batch)
         started = time.perf_counter()
-        while len(times) < 3 or (time.perf_counter() - started < min_seconds and len(times) < 200):
-            begun = time.perf_counter()
-            predict(batch)
-            times.append(time.perf_counter() - begun)
-        throughput[size] = size / statistics.median(times)
-    return Timing(
-        float(np.percentile(samples, 50) / 1e3), float(np.percentile(samples, 99) / 1e3), throughput
-    )
+        turn = 0
+        # at least three each, then until min_seconds a variant (at most 200 each)
+        while turn < 3 or (time.perf_counter() - started < min_seconds * len(names) and turn < 200):
+            for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                begun = time.perf_counter()
+                predicts[name](batch)
+                times[name].append(time.perf_counter() - begun)
+            turn += 1
+        for name in names:
+            throughput[name][size] = size / statistics.median(times[name])
+    return {
+        name: Timing(float(np.percentile(samples[name], 50) / 1e3),
+                     float(np.percentile(samples[name], 99) / 1e3), throughput[name])
+        for name in names
+    }  # fmt: skip
 
 
 def _tile(rows: Any, reps: int) -> Any:
