@@ -109,25 +109,35 @@ def test_a_paused_rollout_waits_for_the_cli(stack: Stack, tmp_path: Path) -> Non
     proc = controller_process(tmp_path / "rollouts", stack, policy)
     env = _without_mlflow() | {"MODELSHIP_HOME": str(tmp_path)}
     store = StatusStore(tmp_path / "rollouts", "m")
+    # the person's commands, from a folder of their own: nothing may land there
+    here = tmp_path / "where-the-person-stands"
+    here.mkdir()
     try:
         wait_for(lambda: (s := store.load()) is not None and s.phase is Phase.PAUSED)
-        shown = subprocess.run([MODELSHIP, "rollout", "status", "m", "--json"], env=env,
+        shown = subprocess.run([MODELSHIP, "rollout", "status", "m", "--json"], env=env, cwd=here,
                                capture_output=True, text=True, check=True)  # fmt: skip
         assert json.loads(shown.stdout)["weight"] == 20
-        moved = subprocess.run([MODELSHIP, "rollout", "promote", "m"], env=env,
+        moved = subprocess.run([MODELSHIP, "rollout", "promote", "m"], env=env, cwd=here,
                                capture_output=True, text=True, check=True)  # fmt: skip
         assert "promote: done" in moved.stdout
         assert GatewayRouter(stack.url, TOKEN).get_weights().challenger == 60
-        stopped = subprocess.run([MODELSHIP, "rollout", "abort", "m"], env=env,
+        stopped = subprocess.run([MODELSHIP, "rollout", "abort", "m"], env=env, cwd=here,
                                  capture_output=True, text=True, check=True)  # fmt: skip
         assert "aborted by hand" in stopped.stdout
         assert GatewayRouter(stack.url, TOKEN).get_weights().challenger == 0
-        again = subprocess.run([MODELSHIP, "rollout", "abort", "m"], env=env,
+        again = subprocess.run([MODELSHIP, "rollout", "abort", "m"], env=env, cwd=here,
                                capture_output=True, text=True)  # fmt: skip
         assert again.returncode == 2 and "is over (aborted)" in again.stderr
     finally:
         proc.kill()
         proc.wait()
+    # both requests are in the model's audit trail, in MODELSHIP_HOME's store; before, they went
+    # to an MLflow store the commands made in the folder they ran from
+    assert list(here.iterdir()) == []
+    trail = subprocess.run([MODELSHIP, "audit", "m", "--json"], env=env, cwd=here,
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    actions = [json.loads(line)["action"] for line in trail.stdout.splitlines()]
+    assert "promote requested" in actions and "abort requested" in actions, actions
 
 
 @pytest.mark.slow

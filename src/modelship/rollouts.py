@@ -53,9 +53,11 @@ def send(settings: Settings, model: str, command: Command, wait_s: float) -> str
     files.send(command)
     from modelship.registry.audit import record
 
-    record(
-        MlflowClient(), model, f"{command} requested", status.challenger, phase=str(status.phase)
-    )
+    # the settings' store, named: a bare MlflowClient() here (these commands never call
+    # Settings.prepare) would fall back to MLflow's default, ./mlflow.db wherever the person
+    # stands, and the entry would be missing from the trail `modelship audit` reads
+    client = MlflowClient(settings.tracking_uri, registry_uri=settings.registry_uri)
+    record(client, model, f"{command} requested", status.challenger, phase=str(status.phase))
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         time.sleep(0.1 if settings.embedded else 0.5)
