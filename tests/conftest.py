@@ -95,14 +95,36 @@ def _images() -> dict[str, set[str]] | None:
     return images
 
 
+# MLflow falls back to ./mlflow.db when a client is made with no tracking URI set. Every command
+# and test runs in the checkout, so a store that appears there during the run is a code path
+# that writes to the wrong store (`modelship rollout abort` once put its audit entry there, not
+# where `modelship audit` reads it): the run fails, naming the file.
+_STRAY_STORE = pytest.StashKey[bool]()
+
+
+def _stray_store(config: pytest.Config) -> Path:
+    return config.rootpath / "mlflow.db"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         config.stash[_IMAGES_BEFORE] = _images()
+        config.stash[_STRAY_STORE] = _stray_store(config).exists()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(session.config, "workerinput"):
         return
+    stray = _stray_store(session.config)
+    if not session.config.stash.get(_STRAY_STORE, True) and stray.exists():
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"FAILED: {stray} appeared during the run: something made an MlflowClient with no "
+                "tracking URI (MLflow's default store is ./mlflow.db). Give it the settings' "
+                "store (Settings.tracking_uri) and delete the file.", red=True,
+            )  # fmt: skip
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     before = session.config.stash.get(_IMAGES_BEFORE, None)
     after = _images()
     if before is None or after is None:
