@@ -317,16 +317,17 @@ def test_variants_are_timed_interleaved_so_a_busy_stretch_slows_them_alike() -> 
     from modelship.components.optimize.timing import measure, side_by_side
 
     rows = np.zeros((50, 3), dtype=np.float32)
-    # each: 100 warm-up calls, then 1,000 timed single rows (no batches here); the busy stretch
-    # is 600 calls long, starting 100 calls into the second variant's timed ones
-    predicts, _ = _neighbour_busy_for(1300, 1900)
+    # each: 100 warm-up calls, then ten turns of 10 untimed and 100 timed single rows (no
+    # batches here); the busy stretch is 700 calls long, from 100 calls into the second
+    # variant's turns when they are timed one after the other
+    predicts, _ = _neighbour_busy_for(1400, 2100)
     one_then_other = {n: measure(p, rows, []) for n, p in predicts.items()}
     # timed one after the other, the stretch falls on b alone: b looks far slower than a
     assert one_then_other["b"].p50_us > 200 > one_then_other["a"].p50_us
-    predicts, order = _neighbour_busy_for(1300, 1900)
+    predicts, order = _neighbour_busy_for(1400, 2100)
     together = side_by_side(predicts, rows, [])
-    # side by side, each got its thousand calls in ten turns and the stretch moved neither p50
-    singles = order[200:]
-    assert singles.count("a") == singles.count("b") == 1000
-    assert sum(x != y for x, y in itertools.pairwise(singles)) >= 10
+    # side by side, each got its calls in ten turns and the stretch moved neither p50
+    turns = order[200:]
+    assert turns.count("a") == turns.count("b") == 1100
+    assert sum(x != y for x, y in itertools.pairwise(turns)) >= 10
     assert together["a"].p50_us < 200 and together["b"].p50_us < 200

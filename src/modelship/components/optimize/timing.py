@@ -52,6 +52,7 @@ def side_by_side(
     calls: int = 1000,
     warmup: int = 100,
     rounds: int = 10,
+    settle: int = 10,
     min_seconds: float = 0.2,
     take: Callable[[Any, int, int], Any] | None = None,
 ) -> dict[str, Timing]:
@@ -59,7 +60,9 @@ def side_by_side(
     its batches in ``rounds`` turns, taken in a rotating order. Timed one after another, a noisy
     neighbour on a shared machine slows whichever variant happens to be running (a thousand
     calls of 10 us fit in one scheduler slice); interleaved, it slows them all alike, so the
-    ratios the selection decides by hold."""
+    ratios the selection decides by hold. Each turn starts with ``settle`` calls that are not
+    timed: the first calls after another variant ran find the caches holding its weights, a cost
+    that timing one variant at a time never had."""
     take = take or (lambda data, start, n: data[start : start + n])
     names = list(predicts)
     n_rows = len(rows)
@@ -72,6 +75,8 @@ def side_by_side(
     for turn in range(rounds):
         for name in names[turn % len(names) :] + names[: turn % len(names)]:
             predict, out = predicts[name], samples[name]
+            for i in range(settle):
+                predict(singles[i % len(singles)])
             for i in range(turn * per_round, min(calls, (turn + 1) * per_round)):
                 row = singles[i % len(singles)]
                 t0 = time.perf_counter_ns()
