@@ -5,7 +5,8 @@
 Models: a RandomForest of 200 trees (breast_cancer), LightGBM (breast_cancer), and a small MLP
 (scikit-learn's digits) in scikit-learn and in PyTorch. For each: single-row
 p50/p99 and batch-1024 rows/s, the median over ``--repeats`` measurements, all in this one
-process; plus a bare ONNX Runtime session on the converted graph (default session options) as
+process, every ONNX Runtime session of a model timed side by side (interleaved, as the stage
+times its variants; MLflow pyfunc, a thousand times slower, on its own); plus a bare ONNX Runtime session on the converted graph (default session options) as
 the reference the stage's choice should come close to. Then the approximate variants the stage
 can build (ensemble pruning, structured pruning, distillation; an accuracy drop of at most
 ``--budget`` on the held-out rows, the training rows as reference data), timed the same way, and
@@ -33,7 +34,7 @@ from modelship.components.optimize import approximate
 from modelship.components.optimize.approximation import Original, Rows
 from modelship.components.optimize.budget import Budget
 from modelship.components.optimize.convert import INPUT_NAME, Converted, convert, convert_model
-from modelship.components.optimize.timing import Timing, measure
+from modelship.components.optimize.timing import Timing, measure, side_by_side
 from modelship.components.optimize.variants import SessionSettings, build_variants, open_session
 from modelship.policies.schema import Approximate, ApproximationKind, MetricName, Variant
 
@@ -127,27 +128,28 @@ def _accuracy(session: Any, x: np.ndarray, y: np.ndarray, classes: tuple[Any, ..
     return float(np.mean(np.asarray(classes)[np.argmax(scores, axis=1)] == y))
 
 
-def _timed(session: Any, xs: np.ndarray, repeats: int) -> dict[str, float]:  # type: ignore[type-arg]
-    return _median(
-        [
-            measure(lambda r, s=session: s.run(None, {INPUT_NAME: r}), xs, [BATCH])
-            for _ in range(repeats)
-        ]
-    )
+def _timed(sessions: dict[str, Any], xs: np.ndarray, repeats: int) -> dict[str, dict[str, float]]:  # type: ignore[type-arg]
+    """Every session timed side by side, ``repeats`` times; the median of each figure."""
+    runners = {
+        label: (lambda r, s=session: s.run(None, {INPUT_NAME: r}))
+        for label, session in sessions.items()
+    }
+    runs = [side_by_side(runners, xs, [BATCH]) for _ in range(repeats)]
+    return {label: _median([run[label] for run in runs]) for label in sessions}
 
 
 def _approximations(
     converted: Converted, x: Frame, y: Labels, xt: Frame, yt: Labels, budget: float,
-    workdir: Path, repeats: int,
-) -> tuple[dict[str, dict[str, float]], dict[str, float], list[str]]:  # fmt: skip
-    """Each approximate variant within the budget, timed: timings, accuracy, and what each
-    kept (or why there is none)."""
+    workdir: Path,
+) -> tuple[dict[str, Any], dict[str, float], list[str]]:  # fmt: skip
+    """Each approximate variant within the budget: its session (to be timed beside the exact
+    ones), its accuracy, and what each kept (or why there is none)."""
     xs = x.to_numpy(np.float32)
     limits = {MetricName.ACCURACY: budget}
     rows = Rows(x, xt, np.asarray(yt), Budget(limits, np.asarray(y), converted.native))
     policy = Approximate(kinds=list(ApproximationKind), max_metric_drop=limits)
     (workdir / "variants").mkdir(parents=True, exist_ok=True)
-    timings: dict[str, dict[str, float]] = {}
+    sessions: dict[str, Any] = {}
     accuracy: dict[str, float] = {}
     notes = []
     original = Original.of(converted)
@@ -164,9 +166,9 @@ def _approximations(
             if each.session is None:
                 continue
             label = f"approximate {each.variant}"
-            timings[label] = _timed(each.session, xs, repeats)
+            sessions[label] = each.session
             accuracy[label] = _accuracy(each.session, xs, np.asarray(y), original.native.classes)
-    return timings, accuracy, notes
+    return sessions, accuracy, notes
 
 
 def _unconvertible(budget: float, repeats: int) -> tuple[list[str], str, list[str]]:
@@ -211,18 +213,19 @@ def _unconvertible(budget: float, repeats: int) -> tuple[list[str], str, list[st
         xs, work = xv.to_numpy(np.float32), Path(tmp) / "a"
         (work / "variants").mkdir(parents=True)
         policy = Approximate(kinds=[ApproximationKind.DISTILLATION], max_metric_drop=limits)
+        students: dict[str, Any] = {}
         for found in approximate.find(original, rows, policy):
             judged = approximate.judge(found, original, rows, xs, work, xs[:512], SessionSettings())
             notes.append(f"{name}: {judged.variant}: {judged.detail}")
-            if judged.session is None:
-                continue
-            t = _timed(judged.session, xs, repeats)
-            acc = _accuracy(judged.session, xs, np.asarray(yv), native.classes)
+            if judged.session is not None:
+                students[judged.variant] = judged.session
+        for variant, t in _timed(students, xs, repeats).items():
+            acc = _accuracy(students[variant], xs, np.asarray(yv), native.classes)
             lines.append(
-                f"| {name} | approximate {judged.variant} | {t['p50_us']:.1f} | {t['p99_us']:.1f} | {t['rows_per_s']:,.0f} | {acc:.4f} |"
+                f"| {name} | approximate {variant} | {t['p50_us']:.1f} | {t['p99_us']:.1f} | {t['rows_per_s']:,.0f} | {acc:.4f} |"
             )
             ratio += (
-                f"; {judged.variant} p50 {base['p50_us'] / t['p50_us']:.0f}x pyfunc's speed, batch "
+                f"; {variant} p50 {base['p50_us'] / t['p50_us']:.0f}x pyfunc's speed, batch "
                 f"{t['rows_per_s'] / base['rows_per_s']:.1f}x, accuracy {acc - native_acc:+.4f} vs the original"
             )
     return lines, ratio, notes
@@ -279,12 +282,7 @@ def main() -> None:
                 ]
             )
             bare = ort.InferenceSession(converted.onnx_bytes, providers=["CPUExecutionProvider"])
-            rows["bare ORT session (defaults)"] = _median(
-                [
-                    measure(lambda r, s=bare: s.run(None, {INPUT_NAME: r}), xs, [BATCH])
-                    for _ in range(args.repeats)
-                ]
-            )
+            sessions: dict[str, Any] = {"bare ORT session (defaults)": bare}
             accuracy["bare ORT session (defaults)"] = _accuracy(
                 bare, xs, np.asarray(y), converted.native.classes
             )
@@ -299,24 +297,20 @@ def main() -> None:
                     continue
                 session = open_session(vf, SessionSettings())
                 label = f"modelship {vf.variant}"
-                rows[label] = _median(
-                    [
-                        measure(lambda r, s=session: s.run(None, {INPUT_NAME: r}), xs, [BATCH])
-                        for _ in range(args.repeats)
-                    ]
-                )
+                sessions[label] = session
                 accuracy[label] = _accuracy(session, xs, np.asarray(y), converted.native.classes)
             found, found_accuracy, kept = _approximations(
-                converted, x, y, xt, yt, args.budget, Path(tmp) / "a", args.repeats
+                converted, x, y, xt, yt, args.budget, Path(tmp) / "a"
             )
-            rows.update(found)
+            sessions.update(found)
             accuracy.update(found_accuracy)
             notes += [f"{name}: {k}" for k in kept]
             if name.startswith("MLP"):
                 sparse = _sparse_mlp(model, x, Path(tmp) / "sparse")
                 label = "unstructured 80% zeros (fp32)"
-                rows[label] = _timed(sparse, xs, args.repeats)
+                sessions[label] = sparse
                 accuracy[label] = _accuracy(sparse, xs, np.asarray(y), converted.native.classes)
+            rows.update(_timed(sessions, xs, args.repeats))
             native_acc = float(np.mean(np.asarray(converted.native.values) == np.asarray(y)))
             for runtime, t in rows.items():
                 acc = accuracy.get(runtime, native_acc)
