@@ -3,14 +3,14 @@
     .venv/bin/python benchmarks/optimize.py [--repeats 3] [--budget 0.01]
 
 Models: a RandomForest of 200 trees (breast_cancer), LightGBM (breast_cancer), and a small MLP
-(scikit-learn's digits) in scikit-learn and in PyTorch. For each: single-row
-p50/p99 and batch-1024 rows/s, the median over ``--repeats`` measurements, all in this one
-process, every ONNX Runtime session of a model timed side by side (interleaved, as the stage
-times its variants; MLflow pyfunc, a thousand times slower, on its own); plus a bare ONNX Runtime session on the converted graph (default session options) as
-the reference the stage's choice should come close to. Then the approximate variants the stage
-can build (ensemble pruning, structured pruning, distillation; an accuracy drop of at most
-``--budget`` on the held-out rows, the training rows as reference data), timed the same way, and
-once, for the scikit-learn MLP, unstructured sparsity (80% of each layer's weights zeroed) to
+(scikit-learn's digits) in scikit-learn and in PyTorch. For each: single-row p50/p99 and
+batch-1024 rows/s, the median over ``--repeats`` measurements, all in this one process, every
+ONNX Runtime session of a model timed side by side (interleaved, as the stage times its
+variants; MLflow pyfunc, 10 to 1,000 times slower here, on its own); plus a bare ONNX Runtime
+session on the converted graph (default session options) as the reference the stage's choice
+should come close to. Then the approximate variants the stage can build (ensemble pruning,
+structured pruning, distillation; an accuracy drop of at most ``--budget`` on the held-out rows,
+the training rows as reference data), timed the same way, and once, for the scikit-learn MLP, unstructured sparsity (80% of each layer's weights zeroed) to
 show what it does not buy on ONNX Runtime's CPU kernels. Each approximation within the budget is
 also quantized to INT8 (dynamic) and judged by the same budget. Last, a Pipeline with no ONNX
 converter, served as MLflow pyfunc, against the distilled students that replace it. Ratios are

@@ -73,7 +73,7 @@ def side_by_side(
     samples = {name: np.empty(calls, dtype=np.int64) for name in names}
     per_round = -(-calls // rounds)
     for turn in range(rounds):
-        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+        for name in _rotated(names, turn):
             predict, out = predicts[name], samples[name]
             for i in range(settle):
                 predict(singles[i % len(singles)])
@@ -92,7 +92,7 @@ def side_by_side(
         turn = 0
         # at least three each, then until min_seconds a variant (at most 200 each)
         while turn < 3 or (time.perf_counter() - started < min_seconds * len(names) and turn < 200):
-            for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            for name in _rotated(names, turn):
                 begun = time.perf_counter()
                 predicts[name](batch)
                 times[name].append(time.perf_counter() - begun)
@@ -104,6 +104,12 @@ def side_by_side(
                      float(np.percentile(samples[name], 99) / 1e3), throughput[name])
         for name in names
     }  # fmt: skip
+
+
+def _rotated(names: list[str], turn: int) -> list[str]:
+    """The order of one turn: each name leads in its turn, so none always runs first."""
+    k = turn % len(names)
+    return names[k:] + names[:k]
 
 
 def _tile(rows: Any, reps: int) -> Any:
