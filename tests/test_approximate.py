@@ -15,20 +15,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from modelship.components.contract import run_stage
 from modelship.components.optimize import approximate, distill, ensemble, neurons
 from modelship.components.optimize import stage as optimize
 from modelship.components.optimize.approximation import Original, Rows
 from modelship.components.optimize.budget import Budget, choose
-from modelship.components.optimize.convert import Converted, convert_model
+from modelship.components.optimize.convert import Converted, NativeOutputs, convert_model
 from modelship.components.optimize.timing import Timing
 from modelship.components.optimize.variants import SessionSettings
 from modelship.core.records import OptimizeRecord
 from modelship.core.settings import Settings
 from modelship.core.verdict import Verdict
 from modelship.policies.loader import load_policy
-from modelship.policies.schema import Approximate, MetricName, Policy
+from modelship.policies.schema import Approximate, ApproximationKind, MetricName, Policy
 from modelship.registry.client import Registry
 from modelship.registry.deployments import DeploymentRun
 from tests.support import optimize_policy, register, stage_context
@@ -423,6 +425,114 @@ def test_a_budget_metric_that_does_not_fit_the_task_skips_every_kind(data: Data)
     assert all(f.skipped and "rmse does not apply" in f.skipped for f in found)
 
 
+# -- held-out rows -----------------------------------------------------------------------------
+
+
+def _split(data: Data, converted: Converted, **policy: Any) -> tuple[Rows, Rows, Any]:
+    budget = policy.pop("max_metric_drop", BUDGET)
+    rules = Approximate.model_validate(
+        {"kinds": ["ensemble_pruning"], "max_metric_drop": budget, **policy}
+    )
+    return approximate.split(_rows(data, converted, budget), rules)
+
+
+def test_the_budget_is_judged_on_a_stratified_half_the_searches_do_not_see(data: Data) -> None:
+    forest = _forest(data, trees=5)
+    val = data[3]
+    converted = convert_model(forest, "sklearn", val.drop(columns="target"))
+    search, judging, check = _split(data, converted)
+    searched, judged = set(search.validation.index), set(judging.validation.index)
+    assert not searched & judged and searched | judged == set(val.index)
+    assert (len(searched), len(judged)) == (129, 128) and check.measured == 128
+    assert "chose each size on 129 of the 257 validation rows" in check.reason
+    assert "judged on the other 128, which they did not see" in check.reason
+    # a classifier's halves keep its classes' shares (within a row)
+    for rows in (search, judging):
+        share = np.mean(rows.budget.y_true == 1)
+        assert abs(share - np.mean(val["target"] == 1)) < 1 / len(rows.validation)
+    # each half's labels, native outputs and base values are its own rows'
+    at = val.index.get_indexer(judging.validation.index)
+    assert (judging.budget.y_true == val["target"].to_numpy()[at]).all()
+    assert (judging.original.values == converted.native.values[at]).all()
+    assert not search.budget.held_out and judging.budget.held_out
+    # seeded: a rerun of the stage judges on the same rows
+    assert set(_split(data, converted)[1].validation.index) == judged
+
+
+@pytest.mark.parametrize(
+    ("policy", "why"),
+    [
+        ({"held_out": 0.0}, "optimize.approximate.held_out is 0"),
+        ({"min_held_out_rows": 200},
+         "holding out 0.5 of them would leave 128, fewer than "
+         "optimize.approximate.min_held_out_rows (200)"),
+    ],
+)  # fmt: skip
+def test_too_few_rows_to_hold_out_are_shared_and_the_check_says_so(
+    data: Data, policy: dict[str, Any], why: str
+) -> None:
+    forest = _forest(data, trees=5)
+    converted = convert_model(forest, "sklearn", data[3].drop(columns="target"))
+    search, judging, check = _split(data, converted, **policy)
+    assert search is judging and len(judging.validation) == 257
+    assert check.passed and check.measured == 0
+    assert f"share all 257 validation rows ({why})" in check.reason
+    assert "its drops may be smaller than on new data" in check.reason
+
+
+@given(
+    labels=st.lists(st.sampled_from([0, 1, 2]), min_size=1, max_size=600)
+    | st.lists(st.sampled_from(["yes", "no"]), min_size=1, max_size=600),
+    share=st.floats(0.0, 0.9),
+    min_rows=st.integers(1, 300),
+)
+def test_any_split_is_a_partition_that_keeps_each_class_share(
+    labels: list[Any], share: float, min_rows: int
+) -> None:
+    y = np.asarray(labels)
+    classes = tuple(sorted(set(labels)))
+    native = NativeOutputs("classification", y, None, classes)
+    frame = pd.DataFrame({"a": np.arange(len(y), dtype=float)})
+    rows = Rows(frame, frame, None, Budget({MetricName.ACCURACY: 0.1}, y, native))
+    policy = Approximate(kinds=[ApproximationKind.ENSEMBLE_PRUNING],
+                         max_metric_drop={MetricName.ACCURACY: 0.1},
+                         held_out=share, min_held_out_rows=min_rows)  # fmt: skip
+    search, judging, check = approximate.split(rows, policy)
+    held = round(len(y) * share)
+    if held < min_rows:
+        assert search is judging is rows and check.measured == 0
+        return
+    searched, judged = list(search.validation["a"]), list(judging.validation["a"])
+    assert sorted(searched + judged) == list(range(len(y))) and len(judged) == held
+    assert (judging.budget.y_true == y[np.asarray(judged, dtype=int)]).all()
+    for label in classes:
+        count = int(np.sum(y == label))
+        assert abs(int(np.sum(judging.budget.y_true == label)) - count * held / len(y)) <= 1
+
+
+def test_a_size_that_fits_only_the_rows_that_chose_it_fails_on_the_held_out_rows(
+    data: Data, tmp_path: Path
+) -> None:
+    # the smallest prefix within the budget on the search rows is, by that choice, at the edge
+    # of the budget there: judged on those same rows it passes; on the rows it never saw, this
+    # one loses more than twice the accuracy the budget allows
+    forest = _forest(data)
+    converted = convert_model(forest, "sklearn", data[3].drop(columns="target"))
+    search, judging, _ = _split(data, converted)
+    found = ensemble.prune(forest, "sklearn", search)
+    assert found.model is not None and found.kept == "6 of 100 trees"
+    on_search = _judge(found, converted, search, tmp_path / "search")
+    assert on_search.session is not None, on_search.detail
+    held_out = _judge(found, converted, judging, tmp_path / "held-out")
+    assert held_out.session is None and held_out.path is None
+    checks = {c.name: c for c in held_out.checks}
+    accuracy = checks["variant.ensemble_pruning.drop.accuracy"]
+    assert not accuracy.passed and isinstance(accuracy.measured, float)
+    assert accuracy.measured > 2 * BUDGET[MetricName.ACCURACY]
+    assert accuracy.reason.endswith("on 128 validation rows the search did not see")
+    assert on_search.drops[MetricName.ACCURACY] <= BUDGET[MetricName.ACCURACY]
+
+
 # -- the choice --------------------------------------------------------------------------------
 
 
@@ -515,10 +625,14 @@ def _serves_like_packaging_does(out: Path, tmp: Path, policy: Policy, data: Data
 def test_stage_serves_the_pruned_forest_and_names_its_cost(
     settings: Settings, data: Data, forest_version: str, tmp_path: Path
 ) -> None:
-    policy = _policy(kinds=["ensemble_pruning"], max_metric_drop={"accuracy": 0.02})
+    # judged on the rows that chose it (held_out: 0): on the held-out half of these 257 rows
+    # the pruned forest misses this budget (the next test); what the run records is the same
+    policy = _policy(kinds=["ensemble_pruning"], max_metric_drop={"accuracy": 0.02}, held_out=0.0)
     verdict, out = _run(settings, forest_version, policy, tmp_path, deployment=True)
     assert verdict.passed, verdict.reason
     figures = verdict.figures
+    shared = next(c for c in verdict.checks if c.name == "optimize.approximate.held_out")
+    assert "share all 257 validation rows" in shared.reason
     # beside the exact variant: its timing, its drop, its size, its gain over fp32
     for key in ("p50_us", "drop.accuracy", "members", "gain_vs_exact"):
         assert f"ensemble_pruning.{key}" in figures, key
@@ -551,6 +665,24 @@ def test_stage_serves_the_pruned_forest_and_names_its_cost(
     assert run.data.tags["modelship.optimize.metric_drop"].startswith(
         "accuracy drop" if record.approximate else "none"
     )
+
+
+def test_stage_judges_on_held_out_rows_and_keeps_fp32_where_the_pruned_forest_misses_there(
+    settings: Settings, forest_version: str, tmp_path: Path
+) -> None:
+    policy = _policy(
+        kinds=["ensemble_pruning"], max_metric_drop={"accuracy": 0.02, "roc_auc": 0.01}
+    )
+    verdict, out = _run(settings, forest_version, policy, tmp_path)
+    assert verdict.passed, verdict.reason
+    checks = {c.name: c for c in verdict.checks}
+    assert checks["optimize.approximate.held_out"].measured == 128
+    assert not checks["variant.ensemble_pruning.drop.accuracy"].passed
+    summary = checks["optimize.approximate"].reason
+    assert "no approximate variant stayed within the budget, so fp32 is chosen" in summary
+    assert "on 128 validation rows the search did not see" in summary
+    assert verdict.figures["ensemble_pruning.drop.accuracy"] == pytest.approx(6 / 128)
+    assert json.loads((out / "optimize.json").read_text())["variant"] == "fp32"
 
 
 def test_stage_with_a_budget_no_variant_meets_serves_the_exact_variant_with_the_reason(
@@ -690,8 +822,12 @@ def test_a_whole_deploy_with_approximate_variants_on_serves_and_promotes_the_pru
     version = register(settings, name, _forest(data, 200), x, ref, val,
                        skops_trusted_types=["sklearn.tree._tree.Tree"])  # fmt: skip
     policy = tmp_path / "approximate.yaml"
+    # on the rows that chose it (held_out: 0): judged on a held-out half of these 257 rows,
+    # the pruned forest misses this budget and fp32 is served (tested above); this test is the
+    # chain from the chosen file to the promoted version
     policy.write_text("optimize:\n  approximate:\n    kinds: [ensemble_pruning]\n"
-                      "    max_metric_drop: {accuracy: 0.01, roc_auc: 0.01}\n")  # fmt: skip
+                      "    max_metric_drop: {accuracy: 0.01, roc_auc: 0.01}\n"
+                      "    held_out: 0\n")  # fmt: skip
     code, summary, err = deploy_json(home, name, "--version", version, "--policy", str(policy))
     assert code == 0 and summary is not None, err
     assert summary["outcome"] == "passed"

@@ -177,6 +177,12 @@ class Approximate(Strict):
     min_gain: Annotated[float, Field(ge=0.0, le=10.0)] = 0.1
     #: distillation needs at least this many reference rows to train a student on
     min_reference_rows: Annotated[int, Field(ge=1)] = 200
+    #: share of the validation rows held out from the searches: each size is chosen on the rest,
+    #: and the budget judged on these, which did not choose it (0: both on every row)
+    held_out: Annotated[float, Field(ge=0.0, le=0.9)] = 0.5
+    #: fewer validation rows than this would be held out: the searches and the budget share all
+    #: of them, and the verdict says the drops were measured on the rows that chose each size
+    min_held_out_rows: Annotated[int, Field(ge=1)] = 100
 
     @model_validator(mode="after")
     def _budget_for_kinds(self) -> Approximate:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 
 from modelship.components.optimize import distill, ensemble, equivalence, neurons
@@ -92,6 +93,49 @@ _VARIANTS = {
 #: reference rows the searches train and rank on: students see each row once per class, so a
 #: reference table of millions would make the stage take hours for no better student
 MAX_REFERENCE_ROWS = 20_000
+
+
+#: the split of the validation rows is seeded: a rerun of the stage judges on the same rows
+SPLIT_SEED = 0
+
+
+def split(rows: Rows, policy: Approximate) -> tuple[Rows, Rows, Check]:
+    """The rows the searches choose each size on, the rows the budget is judged on, and a check
+    that says which. A size chosen as the smallest within the budget on some rows is, by that
+    choice, at the edge of the budget there; judged on the same rows it would pass whatever it
+    does on the next ones. So ``policy.held_out`` of the validation rows (a stratified share for
+    a classifier) are kept from the searches and judged on. Where that would leave fewer than
+    ``policy.min_held_out_rows``, both use every row and the check says the drops may be
+    optimistic."""
+    n = len(rows.validation)
+    held = round(n * policy.held_out)
+    name = "optimize.approximate.held_out"
+    if held < policy.min_held_out_rows or n - held < 1:
+        why = (
+            "optimize.approximate.held_out is 0" if policy.held_out == 0 else
+            f"holding out {policy.held_out:g} of them would leave {held}, fewer than "
+            f"optimize.approximate.min_held_out_rows ({policy.min_held_out_rows})"
+        )  # fmt: skip
+        return rows, rows, Check(
+            name=name, kind="approximation", passed=True, blocking=False, measured=0,
+            reason=f"the searches and the budget share all {n} validation rows ({why}): each "
+            "size is judged on the rows that chose it, so its drops may be smaller than on new data",
+        )  # fmt: skip
+    rng = np.random.default_rng(SPLIT_SEED)
+    order = rng.permutation(n)
+    if rows.original.task == "classification":  # each class split in the same share
+        labels, _ = pd.factorize(np.asarray(rows.budget.y_true)[order])  # any label type
+        rank = np.empty(n)
+        for label in np.unique(labels):
+            at = np.flatnonzero(labels == label)  # this class's rows, in the shuffled order
+            rank[at] = (np.arange(len(at)) + 0.5) / len(at)
+        order = order[np.argsort(rank, kind="stable")]
+    judged, searched = np.sort(order[:held]), np.sort(order[held:])
+    return rows.take(searched), rows.take(judged, held_out=True), Check(
+        name=name, kind="approximation", passed=True, blocking=False, measured=held,
+        reason=f"the searches chose each size on {len(searched)} of the {n} validation rows; the "
+        f"budget is judged on the other {held}, which they did not see",
+    )  # fmt: skip
 
 
 def find(original: Original, rows: Rows, policy: Approximate) -> list[Approximation]:

@@ -31,6 +31,12 @@ class Rows:
     def original(self) -> NativeOutputs:
         return self.budget.original
 
+    def take(self, index: NDArray[np.intp], held_out: bool = False) -> Rows:
+        """These rows with only the validation rows at ``index`` (the reference rows whole)."""
+        validation = self.validation.iloc[index]
+        return Rows(validation, self.reference, self.reference_target,
+                    self.budget.take(index, held_out))  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Original:

@@ -33,6 +33,8 @@ class Budget:
     y_true: NDArray[Any]
     original: NativeOutputs
     positive: object | None = None
+    #: whether the rows were held out from the searches (said in each check's reason)
+    held_out: bool = False
     #: the original model's value of each metric in ``limits``
     base: dict[MetricName, float] = field(init=False)
     #: budget metrics that do not apply to this task, or the original model cannot give
@@ -60,6 +62,11 @@ class Budget:
     ) -> float:
         predictions = metrics.Predictions(values, scores, self.original.classes)
         return metrics.compute(name, self.y_true, predictions, self.positive)
+
+    def take(self, index: NDArray[np.intp], held_out: bool) -> Budget:
+        """The same budget on the rows at ``index`` only, the original's values recomputed there."""
+        y_true = np.asarray(self.y_true)[index]
+        return Budget(self.limits, y_true, self.original.take(index), self.positive, held_out)
 
     def drops(
         self, values: NDArray[Any], scores: NDArray[np.float64] | None
@@ -92,7 +99,8 @@ class Budget:
                     name=f"variant.{variant}.drop.{name}", kind="approximation", blocking=False,
                     passed=ok, measured=round(drop, 6), threshold=f"<= {limit}",
                     reason=f"{name} drops {drop:+.4f} from the original's {self.base[name]:.4f}"
-                    f" (budget {limit})",
+                    f" (budget {limit}) on {len(self.y_true)} validation rows"
+                    + (" the search did not see" if self.held_out else ""),
                 )
             )  # fmt: skip
         return checks

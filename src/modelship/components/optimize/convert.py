@@ -36,6 +36,11 @@ class NativeOutputs:
     scores: NDArray[np.float64] | None = None  # class probabilities, columns in ``classes`` order
     classes: tuple[Any, ...] = ()
 
+    def take(self, index: NDArray[np.intp]) -> NativeOutputs:
+        """What it says about the rows at ``index`` only."""
+        scores = None if self.scores is None else self.scores[index]
+        return NativeOutputs(self.task, np.asarray(self.values)[index], scores, self.classes)
+
 
 @dataclass(frozen=True)
 class Converted:

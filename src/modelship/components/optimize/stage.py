@@ -97,17 +97,18 @@ def _unconverted(
 
 
 def _approximate(
-    original: Original, rows: Rows, policy: Policy, workdir: Path, calibration: np.ndarray,
-    settings: SessionSettings, events: Any,
+    original: Original, search: Rows, rows: Rows, policy: Policy, workdir: Path,
+    calibration: np.ndarray, settings: SessionSettings, events: Any,
 ) -> list[approximate.Judged]:  # fmt: skip
-    """The approximate variants the policy asks for, each judged by its budget; those within it
-    hold their session, to be timed beside the exact ones."""
+    """The approximate variants the policy asks for, each found on the ``search`` rows and
+    judged by its budget on ``rows``; those within it hold their session, to be timed beside
+    the exact ones."""
     opt = policy.optimize
     events.emit(NAME, "step", step=f"approximate: {', '.join(map(str, opt.approximate.kinds))}")
     x = rows.validation.to_numpy(np.float32)
     out: list[approximate.Judged] = []
     quantize = Variant.INT8_DYNAMIC in opt.variants
-    for found in approximate.find(original, rows, opt.approximate):
+    for found in approximate.find(original, search, opt.approximate):
         events.emit(NAME, "step", step=f"metric budget: {found.variant}")
         j = approximate.judge(found, original, rows, x, workdir, calibration, settings)
         judged = [j]
@@ -240,18 +241,24 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
         checks += unloaded
     if original is not None and opt.approximate.kinds:
         target = vp.validation_data.target
-        rows = Rows(
-            features, reference_features,
-            reference[target].to_numpy() if target in reference.columns else None,
-            Budget(dict(opt.approximate.max_metric_drop), y_true, original.native,
-                   vp.positive_label),
+        search, rows, held_out = approximate.split(
+            Rows(
+                features, reference_features,
+                reference[target].to_numpy() if target in reference.columns else None,
+                Budget(dict(opt.approximate.max_metric_drop), y_true, original.native,
+                       vp.positive_label),
+            ),
+            opt.approximate,
         )  # fmt: skip
+        checks.append(held_out)
         checks += [
             Check(name=f"optimize.approximate.{metric}", kind="approximation", passed=True,
                   skipped=True, blocking=False, reason=f"not in the budget: {why}")
             for metric, why in rows.budget.unusable.items()
         ]  # fmt: skip
-        for j in _approximate(original, rows, policy, workdir, calibration, settings, events):
+        for j in _approximate(
+            original, search, rows, policy, workdir, calibration, settings, events
+        ):
             judged.append(j)
             checks += j.checks
             if j.session is None or j.path is None:
