@@ -31,13 +31,18 @@ def schemas_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "schemas"
 
 
-@cache
-def crd(api_version: str, kind: str) -> dict[str, Any]:
-    """The CRD that serves ``kind`` at ``api_version``, as its project publishes it."""
+def require() -> Path:
+    """The schemas folder; the test skips, saying where it looked, where there is none."""
     folder = schemas_dir()
     if not folder.is_dir():
         pytest.skip(f"no CRD schemas at {folder} (set MODELSHIP_CRD_SCHEMAS to their folder)")
-    path = folder / CRD_FILES[f"{api_version}/{kind}"]
+    return folder
+
+
+@cache
+def crd(api_version: str, kind: str) -> dict[str, Any]:
+    """The CRD that serves ``kind`` at ``api_version``, as its project publishes it."""
+    path = require() / CRD_FILES[f"{api_version}/{kind}"]
     with path.open() as f:
         loaded: dict[str, Any] = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     assert loaded["spec"]["names"]["kind"] == kind  # 2 MB of YAML for KServe: read once

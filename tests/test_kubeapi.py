@@ -18,6 +18,7 @@ from modelship.components.targets.cluster import (
 from modelship.components.targets.kserve import KServeRouter
 from modelship.components.targets.seldon import SeldonRouter
 from modelship.core.traffic import Weights
+from tests import crds
 from tests.servers.kubeapi import ALL_CRDS, KubeApi, kube_api, write_kubeconfig
 
 CHAMPION = Deployable("bc", "3", image="ghcr.io/acme/bc@sha256:" + "3" * 64,
@@ -100,6 +101,7 @@ def test_a_stale_update_is_read_again_and_retried_then_fails_clearly(tmp_path: P
 def test_a_manifest_the_clusters_crd_schema_refuses_is_never_sent(tmp_path: Path) -> None:
     # checked against the installed CRD's own schema, read from the API server, before any
     # object is written: none of the pair goes half-way
+    crds.require()
     with kube_api() as (url, api):
         router = SeldonRouter(_api(tmp_path, url), "models", CHAMPION, CHALLENGER)
         manifests = router.manifests(Weights(0))
@@ -116,6 +118,7 @@ def test_without_the_right_to_read_crds_the_api_servers_own_check_still_refuses(
 ) -> None:
     # a namespaced Role cannot grant reading CRDs (cluster-scoped): then the API server's 422,
     # named, with the fix
+    crds.require()
     api = KubeApi()
     api.crds_readable = False
     with kube_api(api) as (url, _):
