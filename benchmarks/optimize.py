@@ -9,8 +9,8 @@ ONNX Runtime session of a model timed side by side (interleaved, as the stage ti
 variants; MLflow pyfunc, 10 to 1,000 times slower here, on its own); plus a bare ONNX Runtime
 session on the converted graph (default session options) as the reference the stage's choice
 should come close to. Then the approximate variants the stage can build (ensemble pruning,
-structured pruning, distillation; an accuracy drop of at most ``--budget`` on the held-out rows,
-the training rows as reference data), timed the same way, and once, for the scikit-learn MLP, unstructured sparsity (80% of each layer's weights zeroed) to
+structured pruning, distillation; an accuracy drop of at most ``--budget``, each size searched
+and judged on the validation rows as the stage splits them, the training rows as reference data), timed the same way, and once, for the scikit-learn MLP, unstructured sparsity (80% of each layer's weights zeroed) to
 show what it does not buy on ONNX Runtime's CPU kernels. Each approximation within the budget is
 also quantized to INT8 (dynamic) and judged by the same budget. Last, a Pipeline with no ONNX
 converter, served as MLflow pyfunc, against the distilled students that replace it. Ratios are
@@ -146,20 +146,23 @@ def _approximations(
     ones), its accuracy, and what each kept (or why there is none)."""
     xs = x.to_numpy(np.float32)
     limits = {MetricName.ACCURACY: budget}
-    rows = Rows(x, xt, np.asarray(yt), Budget(limits, np.asarray(y), converted.native))
     policy = Approximate(kinds=list(ApproximationKind), max_metric_drop=limits)
+    search, rows, held_out = approximate.split(
+        Rows(x, xt, np.asarray(yt), Budget(limits, np.asarray(y), converted.native)), policy
+    )
+    xj = rows.validation.to_numpy(np.float32)
     (workdir / "variants").mkdir(parents=True, exist_ok=True)
     sessions: dict[str, Any] = {}
     accuracy: dict[str, float] = {}
-    notes = []
+    notes = [held_out.reason]
     original = Original.of(converted)
     calibration = xt.to_numpy(np.float32)[:512]
-    for found in approximate.find(original, rows, policy):
+    for found in approximate.find(original, search, policy):
         judged = approximate.judge(
-            found, original, rows, xs, workdir, calibration, SessionSettings()
+            found, original, rows, xj, workdir, calibration, SessionSettings()
         )
         quantized = approximate.quantized(
-            judged, original, rows, xs, workdir, calibration, SessionSettings()
+            judged, original, rows, xj, workdir, calibration, SessionSettings()
         )
         for each in [judged, *([quantized] if quantized is not None else [])]:
             notes.append(f"{each.variant}: {each.detail}")
@@ -196,7 +199,11 @@ def _unconvertible(budget: float, repeats: int) -> tuple[list[str], str, list[st
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         original = Original(teacher, flavor, native, size, "saved model files", converted=False)
         limits = {MetricName.ACCURACY: budget}
-        rows = Rows(xv, xt, np.asarray(yt), Budget(limits, np.asarray(yv), native))
+        policy = Approximate(kinds=[ApproximationKind.DISTILLATION], max_metric_drop=limits)
+        search, rows, held_out = approximate.split(
+            Rows(xv, xt, np.asarray(yt), Budget(limits, np.asarray(yv), native)), policy
+        )
+        notes.append(f"{name}: {held_out.reason}")
         pyfunc = mlflow.pyfunc.load_model(str(path))
         take = lambda d, s, n: d.iloc[s : s + n]  # noqa: E731
         base = _median(
@@ -211,11 +218,11 @@ def _unconvertible(budget: float, repeats: int) -> tuple[list[str], str, list[st
         )
         ratio = name
         xs, work = xv.to_numpy(np.float32), Path(tmp) / "a"
+        xj = rows.validation.to_numpy(np.float32)
         (work / "variants").mkdir(parents=True)
-        policy = Approximate(kinds=[ApproximationKind.DISTILLATION], max_metric_drop=limits)
         students: dict[str, Any] = {}
-        for found in approximate.find(original, rows, policy):
-            judged = approximate.judge(found, original, rows, xs, work, xs[:512], SessionSettings())
+        for found in approximate.find(original, search, policy):
+            judged = approximate.judge(found, original, rows, xj, work, xs[:512], SessionSettings())
             notes.append(f"{name}: {judged.variant}: {judged.detail}")
             if judged.session is not None:
                 students[judged.variant] = judged.session
