@@ -499,8 +499,10 @@ def test_any_split_is_a_partition_that_keeps_each_class_share(
                          held_out=share, min_held_out_rows=min_rows)  # fmt: skip
     search, judging, check = approximate.split(rows, policy)
     held = round(len(y) * share)
-    if held < min_rows:
+    if held < min_rows or held == len(y):  # too few held out, or none left to search on
         assert search is judging is rows and check.measured == 0
+        why = "none for the searches" if held >= min_rows else "fewer than" if share else "is 0"
+        assert why in check.reason
         return
     searched, judged = list(search.validation["a"]), list(judging.validation["a"])
     assert sorted(searched + judged) == list(range(len(y))) and len(judged) == held

@@ -115,6 +115,8 @@ def split(rows: Rows, policy: Approximate) -> tuple[Rows, Rows, Check]:
             "optimize.approximate.held_out is 0" if policy.held_out == 0 else
             f"holding out {policy.held_out:g} of them would leave {held}, fewer than "
             f"optimize.approximate.min_held_out_rows ({policy.min_held_out_rows})"
+            if held < policy.min_held_out_rows else
+            f"holding out {policy.held_out:g} of them would leave none for the searches"
         )  # fmt: skip
         return rows, rows, Check(
             name=name, kind="approximation", passed=True, blocking=False, measured=0,
