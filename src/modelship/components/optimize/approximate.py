@@ -3,10 +3,10 @@
 Each kind (``optimize.approximate.kinds``) gives one or more variants, found on the native model
 (see :mod:`ensemble`, :mod:`neurons`, :mod:`distill`). The one each settles on is converted, its
 graph optimized as the exact ``fp32`` variant's is, and judged again from the ONNX session's own
-outputs on the validation rows: every budget metric within its drop, and a graph smaller than
-the original's (its ONNX graph; where it did not convert, its saved files, and then only a
-distilled student applies). What does not apply is skipped with the reason; what fails is dropped, never
-fatal: the exact variants stand whatever happens here.
+outputs on validation rows the searches did not see (:func:`split`): every budget metric within
+its drop, and a graph smaller than the original's (its ONNX graph; where it did not convert, its
+saved files, and then only a distilled student applies). What does not apply is skipped with
+the reason; what fails is dropped, never fatal: the exact variants stand whatever happens here.
 """
 
 from __future__ import annotations
