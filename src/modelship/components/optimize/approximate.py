@@ -110,14 +110,15 @@ def split(rows: Rows, policy: Approximate) -> tuple[Rows, Rows, Check]:
     n = len(rows.validation)
     held = round(n * policy.held_out)
     name = "optimize.approximate.held_out"
-    if held < policy.min_held_out_rows or n - held < 1:
-        why = (
-            "optimize.approximate.held_out is 0" if policy.held_out == 0 else
-            f"holding out {policy.held_out:g} of them would leave {held}, fewer than "
-            f"optimize.approximate.min_held_out_rows ({policy.min_held_out_rows})"
-            if held < policy.min_held_out_rows else
-            f"holding out {policy.held_out:g} of them would leave none for the searches"
-        )  # fmt: skip
+    why = ""
+    if policy.held_out == 0:
+        why = "optimize.approximate.held_out is 0"
+    elif held < policy.min_held_out_rows:
+        why = (f"holding out {policy.held_out:g} of them would leave {held}, fewer than "
+               f"optimize.approximate.min_held_out_rows ({policy.min_held_out_rows})")  # fmt: skip
+    elif held == n:
+        why = f"holding out {policy.held_out:g} of them would leave none for the searches"
+    if why:
         return rows, rows, Check(
             name=name, kind="approximation", passed=True, blocking=False, measured=0,
             reason=f"the searches and the budget share all {n} validation rows ({why}): each "
