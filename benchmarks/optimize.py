@@ -147,30 +147,22 @@ def _approximations(
     xs = x.to_numpy(np.float32)
     limits = {MetricName.ACCURACY: budget}
     policy = Approximate(kinds=list(ApproximationKind), max_metric_drop=limits)
-    search, rows, held_out = approximate.split(
-        Rows(x, xt, np.asarray(yt), Budget(limits, np.asarray(y), converted.native)), policy
-    )
-    xj = rows.validation.to_numpy(np.float32)
     (workdir / "variants").mkdir(parents=True, exist_ok=True)
     sessions: dict[str, Any] = {}
     accuracy: dict[str, float] = {}
-    notes = [held_out.reason]
     original = Original.of(converted)
-    calibration = xt.to_numpy(np.float32)[:512]
-    for found in approximate.find(original, search, policy):
-        judged = approximate.judge(
-            found, original, rows, xj, workdir, calibration, SessionSettings()
-        )
-        quantized = approximate.quantized(
-            judged, original, rows, xj, workdir, calibration, SessionSettings()
-        )
-        for each in [judged, *([quantized] if quantized is not None else [])]:
-            notes.append(f"{each.variant}: {each.detail}")
-            if each.session is None:
-                continue
-            label = f"approximate {each.variant}"
-            sessions[label] = each.session
-            accuracy[label] = _accuracy(each.session, xs, np.asarray(y), original.native.classes)
+    outcome = approximate.run(
+        original, Rows(x, xt, np.asarray(yt), Budget(limits, np.asarray(y), converted.native)),
+        policy, workdir, xt.to_numpy(np.float32)[:512], SessionSettings(), quantize=True,
+    )  # fmt: skip
+    notes = [outcome.held_out.reason]
+    for each in outcome.judged:
+        notes.append(f"{each.variant}: {each.detail}")
+        if each.session is None:
+            continue
+        label = f"approximate {each.variant}"
+        sessions[label] = each.session
+        accuracy[label] = _accuracy(each.session, xs, np.asarray(y), original.native.classes)
     return sessions, accuracy, notes
 
 
@@ -200,10 +192,6 @@ def _unconvertible(budget: float, repeats: int) -> tuple[list[str], str, list[st
         original = Original(teacher, flavor, native, size, "saved model files", converted=False)
         limits = {MetricName.ACCURACY: budget}
         policy = Approximate(kinds=[ApproximationKind.DISTILLATION], max_metric_drop=limits)
-        search, rows, held_out = approximate.split(
-            Rows(xv, xt, np.asarray(yt), Budget(limits, np.asarray(yv), native)), policy
-        )
-        notes.append(f"{name}: {held_out.reason}")
         pyfunc = mlflow.pyfunc.load_model(str(path))
         take = lambda d, s, n: d.iloc[s : s + n]  # noqa: E731
         base = _median(
@@ -218,14 +206,14 @@ def _unconvertible(budget: float, repeats: int) -> tuple[list[str], str, list[st
         )
         ratio = name
         xs, work = xv.to_numpy(np.float32), Path(tmp) / "a"
-        xj = rows.validation.to_numpy(np.float32)
         (work / "variants").mkdir(parents=True)
-        students: dict[str, Any] = {}
-        for found in approximate.find(original, search, policy):
-            judged = approximate.judge(found, original, rows, xj, work, xs[:512], SessionSettings())
-            notes.append(f"{name}: {judged.variant}: {judged.detail}")
-            if judged.session is not None:
-                students[judged.variant] = judged.session
+        outcome = approximate.run(
+            original, Rows(xv, xt, np.asarray(yt), Budget(limits, np.asarray(yv), native)),
+            policy, work, xs[:512], SessionSettings(), quantize=False,
+        )  # fmt: skip
+        notes.append(f"{name}: {outcome.held_out.reason}")
+        notes += [f"{name}: {j.variant}: {j.detail}" for j in outcome.judged]
+        students = {j.variant: j.session for j in outcome.judged if j.session is not None}
         for variant, t in _timed(students, xs, repeats).items():
             acc = _accuracy(students[variant], xs, np.asarray(yv), native.classes)
             lines.append(

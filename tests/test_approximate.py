@@ -535,6 +535,44 @@ def test_a_size_that_fits_only_the_rows_that_chose_it_fails_on_the_held_out_rows
     assert on_search.drops[MetricName.ACCURACY] <= BUDGET[MetricName.ACCURACY]
 
 
+def test_run_finds_on_one_part_judges_on_the_other_and_quantizes_what_stayed_within(
+    data: Data, tmp_path: Path
+) -> None:
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, ref, val = data
+    mlp = MLPClassifier((64, 32), solver="lbfgs", max_iter=400, random_state=0)
+    model = make_pipeline(StandardScaler(), mlp).fit(x, y)
+    converted = convert_model(model, "sklearn", val.drop(columns="target"))
+    policy = Approximate.model_validate(
+        {"kinds": ["structured_pruning", "distillation"], "max_metric_drop": BUDGET}
+    )
+    steps: list[str] = []
+    outcome = approximate.run(
+        Original.of(converted), _rows(data, converted), policy, tmp_path,
+        ref.drop(columns="target").to_numpy(np.float32), SessionSettings(), quantize=True,
+        step=steps.append,
+    )  # fmt: skip
+    assert outcome.held_out.measured == 128 and outcome.unusable == []
+    assert outcome.checks == [outcome.held_out]
+    found = [neurons.VARIANT, distill.GBM, distill.MLP]
+    assert steps == [f"metric budget: {v}" for v in found]
+    names = [j.variant for j in outcome.judged]
+    # each one within the budget is followed by its INT8 copy (a boosted student has no
+    # matrices to quantize, so it has none), judged against the same original
+    within = [j.variant for j in outcome.judged if j.session and not j.variant.endswith("_int8")]
+    assert neurons.VARIANT in within, [j.detail for j in outcome.judged]
+    for variant in within:
+        if variant != distill.GBM:
+            assert names[names.index(variant) + 1] == f"{variant}_int8"
+    assert [n for n in names if not n.endswith("_int8")] == found
+    for j in outcome.judged:
+        drop = next(c for c in j.checks if c.name == f"variant.{j.variant}.drop.accuracy")
+        assert drop.reason.endswith("on 128 validation rows the search did not see"), drop.reason
+
+
 # -- the choice --------------------------------------------------------------------------------
 
 

@@ -249,3 +249,42 @@ def quantized(
     kept = f"{judged.kept}, quantized to INT8"
     figures = {k: v for k, v in judged.figures.items() if k != "onnx_bytes"}
     return _judged(name, path, path.read_bytes(), kept, figures, original, rows, x, settings)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Every approximate variant the policy asked for, judged; which rows judged them
+    (:func:`split`), and the budget metrics that could not judge them."""
+
+    judged: list[Judged]
+    held_out: Check
+    unusable: list[Check]
+
+    @property
+    def checks(self) -> list[Check]:
+        """The split's check and the unusable metrics', in that order, for the verdict."""
+        return [self.held_out, *self.unusable]
+
+
+def run(
+    original: Original, rows: Rows, policy: Approximate, workdir: Path,
+    calibration: NDArray[np.float32], settings: SessionSettings, *, quantize: bool,
+    step: Callable[[str], None] = lambda _: None,
+) -> Outcome:  # fmt: skip
+    """The validation rows split (:func:`split`), each kind's variant found on one part and
+    judged on the other; with ``quantize``, each one within the budget quantized to INT8 and
+    judged again. ``step`` hears the name of each variant before it is judged."""
+    search, judging, held_out = split(rows, policy)
+    unusable = [
+        Check(name=f"optimize.approximate.{metric}", kind="approximation", passed=True,
+              skipped=True, blocking=False, reason=f"not in the budget: {why}")
+        for metric, why in judging.budget.unusable.items()
+    ]  # fmt: skip
+    x = judging.validation.to_numpy(np.float32)
+    judged: list[Judged] = []
+    for found in find(original, search, policy):
+        step(f"metric budget: {found.variant}")
+        j = judge(found, original, judging, x, workdir, calibration, settings)
+        q = quantized(j, original, judging, x, workdir, calibration, settings) if quantize else None
+        judged += [j] if q is None else [j, q]
+    return Outcome(judged, held_out, unusable)

@@ -45,7 +45,7 @@ from modelship.core.errors import GateRejected
 from modelship.core.records import OptimizeRecord
 from modelship.core.tags import TAG_SPEEDUP, TAG_VARIANT
 from modelship.core.verdict import Check, ModelState, Verdict
-from modelship.policies.schema import Policy, Variant
+from modelship.policies.schema import Variant
 
 NAME = "optimize"
 #: the variant that serves the MLflow model itself, as `mlflow models serve` would
@@ -94,29 +94,6 @@ def _unconverted(
                             f"be loaded to teach a student: {type(e).__name__}: {e}")]  # fmt: skip
     size = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
     return Original(model, flavor, native, size, "saved model files", converted=False), []
-
-
-def _approximate(
-    original: Original, search: Rows, rows: Rows, policy: Policy, workdir: Path,
-    calibration: np.ndarray, settings: SessionSettings, events: Any,
-) -> list[approximate.Judged]:  # fmt: skip
-    """The approximate variants the policy asks for, each found on the ``search`` rows and
-    judged by its budget on ``rows``; those within it hold their session, to be timed beside
-    the exact ones."""
-    opt = policy.optimize
-    events.emit(NAME, "step", step=f"approximate: {', '.join(map(str, opt.approximate.kinds))}")
-    x = rows.validation.to_numpy(np.float32)
-    out: list[approximate.Judged] = []
-    quantize = Variant.INT8_DYNAMIC in opt.variants
-    for found in approximate.find(original, search, opt.approximate):
-        events.emit(NAME, "step", step=f"metric budget: {found.variant}")
-        j = approximate.judge(found, original, rows, x, workdir, calibration, settings)
-        judged = [j]
-        if quantize:  # the policy's exact int8 variant, on the smaller model too
-            q = approximate.quantized(j, original, rows, x, workdir, calibration, settings)
-            judged += [q] if q is not None else []
-        out += judged
-    return out
 
 
 def _approximate_figures(
@@ -241,24 +218,22 @@ def run(ctx: StageContext, inputs: OptimizeInputs) -> Verdict:
         checks += unloaded
     if original is not None and opt.approximate.kinds:
         target = vp.validation_data.target
-        search, rows, held_out = approximate.split(
+        events.emit(NAME, "step", step=f"approximate: {', '.join(map(str, opt.approximate.kinds))}")
+        outcome = approximate.run(
+            original,
             Rows(
                 features, reference_features,
                 reference[target].to_numpy() if target in reference.columns else None,
                 Budget(dict(opt.approximate.max_metric_drop), y_true, original.native,
                        vp.positive_label),
             ),
-            opt.approximate,
+            opt.approximate, workdir, calibration, settings,
+            # the policy's exact int8 variant, on each smaller model too
+            quantize=Variant.INT8_DYNAMIC in opt.variants,
+            step=lambda step: events.emit(NAME, "step", step=step),
         )  # fmt: skip
-        checks.append(held_out)
-        checks += [
-            Check(name=f"optimize.approximate.{metric}", kind="approximation", passed=True,
-                  skipped=True, blocking=False, reason=f"not in the budget: {why}")
-            for metric, why in rows.budget.unusable.items()
-        ]  # fmt: skip
-        for j in _approximate(
-            original, search, rows, policy, workdir, calibration, settings, events
-        ):
+        checks += outcome.checks
+        for j in outcome.judged:
             judged.append(j)
             checks += j.checks
             if j.session is None or j.path is None:
