@@ -1,30 +1,24 @@
 """What each KFP component runs: unpack KFP's plain values, build the stage's inputs, call it.
 
 Each step is the entry point of its own process, so this is where settings are read (once).
+Only what every step needs is imported here: a stage whose gate before it did not pass records
+that it did not run without loading MLflow or its stage's libraries (:func:`_not_run`).
 """
 
 from __future__ import annotations
 
 from collections import namedtuple
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from modelship.components import conclude, resolve
-from modelship.components.contract import (
-    ModelInputs,
-    PackagedInputs,
-    Stage,
-    StageContext,
-    run_stage,
-)
 from modelship.components.runtime import run_step
-from modelship.components.validate import stage as validate_stage
 from modelship.core.events import EventSink
-from modelship.core.settings import Settings
 from modelship.core.verdict import Verdict
-from modelship.policies.schema import Policy
-from modelship.registry.client import Registry
-from modelship.registry.deployments import DeploymentRun
+
+if TYPE_CHECKING:
+    from modelship.components.contract import Stage
+    from modelship.core.settings import Settings
+    from modelship.registry.client import Registry
 
 I = TypeVar("I")  # noqa: E741  (a stage's inputs)
 
@@ -32,6 +26,9 @@ ResolveOutputs = namedtuple("ResolveOutputs", ["version", "digest", "run_id", "p
 
 
 def _setup() -> tuple[Settings, Registry]:
+    from modelship.core.settings import Settings
+    from modelship.registry.client import Registry
+
     settings = Settings.from_env()
     settings.prepare()
     return settings, Registry()
@@ -49,6 +46,9 @@ def _gate(
     previous_path: str | None = None,
 ) -> bool:
     """Run a gate's stage through the shared runner; save its verdict for the next step."""
+    from modelship.components.contract import StageContext, run_stage
+    from modelship.policies.schema import Policy
+    from modelship.registry.deployments import DeploymentRun
 
     def body(events: EventSink) -> Verdict:
         settings, registry = _setup()
@@ -71,9 +71,23 @@ def _gate(
     return verdict.passed
 
 
+def _not_run(stage: str, previous_path: str, verdict_path: str) -> bool | None:
+    """False, with a ``not run`` verdict saved, when the gate before ``stage`` did not pass;
+    None when it did. Checked before anything heavy is imported: on a cluster each such step is
+    still a pod, and here a process, that only has to say it did not run."""
+    previous = Verdict.load(previous_path)
+    if previous.passed:
+        return None
+    verdict = run_step(stage, lambda _: Verdict.not_run(stage, previous))
+    verdict.save(verdict_path)
+    return False
+
+
 def resolve_step(
     model_name: str, version: str, alias: str, policy_yaml: str, kfp_run: str, model_path: str
 ) -> Any:
+    from modelship.components import resolve
+
     def body(events: EventSink) -> Any:
         settings, registry = _setup()
         r = resolve.run(
@@ -102,6 +116,9 @@ def validate_step(
     policy: str,
     verdict_path: str,
 ) -> bool:
+    from modelship.components.contract import ModelInputs
+    from modelship.components.validate import stage as validate_stage
+
     return _gate(
         validate_stage.STAGE, ModelInputs(Path(model_path), digest), model_name=model_name,
         version=version, run_id=run_id, policy=policy, verdict_path=verdict_path,
@@ -119,6 +136,8 @@ def optimize_step(
     verdict_path: str,
     optimized_path: str,
 ) -> bool:
+    if (not_run := _not_run("optimize", validate_verdict_path, verdict_path)) is not None:
+        return not_run
     from modelship.components.optimize import stage as optimize_stage
 
     inputs = optimize_stage.OptimizeInputs(Path(model_path), digest, Path(optimized_path))
@@ -140,6 +159,8 @@ def package_step(
     verdict_path: str,
     packaged_path: str,
 ) -> bool:
+    if (not_run := _not_run("package", optimize_verdict_path, verdict_path)) is not None:
+        return not_run
     from modelship.components.package import stage as package_stage
 
     inputs = package_stage.PackageInputs(
@@ -160,6 +181,9 @@ def loadtest_step(
     packaged_path: str,
     verdict_path: str,
 ) -> bool:
+    if (not_run := _not_run("loadtest", package_verdict_path, verdict_path)) is not None:
+        return not_run
+    from modelship.components.contract import PackagedInputs
     from modelship.components.loadtest import stage as loadtest_stage
 
     return _gate(
@@ -178,6 +202,9 @@ def rollout_step(
     packaged_path: str,
     verdict_path: str,
 ) -> bool:
+    if (not_run := _not_run("rollout", loadtest_verdict_path, verdict_path)) is not None:
+        return not_run
+    from modelship.components.contract import PackagedInputs
     from modelship.components.rollout import stage as rollout_stage
 
     return _gate(
@@ -196,6 +223,9 @@ def conclude_step(
     summary_path: str,
 ) -> str:
     import json
+
+    from modelship.components import conclude
+    from modelship.registry.deployments import DeploymentRun
 
     def body(events: EventSink) -> dict[str, Any]:
         _, registry = _setup()
