@@ -30,6 +30,7 @@ from tests.support import MODELSHIP, aliases, cli, deploy_json, register, regist
 
 pytestmark = pytest.mark.slow
 MODEL = "breast-cancer"  # the demo's short load test and canary (policies/breast-cancer.yaml)
+NO_LOADTEST = str(Path(__file__).parent / "policies" / "no-loadtest.yaml")
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -112,8 +113,12 @@ def versions(settings: Settings, data: Any) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def served(home: Path, versions: dict[str, str], data: Any) -> Iterator[Served]:
-    """v1 deployed (the champion) and served by `modelship serve` for the whole module."""
-    code, _, err = deploy_json(home, MODEL, "--version", versions["champion"])
+    """v1 deployed (the champion) and served by `modelship serve` for the whole module.
+
+    Its deploy skips the load test: its p99 SLO is a measurement this fixture does not test,
+    and on a busy machine it once rejected v1 here (p99 118 ms against 100 ms, p50 2 ms)."""
+    code, _, err = deploy_json(home, MODEL, "--version", versions["champion"], "--policy",
+                               NO_LOADTEST)  # fmt: skip
     assert code == 0, err
     port = free_port()
     log = (home / "serve.log").open("wb")
