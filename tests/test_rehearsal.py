@@ -55,7 +55,7 @@ DEPLOY = PIPELINE_DIR / "deploy.yaml"
 #: in), Prometheus where nothing answers (no pod serves here, so an analysis cannot run). The
 #: rehearsal checks where each step runs and what it hands on, not how fast a server answers:
 #: its servers run in container pods on two cores shared with the rest of the suite, where one
-#: CI run saw a p99 of 170 ms (p50 1.4 ms) against the demo's 100 ms SLO. So the SLO and the
+#: CI run saw a p99 of 170 ms (p50 1.4 ms) against the demo's SLO (100 ms then). So the SLO and the
 #: slack against the champion are wide here; speed is the benchmarks' business
 ON_CLUSTER = """\
 package:
