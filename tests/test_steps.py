@@ -7,6 +7,7 @@ a fresh interpreter calling the step's entry point.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -53,6 +54,8 @@ def test_a_step_after_a_gate_that_did_not_pass_records_not_run_and_loads_nothing
     assert done.stdout.split("\n")[0] == "False []", done.stdout
     saved = Verdict.load(verdict)
     assert saved.stage == stage and saved.skipped and not saved.passed
+    # the name the step gives before importing its stage is the stage's own
+    assert importlib.import_module(f"modelship.components.{stage}.stage").STAGE.name == stage
     assert saved.reason == f"not run: {before} did not pass"
     said = [json.loads(line) for line in events.read_text().splitlines()]
     assert [(e["stage"], e["status"]) for e in said] == [(stage, "start"), (stage, "end")]

@@ -2,12 +2,13 @@
 
 Each step is the entry point of its own process, so this is where settings are read (once).
 Only what every step needs is imported here: a stage whose gate before it did not pass records
-that it did not run without loading MLflow or its stage's libraries (:func:`_not_run`).
+that it did not run without loading MLflow or its stage's libraries (:func:`_gate`).
 """
 
 from __future__ import annotations
 
 from collections import namedtuple
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -16,7 +17,9 @@ from modelship.core.events import EventSink
 from modelship.core.verdict import Verdict
 
 if TYPE_CHECKING:
-    from modelship.components.contract import Stage
+    from modelship.components.contract import ModelInputs, PackagedInputs, Stage
+    from modelship.components.optimize.stage import OptimizeInputs
+    from modelship.components.package.stage import PackageInputs
     from modelship.core.settings import Settings
     from modelship.registry.client import Registry
 
@@ -35,8 +38,8 @@ def _setup() -> tuple[Settings, Registry]:
 
 
 def _gate(
-    stage: Stage[I],
-    inputs: I,
+    name: str,
+    load: Callable[[], tuple[Stage[I], I]],
     *,
     model_name: str,
     version: str,
@@ -45,10 +48,20 @@ def _gate(
     verdict_path: str,
     previous_path: str | None = None,
 ) -> bool:
-    """Run a gate's stage through the shared runner; save its verdict for the next step."""
+    """Run a gate's stage (``load`` imports it and builds its inputs) through the shared
+    runner; save its verdict for the next step. When the gate before it did not pass, the
+    ``not run`` verdict is recorded before ``load`` or MLflow is imported: on a cluster such a
+    step is still a pod, and here a process, that only has to say it did not run."""
+    previous = Verdict.load(previous_path) if previous_path else None
+    if previous is not None and not previous.passed:
+        verdict = run_step(name, lambda _: Verdict.not_run(name, previous))
+        verdict.save(verdict_path)
+        return False
     from modelship.components.contract import StageContext, run_stage
     from modelship.policies.schema import Policy
     from modelship.registry.deployments import DeploymentRun
+
+    stage, inputs = load()
 
     def body(events: EventSink) -> Verdict:
         settings, registry = _setup()
@@ -62,25 +75,12 @@ def _gate(
             settings=settings,
             events=events,
         )
-        previous = Verdict.load(previous_path) if previous_path else None
         with deployment.beating():  # a step killed with its pod stops beating
             return run_stage(stage, ctx, inputs, previous)
 
     verdict = run_step(stage.name, body)
     verdict.save(verdict_path)
     return verdict.passed
-
-
-def _not_run(stage: str, previous_path: str, verdict_path: str) -> bool | None:
-    """False, with a ``not run`` verdict saved, when the gate before ``stage`` did not pass;
-    None when it did. Checked before anything heavy is imported: on a cluster each such step is
-    still a pod, and here a process, that only has to say it did not run."""
-    previous = Verdict.load(previous_path)
-    if previous.passed:
-        return None
-    verdict = run_step(stage, lambda _: Verdict.not_run(stage, previous))
-    verdict.save(verdict_path)
-    return False
 
 
 def resolve_step(
@@ -116,12 +116,15 @@ def validate_step(
     policy: str,
     verdict_path: str,
 ) -> bool:
-    from modelship.components.contract import ModelInputs
-    from modelship.components.validate import stage as validate_stage
+    def load() -> tuple[Stage[ModelInputs], ModelInputs]:
+        from modelship.components.contract import ModelInputs
+        from modelship.components.validate import stage
+
+        return stage.STAGE, ModelInputs(Path(model_path), digest)
 
     return _gate(
-        validate_stage.STAGE, ModelInputs(Path(model_path), digest), model_name=model_name,
-        version=version, run_id=run_id, policy=policy, verdict_path=verdict_path,
+        "validate", load, model_name=model_name, version=version, run_id=run_id,
+        policy=policy, verdict_path=verdict_path,
     )  # fmt: skip
 
 
@@ -136,13 +139,13 @@ def optimize_step(
     verdict_path: str,
     optimized_path: str,
 ) -> bool:
-    if (not_run := _not_run("optimize", validate_verdict_path, verdict_path)) is not None:
-        return not_run
-    from modelship.components.optimize import stage as optimize_stage
+    def load() -> tuple[Stage[OptimizeInputs], OptimizeInputs]:
+        from modelship.components.optimize import stage
 
-    inputs = optimize_stage.OptimizeInputs(Path(model_path), digest, Path(optimized_path))
+        return stage.STAGE, stage.OptimizeInputs(Path(model_path), digest, Path(optimized_path))
+
     return _gate(
-        optimize_stage.STAGE, inputs, model_name=model_name, version=version, run_id=run_id,
+        "optimize", load, model_name=model_name, version=version, run_id=run_id,
         policy=policy, verdict_path=verdict_path, previous_path=validate_verdict_path,
     )  # fmt: skip
 
@@ -159,15 +162,15 @@ def package_step(
     verdict_path: str,
     packaged_path: str,
 ) -> bool:
-    if (not_run := _not_run("package", optimize_verdict_path, verdict_path)) is not None:
-        return not_run
-    from modelship.components.package import stage as package_stage
+    def load() -> tuple[Stage[PackageInputs], PackageInputs]:
+        from modelship.components.package import stage
 
-    inputs = package_stage.PackageInputs(
-        Path(model_path), digest, Path(optimized_path), Path(packaged_path)
-    )
+        return stage.STAGE, stage.PackageInputs(
+            Path(model_path), digest, Path(optimized_path), Path(packaged_path)
+        )
+
     return _gate(
-        package_stage.STAGE, inputs, model_name=model_name, version=version, run_id=run_id,
+        "package", load, model_name=model_name, version=version, run_id=run_id,
         policy=policy, verdict_path=verdict_path, previous_path=optimize_verdict_path,
     )  # fmt: skip
 
@@ -181,15 +184,15 @@ def loadtest_step(
     packaged_path: str,
     verdict_path: str,
 ) -> bool:
-    if (not_run := _not_run("loadtest", package_verdict_path, verdict_path)) is not None:
-        return not_run
-    from modelship.components.contract import PackagedInputs
-    from modelship.components.loadtest import stage as loadtest_stage
+    def load() -> tuple[Stage[PackagedInputs], PackagedInputs]:
+        from modelship.components.contract import PackagedInputs
+        from modelship.components.loadtest import stage
+
+        return stage.STAGE, PackagedInputs(Path(packaged_path))
 
     return _gate(
-        loadtest_stage.STAGE, PackagedInputs(Path(packaged_path)), model_name=model_name,
-        version=version, run_id=run_id, policy=policy, verdict_path=verdict_path,
-        previous_path=package_verdict_path,
+        "loadtest", load, model_name=model_name, version=version, run_id=run_id,
+        policy=policy, verdict_path=verdict_path, previous_path=package_verdict_path,
     )  # fmt: skip
 
 
@@ -202,15 +205,15 @@ def rollout_step(
     packaged_path: str,
     verdict_path: str,
 ) -> bool:
-    if (not_run := _not_run("rollout", loadtest_verdict_path, verdict_path)) is not None:
-        return not_run
-    from modelship.components.contract import PackagedInputs
-    from modelship.components.rollout import stage as rollout_stage
+    def load() -> tuple[Stage[PackagedInputs], PackagedInputs]:
+        from modelship.components.contract import PackagedInputs
+        from modelship.components.rollout import stage
+
+        return stage.STAGE, PackagedInputs(Path(packaged_path))
 
     return _gate(
-        rollout_stage.STAGE, PackagedInputs(Path(packaged_path)), model_name=model_name,
-        version=version, run_id=run_id, policy=policy, verdict_path=verdict_path,
-        previous_path=loadtest_verdict_path,
+        "rollout", load, model_name=model_name, version=version, run_id=run_id,
+        policy=policy, verdict_path=verdict_path, previous_path=loadtest_verdict_path,
     )  # fmt: skip
 
 
